@@ -1,0 +1,109 @@
+"""One description of one training run, shared by train, launch, sweeps and analysis.
+
+No torch here: the launcher's planning and the analysis import this on machines without a GPU stack.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+DATASETS = ("cifar10", "cifar100", "fashion_mnist", "tiny_imagenet", "synthetic")
+POOLS = ("avg", "flex", "flex-softmax")
+OPTIMIZERS = ("sgd", "adam")
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+def knob(default, help: str, id: bool = True):
+    """A RunConfig field with its --help text. id=False: it says where or how a run executes, not what it
+    computes, so it stays out of the run id."""
+    return field(default=default, metadata={"help": help, "id": id})
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    # What is trained.
+    dataset: str = knob("cifar10", f"data set: {', '.join(DATASETS)}; the paper's 'ImageNet' is Tiny ImageNet at 32x32")
+    pool: str = knob("avg", "global pool: avg (baseline), flex (paper, Fig. 1), flex-softmax (authors' code)")
+    sac: bool = knob(False, "Simple Auxiliary Classifiers after each stage (paper Sec. 3.2, Table 2)")
+    sac_weights: tuple[float, float, float] = knob((0.1, 0.2, 0.7), "SAC loss weights lambda1..3 (Eq. 3, Sec. 4)")
+    reg: float = knob(0.0, "weight of the FlexPool regulariser (Eq. 2) in the loss; the paper gives none")
+    dropout: float = knob(0.0, "dropout before the classifier; the paper's +Dropout column uses 0.25")
+    # How it is trained (paper Sec. 4: 100 epochs, batch 1000, one-cycle LR peaking at 0.1, flips and scaling).
+    optimizer: str = knob("sgd", "sgd (Nesterov momentum) or adam (named by the paper); see README")
+    lr: float = knob(0.1, "peak learning rate of the one-cycle schedule (paper: 0.1)")
+    momentum: float = knob(0.9, "SGD momentum / Adam beta1 (not in the paper)")
+    weight_decay: float = knob(5e-4, "on conv and linear weights only (not in the paper)")
+    epochs: int = knob(100, "training epochs (paper: 100)")
+    batch_size: int = knob(1000, "images per step (paper: 1000)")
+    augment: bool = knob(True, "random horizontal flip and random scaling (paper Sec. 4)")
+    label_smoothing: float = knob(0.0, "cross-entropy label smoothing (not in the paper; 0)")
+    # Which data.
+    seed: int = knob(0, "seeds the model, data order, augmentation and dropout")
+    val_fraction: float = knob(0.0, ">0: hold out this share of the training set and evaluate on it (tuning)")
+    train_subset: int = knob(0, ">0: train on only this many images (smoke profile, tests)")
+    test_subset: int = knob(0, ">0: evaluate on only this many images (smoke profile, tests)")
+    # Where and how it runs: not part of the run id.
+    cell: str = knob("", "table cell, e.g. table2/cifar10/flexpool-reg-dropout ('' = ad hoc run)", id=False)
+    data_root: str = knob("", "data folder ('' = $FLEXPOOL_DATA, else ./data)", id=False)
+    download: bool = knob(False, "download missing data sets (needs internet)", id=False)
+    results_dir: str = knob("results", "records go to <results_dir>/runs, checkpoints to .../checkpoints", id=False)
+    device: str = knob("auto", "auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...", id=False)
+    compile: bool = knob(False, "torch.compile the model (CUDA only)", id=False)
+    wandb: str = knob("offline", "W&B mode: offline (default, no network), online, disabled", id=False)
+    wandb_project: str = knob("flexpool-repro", "W&B project", id=False)
+    wandb_entity: str = knob("", "W&B entity ('' = your default)", id=False)
+    wandb_group: str = knob("", "W&B group ('' = the cell name)", id=False)
+
+    def __post_init__(self):
+        check(self.dataset in DATASETS, f"unknown dataset {self.dataset!r}; choose from {', '.join(DATASETS)}")
+        check(self.pool in POOLS, f"unknown pool {self.pool!r}; choose from {', '.join(POOLS)}")
+        check(self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r}; choose from {OPTIMIZERS}")
+        check(self.wandb in WANDB_MODES, f"unknown wandb mode {self.wandb!r}; choose from {WANDB_MODES}")
+        check(self.epochs >= 1, f"epochs must be positive, got {self.epochs}")
+        check(self.batch_size >= 1, f"batch size must be positive, got {self.batch_size}")
+        check(self.lr > 0, f"learning rate must be positive, got {self.lr}")
+        check(self.seed >= 0, f"seed must be non-negative, got {self.seed}")
+        check(0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}")
+        check(self.reg >= 0, f"regulariser weight must be non-negative, got {self.reg}")
+        check(0 <= self.val_fraction < 1, f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        check(len(self.sac_weights) == 3, f"sac_weights needs 3 values, got {self.sac_weights}")
+        object.__setattr__(self, "sac_weights", tuple(float(w) for w in self.sac_weights))
+
+    @property
+    def run_id(self) -> str:
+        """Hash of every field that changes the result: same config and seed, same id, same record path."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("id", True)}
+        return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+
+    @property
+    def eval_split(self) -> str:
+        return "val" if self.val_fraction > 0 else "test"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> RunConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        check(not unknown, f"unknown RunConfig field(s): {', '.join(unknown)}")
+        return cls(**values)
+
+    def replace(self, **changes) -> RunConfig:
+        return dataclasses.replace(self, **changes)
+
+
+class ConfigError(ValueError):
+    """Bad user input: the command-line tools print its message as one line and exit 2."""
+
+
+def check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def field_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(RunConfig)]
