@@ -1,0 +1,105 @@
+"""ResNet20 for 32x32 images (He et al. 2016, Sec. 4.2) with a choice of global pool and optional SAC heads."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from repro.pooling import FlexPool2d
+
+STAGE_CHANNELS = (16, 32, 64)
+BLOCKS_PER_STAGE = 3
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs; the shortcut is He et al.'s option A (identity, with stride-2 subsampling and zero-padded
+    channels where the shape changes), which keeps ResNet20 at ~0.27 M parameters."""
+
+    def __init__(self, in_channels: int, channels: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, channels, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.stride = stride
+        self.extra_channels = channels - in_channels
+
+    def shortcut(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride > 1:
+            x = x[:, :, :: self.stride, :: self.stride]
+        if self.extra_channels:
+            half = self.extra_channels // 2
+            x = F.pad(x, (0, 0, 0, 0, half, self.extra_channels - half))
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+def make_pool(kind: str, channels: int, size: int) -> nn.Module:
+    if kind == "avg":
+        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    if kind in ("flex", "flex-softmax"):
+        return FlexPool2d(channels, size, size, softmax=kind == "flex-softmax")
+    raise ValueError(f"unknown pool {kind!r}; choose from avg, flex, flex-softmax")
+
+
+class SimpleAuxiliaryClassifier(nn.Module):
+    """A SAC head (paper Sec. 3.2): the stage's feature map pooled to one value per channel, then one linear
+    layer to the classes. No convolution and nothing else."""
+
+    def __init__(self, pool: str, channels: int, size: int, num_classes: int):
+        super().__init__()
+        self.pool = make_pool(pool, channels, size)
+        self.fc = nn.Linear(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(x))
+
+
+class ResNet20(nn.Module):
+    """CIFAR ResNet-20: a 3x3 stem, 3 stages x 3 basic blocks (16/32/64 channels), global pool, classifier.
+
+    forward returns the logits; with `sac=True` a tuple (stage 1 head, stage 2 head, final head), the last
+    being the model's prediction.
+    """
+
+    def __init__(self, num_classes: int, in_channels: int = 3, input_size: int = 32, pool: str = "avg",
+                 sac: bool = False, dropout: float = 0.0):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        sizes = [input_size, (input_size + 1) // 2, (input_size + 3) // 4]  # 3x3 stride-2 convs round up
+        stages, channels = [], 16
+        for i, width in enumerate(STAGE_CHANNELS):
+            blocks = [BasicBlock(channels if j == 0 else width, width, 2 if (i > 0 and j == 0) else 1)
+                      for j in range(BLOCKS_PER_STAGE)]
+            stages.append(nn.Sequential(*blocks))
+            channels = width
+        self.stages = nn.ModuleList(stages)
+        self.pool = make_pool(pool, STAGE_CHANNELS[-1], sizes[-1])
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(STAGE_CHANNELS[-1], num_classes)
+        self.heads = nn.ModuleList(
+            SimpleAuxiliaryClassifier(pool, STAGE_CHANNELS[i], sizes[i], num_classes) for i in range(2)
+        ) if sac else None
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor):
+        x = self.stem(x)
+        aux = []
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if self.heads is not None and i < len(self.heads):
+                aux.append(self.heads[i](x))
+        logits = self.fc(self.dropout(self.pool(x)))
+        return (*aux, logits) if self.heads is not None else logits
+
+
+def resnet20(num_classes: int, in_channels: int = 3, input_size: int = 32, pool: str = "avg", sac: bool = False,
+             dropout: float = 0.0) -> ResNet20:
+    """The paper's backbone. pool: "avg" | "flex" | "flex-softmax"; FlexPools are sized to their feature map
+    (8x8 at the end for 32x32 inputs, 7x7 for 28x28 Fashion-MNIST)."""
+    return ResNet20(num_classes, in_channels, input_size, pool, sac, dropout)
