@@ -1,0 +1,221 @@
+"""Data sets by name as uint8 tensors, a fixed validation split, and batched augmentation on the device.
+
+Decoded images live as one uint8 N x C x H x W tensor on the training device; normalisation, flips and scaling
+run there a batch at a time, so the training loop has no per-sample Python and no DataLoader.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision
+from torchvision.datasets.utils import download_and_extract_archive
+
+TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
+TINY_IMAGENET_MD5 = "90528d7ca1a48142e341f4ef8d21d0de"
+VAL_SPLIT_SEED = 20230101  # fixed, not the run's seed: every run and trial tunes on the same held-out images
+MAX_ZOOM = 1.25  # random scaling: zoom in by up to 25% (the paper says "scaling" without a range)
+
+
+class DataError(RuntimeError):
+    """Missing, truncated or corrupt data: the message names the path and what to do."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    num_classes: int
+    in_channels: int
+    size: int
+    mean: tuple[float, ...]  # per channel, of the training images scaled to [0, 1]
+    std: tuple[float, ...]
+
+
+INFO = {
+    "cifar10": DatasetInfo(10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": DatasetInfo(100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "fashion_mnist": DatasetInfo(10, 1, 28, (0.2860,), (0.3530,)),
+    "tiny_imagenet": DatasetInfo(200, 3, 32, (0.4802, 0.4481, 0.3975), (0.2770, 0.2691, 0.2821)),
+    "synthetic": DatasetInfo(10, 3, 32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
+}
+
+
+def default_root() -> str:
+    return os.environ.get("FLEXPOOL_DATA", "./data")
+
+
+def load(name: str, root: str | os.PathLike = "", split: str = "train", download: bool = False):
+    """(images uint8 N x C x H x W, labels int64 N) of a data set's "train" or "test" split, on the CPU."""
+    if name not in INFO:
+        raise DataError(f"unknown dataset {name!r}; choose from {', '.join(INFO)}")
+    if split not in ("train", "test"):
+        raise DataError(f"unknown split {split!r}; choose train or test")
+    root = Path(root or default_root())
+    if name == "synthetic":
+        return synthetic(split)
+    if name == "tiny_imagenet":
+        return tiny_imagenet(root, split, download)
+    return torchvision_dataset(name, root, split, download)
+
+
+def synthetic(split: str, n_train: int = 2048, n_test: int = 512):
+    """Ten classes, each a fixed smooth random pattern plus noise: learnable in an epoch or two, for tests and
+    benchmarks that must not depend on files."""
+    g = torch.Generator().manual_seed(0 if split == "train" else 1)
+    prototypes = F.interpolate(torch.rand(10, 3, 4, 4, generator=torch.Generator().manual_seed(42)), size=32,
+                               mode="bilinear", align_corners=False)
+    n = n_train if split == "train" else n_test
+    labels = torch.randint(0, 10, (n,), generator=g)
+    images = prototypes[labels] * 0.6 + torch.rand(n, 3, 32, 32, generator=g) * 0.4
+    return (images * 255).round().to(torch.uint8), labels
+
+
+# --- torchvision's data sets -------------------------------------------------------------------------------
+
+_TORCHVISION = {
+    "cifar10": (torchvision.datasets.CIFAR10, "cifar-10-batches-py"),
+    "cifar100": (torchvision.datasets.CIFAR100, "cifar-100-python"),
+    "fashion_mnist": (torchvision.datasets.FashionMNIST, "FashionMNIST/raw"),
+}
+
+
+def torchvision_dataset(name: str, root: Path, split: str, download: bool):
+    cls, folder = _TORCHVISION[name]
+    if name == "fashion_mnist":
+        _unpack_mnist_gz(cls, root / folder)
+    try:
+        ds = cls(str(root), train=split == "train", download=download)
+    except RuntimeError as e:  # torchvision's "Dataset not found or corrupted"
+        raise DataError(f"{name}: no usable data under {root / folder} ({e}). Download it with "
+                        f"`python -m repro.train --dataset {name} --download` or set --data-root / "
+                        f"$FLEXPOOL_DATA to the folder that holds {folder}/") from None
+    except Exception as e:  # a truncated pickle or IDX file fails deep inside numpy or pickle
+        raise DataError(f"{name}: corrupt data under {root / folder}: {type(e).__name__}: {e}. "
+                        f"Delete the folder and download it again.") from None
+    images = torch.as_tensor(np.asarray(ds.data))
+    images = images[:, None] if images.dim() == 3 else images.permute(0, 3, 1, 2)  # MNIST N,H,W; CIFAR N,H,W,C
+    return images.contiguous(), torch.as_tensor(ds.targets, dtype=torch.int64)
+
+
+def _unpack_mnist_gz(cls, raw: Path) -> None:
+    """Unpack the .gz files that torchvision would otherwise only unpack as part of a download.
+
+    No md5 check here: Debian's dataset-fashion-mnist holds the same data under another gzip header. gzip's own
+    CRC and torchvision's IDX size checks catch a truncated or corrupt file instead.
+    """
+    for filename, _ in cls.resources:
+        gz, out = raw / filename, raw / filename.removesuffix(".gz")
+        if out.exists() or not gz.exists():
+            continue
+        tmp = out.with_suffix(".tmp")
+        try:
+            with gzip.open(gz, "rb") as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        except (OSError, EOFError) as e:
+            tmp.unlink(missing_ok=True)
+            raise DataError(f"fashion_mnist: {gz} is corrupt or truncated ({e}); delete it and download again")
+        tmp.replace(out)
+
+
+# --- Tiny ImageNet (no torchvision class) ------------------------------------------------------------------
+
+def tiny_imagenet(root: Path, split: str, download: bool):
+    """The standard tiny-imagenet-200/ layout; val/ is the test split (the official test/ has no labels).
+
+    Images are resized 64 -> 32 with antialiasing (paper Sec. 4) and cached as .npz beside the data, so the
+    110k JPEGs are decoded once.
+    """
+    base = root / "tiny-imagenet-200"
+    if not (base / "wnids.txt").exists():
+        if not download:
+            raise DataError(f"tiny_imagenet: {base}/wnids.txt not found. Download it with "
+                            f"`python -m repro.train --dataset tiny_imagenet --download` or unpack "
+                            f"tiny-imagenet-200.zip into {root}")
+        download_and_extract_archive(TINY_IMAGENET_URL, str(root), md5=TINY_IMAGENET_MD5)
+    cache = base / "flexpool-cache" / f"{split}-32.npz"
+    if cache.exists():
+        try:
+            with np.load(cache) as f:
+                return torch.from_numpy(f["images"]), torch.from_numpy(f["labels"])
+        except Exception as e:
+            print(f"tiny_imagenet: ignoring unreadable cache {cache} ({e}); decoding the JPEGs again")
+    files, labels = _tiny_imagenet_files(base, split)
+    images = _decode_resize(files)
+    cache.parent.mkdir(exist_ok=True)
+    tmp = cache.with_suffix(".tmp.npz")
+    np.savez(tmp, images=images.numpy(), labels=labels.numpy())
+    tmp.replace(cache)
+    return images, labels
+
+
+def _tiny_imagenet_files(base: Path, split: str):
+    wnids = (base / "wnids.txt").read_text().split()
+    index = {w: i for i, w in enumerate(wnids)}
+    if split == "train":
+        files = sorted((base / "train").glob("*/images/*.JPEG"))
+        labels = [index[f.parent.parent.name] for f in files]
+    else:
+        annotations = base / "val" / "val_annotations.txt"
+        if not annotations.exists():
+            raise DataError(f"tiny_imagenet: {annotations} not found; the val/ split is incomplete")
+        rows = sorted(line.split("\t")[:2] for line in annotations.read_text().splitlines() if line.strip())
+        files = [base / "val" / "images" / name for name, _ in rows]
+        labels = [index[wnid] for _, wnid in rows]
+    if not files:
+        raise DataError(f"tiny_imagenet: no images found under {base / split}")
+    return files, torch.tensor(labels, dtype=torch.int64)
+
+
+def _decode_resize_one(path: Path) -> np.ndarray:
+    try:
+        image = torchvision.io.decode_image(str(path), mode=torchvision.io.ImageReadMode.RGB)
+    except Exception as e:
+        raise DataError(f"tiny_imagenet: cannot decode {path} ({e}); the file is corrupt or truncated") from None
+    return torchvision.transforms.functional.resize(image, [32, 32], antialias=True).numpy()
+
+
+def _decode_resize(files: list[Path]) -> torch.Tensor:
+    workers = min(len(os.sched_getaffinity(0)), 16)
+    with ProcessPoolExecutor(workers) as pool:
+        decoded = list(pool.map(_decode_resize_one, files, chunksize=256))
+    return torch.from_numpy(np.stack(decoded))
+
+
+# --- splits and batches on the device ----------------------------------------------------------------------
+
+def train_val_split(n: int, val_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of the training and held-out validation images: a fixed permutation, the same for every run."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(VAL_SPLIT_SEED))
+    n_val = int(round(n * val_fraction))
+    return perm[n_val:].sort().values, perm[:n_val].sort().values
+
+
+def normalize(images: torch.Tensor, info: DatasetInfo) -> torch.Tensor:
+    """uint8 -> float, standardised per channel (on whatever device the images are)."""
+    mean = torch.tensor(info.mean, device=images.device).view(1, -1, 1, 1) * 255
+    std = torch.tensor(info.std, device=images.device).view(1, -1, 1, 1) * 255
+    return (images.float() - mean) / std
+
+
+def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random horizontal flip and random scaling (zoom in by 1..MAX_ZOOM, at a random position) for a whole
+    float batch in one affine resampling."""
+    n = x.shape[0]
+    rand = torch.rand(n, 4, generator=generator, device=x.device)
+    inv_zoom = 1 / (1 + rand[:, 0] * (MAX_ZOOM - 1))
+    flip = torch.where(rand[:, 1] < 0.5, -1.0, 1.0)
+    room = 1 - inv_zoom  # the window may move this far (normalised coordinates) and stay inside the image
+    theta = torch.zeros(n, 2, 3, device=x.device)
+    theta[:, 0, 0] = inv_zoom * flip
+    theta[:, 1, 1] = inv_zoom
+    theta[:, 0, 2] = (rand[:, 2] * 2 - 1) * room
+    theta[:, 1, 2] = (rand[:, 3] * 2 - 1) * room
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
