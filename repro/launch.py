@@ -1,0 +1,361 @@
+"""`python -m repro.launch TARGET --seeds N`: every run of a table, through submitit, on SLURM or on this machine.
+
+The plan (experiments.plan) is compared with the records on disk first: done and running runs are skipped, so a
+launch can be repeated at any time and a finished target submits nothing. The pending runs go out as one job
+whose tasks each train a pack of runs side by side, --runs-per-gpu on each GPU the task has:
+  slurm  a job array, one task per pack; resources from the profile slurm/NAME.yaml (--cluster)
+  local  one background job on this machine that works through all pending runs the same way
+  debug  that job inside this process (submitit's DebugExecutor), to step through the launcher
+Each run trains in a process of its own (a crash takes only that run down) that logs to
+<results>/slurm-logs/runs/<cell>/seed<k>-<run id>.log. Runs checkpoint every epoch; a task that is preempted
+or reaches its time limit is requeued by submitit (RunPack is Checkpointable) and its runs resume.
+Jobs run a snapshot of the code taken at submission (submitit's RsyncSnapshot: the git-tracked files as they
+are in the working tree), so editing the checkout never changes queued or running jobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import multiprocessing
+import os
+import queue
+import shlex
+import shutil
+import signal
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import submitit
+import yaml
+from tqdm import tqdm
+
+from repro import records
+from repro.config import ConfigError, RunConfig, check
+from repro.status import add_plan_args, failure_lines, plan_from_args, run_log_path, summary, survey
+
+ROOT = Path(__file__).resolve().parents[1]
+SLURM_DIR = ROOT / "slurm"
+
+# Cluster profile field -> submitit AutoExecutor parameter. Every field must be present (null = SLURM's default).
+PROFILE_FIELDS = {
+    "partition": "slurm_partition",
+    "gpus_per_node": "gpus_per_node",
+    "cpus_per_task": "cpus_per_task",
+    "mem_gb": "mem_gb",
+    "timeout_min": "timeout_min",
+    "account": "slurm_account",
+    "qos": "slurm_qos",
+    "constraint": "slurm_constraint",
+    "array_parallelism": "slurm_array_parallelism",
+}
+# A local job has no scheduler limit; submitit's local default (2 minutes) would interrupt every run.
+LOCAL_TIMEOUT_MIN = 30 * 24 * 60
+RUN_LOCKED = 3  # exit code of a run process whose run another process is training
+
+
+def load_cluster(name: str) -> dict:
+    """The profile slurm/NAME.yaml (or a path to a .yaml file), checked field by field."""
+    path = Path(name) if name.endswith((".yaml", ".yml")) else SLURM_DIR / f"{name}.yaml"
+    check(path.is_file(), f"cluster profile {path} does not exist")
+    try:
+        profile = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"cluster profile {path} is not valid YAML: {' '.join(str(e).split())}") from None
+    check(isinstance(profile, dict), f"cluster profile {path} must be a mapping of field: value")
+    missing = [k for k in PROFILE_FIELDS if k not in profile]
+    check(not missing, f"cluster profile {path} lacks field(s) {', '.join(missing)}; see slurm/example.yaml")
+    unknown = sorted(set(profile) - set(PROFILE_FIELDS))
+    check(not unknown, f"cluster profile {path}: unknown field(s) {', '.join(unknown)}")
+    for key, least in (("gpus_per_node", 0), ("cpus_per_task", 1), ("timeout_min", 1), ("array_parallelism", 1)):
+        check(isinstance(profile[key], int) and profile[key] >= least,
+              f"cluster profile {path}: {key} must be an integer >= {least}, got {profile[key]!r}")
+    check(isinstance(profile["mem_gb"], (int, float)) and profile["mem_gb"] > 0,
+          f"cluster profile {path}: mem_gb must be a positive number, got {profile['mem_gb']!r}")
+    return profile
+
+
+def executor_kind(choice: str) -> str:
+    if choice == "auto":
+        return "slurm" if shutil.which("sbatch") else "local"
+    check(choice != "slurm" or shutil.which("sbatch") is not None, "--executor slurm: no sbatch on the PATH")
+    return choice
+
+
+def to_run(states: dict[RunConfig, str], force: bool, retry_failed: bool) -> list[RunConfig]:
+    """Pending runs, plus failed ones with --retry-failed, plus done ones with --force; never running ones."""
+    wanted = {"pending"} | ({"failed"} if retry_failed or force else set()) | ({"done"} if force else set())
+    return [c for c, state in states.items() if state in wanted]
+
+
+def forget(configs: list[RunConfig]) -> None:
+    """--force: drop records and checkpoints, so the runs train from scratch and no job takes them as done."""
+    for config in configs:
+        for path in (records.record_path(config), records.checkpoint_path(config)):
+            path.unlink(missing_ok=True)
+
+
+def packs(configs: list[RunConfig], size: int) -> list[list[RunConfig]]:
+    return [configs[i:i + size] for i in range(0, len(configs), size)]
+
+
+# ---- inside a job --------------------------------------------------------------------------------------------
+
+def visible_gpus() -> list[str]:
+    return [g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
+
+
+def _train(config: dict, log: str, gpu: str | None) -> None:
+    """Entry of one run's process: its output goes to its own log, it sees one GPU."""
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    sys.stdout.reconfigure(line_buffering=True)
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu  # before torch is imported
+    # SLURM signals every process of the job; the task's process handles preemption (submitit), not the runs.
+    signal.signal(getattr(signal, "SIG" + submitit.JobEnvironment.USR_SIG), signal.SIG_IGN)
+    from repro import train
+
+    print(f"== {config['cell']} seed {config['seed']} ({datetime.datetime.now():%Y-%m-%d %H:%M:%S})", flush=True)
+    if train.run(RunConfig.from_dict(config)) is None:
+        print("another process holds this run's lock: it is trained there", flush=True)
+        sys.exit(RUN_LOCKED)
+
+
+class RunPack(submitit.helpers.Checkpointable):
+    """One job task: train `configs`, `runs_per_gpu` at a time on each GPU of the task (or on the CPU).
+
+    Runs are processes of their own, spawned fresh (no CUDA state inherited) with the task's sys.path, so they
+    import the code snapshot the task runs from. Returns one outcome per run; the records are the results.
+    """
+
+    def __call__(self, configs: list[RunConfig], runs_per_gpu: int) -> list[dict]:
+        self._lock = threading.Lock()
+        self._stopping = False
+        self._procs: list[multiprocessing.Process] = []
+        slots: queue.SimpleQueue = queue.SimpleQueue()
+        gpus = visible_gpus() or [None]
+        for gpu in gpus * runs_per_gpu:
+            slots.put(gpu)
+        print(f"RunPack: {len(configs)} runs, {len(gpus) * runs_per_gpu} at a time, GPUs {gpus}, "
+              f"code from {Path(__file__).parent}", flush=True)
+        with ThreadPoolExecutor(len(gpus) * runs_per_gpu) as pool:
+            outcomes = list(pool.map(lambda c: self._run(c, slots), configs))
+        for outcome in outcomes:
+            print(f"{outcome['state']:>12}  {outcome['cell']} seed {outcome['seed']}  log: {outcome['log']}")
+        return outcomes
+
+    def _run(self, config: RunConfig, slots: queue.SimpleQueue) -> dict:
+        outcome = {"cell": config.cell, "seed": config.seed, "run_id": config.run_id,
+                   "log": str(run_log_path(config))}
+        if records.run_status(config) == "completed":  # e.g. trained before this task was requeued
+            return {**outcome, "state": "done"}
+        gpu = slots.get()
+        try:
+            with self._lock:
+                if self._stopping:
+                    return {**outcome, "state": "interrupted"}
+                run_log_path(config).parent.mkdir(parents=True, exist_ok=True)
+                proc = multiprocessing.get_context("spawn").Process(
+                    target=_train, args=(config.to_dict(), outcome["log"], gpu), name=config.run_id)
+                proc.start()
+                self._procs.append(proc)
+            proc.join()
+        finally:
+            slots.put(gpu)
+        return {**outcome, "state": _state(config, proc.exitcode, self._stopping)}
+
+    def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
+        """Preempted or out of time: stop the runs (each resumes from its last epoch's checkpoint) and requeue
+        the same pack; a fresh RunPack, because processes and locks do not pickle."""
+        with self._lock:
+            self._stopping = True
+            for proc in self._procs:
+                proc.terminate()
+        for proc in self._procs:
+            proc.join(timeout=60)
+        return submitit.helpers.DelayedSubmission(RunPack(), *args, **kwargs)
+
+
+def _state(config: RunConfig, exitcode: int | None, stopping: bool) -> str:
+    status = records.run_status(config)
+    if status in ("completed", "failed"):
+        return {"completed": "done", "failed": "failed"}[status]
+    if exitcode == RUN_LOCKED:
+        return "elsewhere"
+    return "interrupted" if stopping else f"crashed ({exitcode})"
+
+
+# ---- submission ----------------------------------------------------------------------------------------------
+
+def launch_folder(results_dir: str, target: str) -> Path:
+    now = datetime.datetime.now()
+    return Path(results_dir) / "slurm-logs" / f"{now:%Y-%m-%d}" / f"{now:%H%M%S}-{target}-{os.getpid()}"
+
+
+def make_executor(kind: str, folder: Path, profile: dict | None, name: str) -> submitit.AutoExecutor:
+    executor = submitit.AutoExecutor(folder=folder, cluster=kind)
+    executor.update_parameters(name=name)
+    if kind == "slurm":
+        executor.update_parameters(**{PROFILE_FIELDS[k]: v for k, v in profile.items()})
+    elif kind == "local":
+        # The job outlives this command: detach it from the terminal (no hang-up, no output to a closed tty).
+        detach = ["trap '' HUP", f"exec </dev/null >>{shlex.quote(str(folder / 'local-job.log'))} 2>&1"]
+        executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN, gpus_per_node=local_gpu_count(),
+                                   local_setup=detach)
+    return executor
+
+
+def local_gpu_count() -> int:
+    import torch  # only here: planning and SLURM submission stay free of torch
+
+    return torch.cuda.device_count()
+
+
+@contextlib.contextmanager
+def code_snapshot(folder: Path, kind: str, enabled: bool):
+    """Submit from a copy of the code, so jobs run it as it is now. The debug executor runs in this process."""
+    if not enabled or kind == "debug":
+        yield
+        return
+    if not (submitit.helpers.RsyncSnapshot.available() and (ROOT / ".git").exists()):
+        check(kind != "slurm", "the code snapshot needs rsync and a git checkout; install rsync or pass --no-snapshot")
+        print("note: no code snapshot (needs rsync and a git checkout): runs import the code as it is when they start")
+        yield
+        return
+    with submitit.helpers.RsyncSnapshot(folder / "code", root_dir=ROOT):
+        yield
+
+
+def submit(configs: list[RunConfig], kind: str, profile: dict | None, runs_per_gpu: int, folder: Path,
+           name: str, snapshot: bool = True) -> list:
+    """Submit the runs as one job (an array on SLURM); returns submitit's jobs, one per task."""
+    per_task = max(1, profile["gpus_per_node"]) * runs_per_gpu if kind == "slurm" else len(configs)
+    groups = packs(configs, per_task)
+    executor = make_executor(kind, folder, profile, name)
+    with code_snapshot(folder, kind, snapshot):
+        return executor.map_array(RunPack(), groups, [runs_per_gpu] * len(groups))
+
+
+def follow(jobs: list, configs: list[RunConfig]) -> dict[RunConfig, str]:
+    """Show progress from the records until every job has ended; returns the final state of each run."""
+    if jobs and isinstance(jobs[0], submitit.DebugJob):
+        for job in jobs:  # the debug executor runs a job when its result is asked for
+            with contextlib.suppress(Exception):
+                job.result()
+        return survey(configs)
+    start, last = time.time(), ""
+    bar = tqdm(total=len(configs), unit="run", desc="runs", dynamic_ncols=True, disable=not sys.stderr.isatty())
+    with bar:
+        while True:
+            states = survey(configs)
+            finished = sum(s in ("done", "failed") for s in states.values())
+            counts = summary(states).split(": ", 1)[1]
+            bar.update(finished - bar.n)
+            bar.set_postfix_str(counts)
+            if bar.disable and counts != last:  # a log file, not a terminal: a line per change
+                print(f"[{datetime.datetime.now():%H:%M:%S}] {counts}", flush=True)
+                last = counts
+            # submitit polls the scheduler less often as jobs age; force a look once every run has a record.
+            if all(job.done(force_check=finished == len(configs)) for job in jobs):
+                return states
+            time.sleep(min(30.0, 1.0 + (time.time() - start) / 20))
+
+
+def problems(jobs: list, states: dict[RunConfig, str]) -> list[str]:
+    """Failed runs, runs that never finished, and jobs that ended with an error of their own."""
+    lines = failure_lines(states)
+    lines += [f"NOT FINISHED {c.cell} seed {c.seed}: {state} (log: {run_log_path(c)})"
+              for c, state in states.items() if state not in ("done", "failed")]
+    for job in jobs:
+        if job.exception() is not None:
+            last = ([line for line in (job.stderr() or "").splitlines() if line.strip()] or ["?"])[-1]
+            lines.append(f"JOB {job.job_id} failed: {last.strip()} (log: {job.paths.stderr})")
+    return lines
+
+
+def status_command(args: argparse.Namespace) -> str:
+    words = ["python -m repro.status", args.target, "--seeds", str(args.seeds)]
+    for flag in ("datasets", "columns"):
+        if getattr(args, flag):
+            words += [f"--{flag}", *getattr(args, flag)]
+    for flag in ("profile", "params", "results_dir", "data_root"):
+        value = getattr(args, flag)
+        if value and value != parser().get_default(flag):
+            words += [f"--{flag.replace('_', '-')}", value]
+    return " ".join(shlex.quote(w) if w != words[0] else w for w in words)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m repro.launch", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_plan_args(p)
+    p.add_argument("--executor", choices=("auto", "local", "slurm", "debug"), default="auto",
+                   help="auto (default): slurm when sbatch is on the PATH, else local")
+    p.add_argument("--cluster", default=os.environ.get("FLEXPOOL_CLUSTER", "example"), metavar="NAME",
+                   help="SLURM resources: slurm/NAME.yaml or a .yaml path (default: $FLEXPOOL_CLUSTER or example)")
+    p.add_argument("--runs-per-gpu", type=int, default=1, metavar="K", help="runs trained side by side per GPU")
+    p.add_argument("--force", action="store_true", help="delete the runs' records and checkpoints; run all again")
+    p.add_argument("--retry-failed", action="store_true", help="run the failed runs again (from their checkpoint)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan, submit nothing")
+    p.add_argument("--wait", action="store_true", help="follow the jobs with a progress bar, end with a summary")
+    p.add_argument("--no-snapshot", action="store_true", help="jobs import the live checkout, not a snapshot")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return launch(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def launch(args: argparse.Namespace) -> int:
+    check(args.runs_per_gpu >= 1, f"--runs-per-gpu must be at least 1, got {args.runs_per_gpu}")
+    kind = executor_kind(args.executor)
+    profile = load_cluster(args.cluster) if kind == "slurm" else None
+    configs = plan_from_args(args)
+    states = survey(configs)
+    print(f"plan: {args.target} ({args.profile} profile): {summary(states)}")
+    runs = to_run(states, args.force, args.retry_failed)
+    where = f"slurm, profile {args.cluster}" if kind == "slurm" else kind
+    if not runs:
+        print("nothing to submit")
+        return 0
+    print(f"{'would submit' if args.dry_run else 'submitting'} {len(runs)} runs ({where}, "
+          f"{args.runs_per_gpu} per GPU)")
+    if args.dry_run:
+        return 0
+    if args.force:
+        forget(runs)
+    folder = launch_folder(configs[0].results_dir, args.target)
+    jobs = submit(runs, kind, profile, args.runs_per_gpu, folder, f"flexpool-{args.target}", not args.no_snapshot)
+    print(f"submitted: job {jobs[0].job_id.split('_')[0]}, {len(jobs)} task(s)"
+          + (", in the background on this machine: it goes on after this command returns"
+             if kind == "local" and not args.wait else ""))
+    print(f"job logs: {folder}\nrun logs: {Path(configs[0].results_dir) / 'slurm-logs' / 'runs'}\n"
+          f"records:  {Path(configs[0].results_dir) / 'runs'}")
+    if not args.wait:
+        print(f"progress: {status_command(args)}")
+        return 0
+    final = follow(jobs, runs)
+    print(f"finished: {summary(final)}")
+    lines = problems(jobs, final)
+    for line in lines:
+        print(line)
+    return 1 if lines else 0
+
+
+if __name__ == "__main__":
+    # Run through the imported module, not __main__: submitit pickles __main__'s classes by value, and then
+    # the job would neither import the code snapshot nor find _train for the run processes.
+    from repro import launch as _launch  # noqa: PLW0406
+
+    sys.exit(_launch.main())
