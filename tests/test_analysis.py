@@ -1,0 +1,290 @@
+"""analysis/: records on disk -> tables, claims and figures. CPU only, no torch, a few seconds."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from analysis import collect, make_figures, make_tables, stats
+from repro import records
+from repro.experiments import cell_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def flexpool_weights(rng, channels=4, size=8) -> dict:
+    w = rng.uniform(0.5, 1.5, (channels, size, size)) / size**2
+    return {"shape": [channels, size, size], "channel_mean": w.mean(0).tolist(),
+            "channels": w[:3].tolist(), "sums": w.sum((1, 2)).tolist()}
+
+
+def write_run(results: Path, table, dataset, column, seed, accuracy, profile="full", status="completed",
+              params=None, **extra) -> Path:
+    """A realistic record at the path the trainer would use."""
+    cfg = cell_config(table, dataset, column, profile, params).replace(seed=seed, results_dir=str(results))
+    rng = np.random.default_rng(seed)
+    record = {
+        "schema": records.SCHEMA, "run_id": cfg.run_id, "cell": cfg.cell, "status": status,
+        "error": None if status == "completed" else "Traceback ...\nRuntimeError: CUDA out of memory",
+        "config": cfg.to_dict(), "eval_split": cfg.eval_split,
+        "metrics": {"accuracy": accuracy, "head_accuracies": [0.5, 0.7, accuracy], "train_loss": 0.3},
+        "history": [{"epoch": 1, "train_loss": 0.3, "eval_accuracy": accuracy}],
+        "timing": {"wall_s": 10.0, "train_s": 9.0, "images_per_s": 5000.0},
+        "env": {"device": "cpu", "date": "2026-01-01T00:00:00", "git_commit": "abc"},
+        "flexpool": {} if column == "avgpool" else {"pool": flexpool_weights(rng)},
+        **extra,
+    }
+    if cfg.sac and column != "avgpool":
+        record["flexpool"].update({"heads.0.pool": flexpool_weights(rng, 2, 32),
+                                   "heads.1.pool": flexpool_weights(rng, 2, 16)})
+    path = records.record_path(cfg)
+    records.write_record(record, path)
+    return path
+
+
+@pytest.fixture
+def results(tmp_path):
+    """Table 1 and 2 CIFAR10 cells with 3 seeds, known accuracies; one Fashion-MNIST cell with 1 seed."""
+    rng = np.random.default_rng(0)
+    known = []
+    for table in ("table1", "table2"):
+        for i, column in enumerate(("avgpool", "flexpool", "flexpool-reg", "flexpool-reg-dropout")):
+            for seed in range(3):
+                acc = round(0.90 + 0.01 * i + rng.normal(0, 0.001), 4)
+                write_run(tmp_path, table, "cifar10", column, seed, acc)
+                known.append({"table": table, "dataset": "cifar10", "column": column, "seed": seed, "acc": acc})
+    write_run(tmp_path, "table1", "fashion_mnist", "avgpool", 0, 0.91)
+    known.append({"table": "table1", "dataset": "fashion_mnist", "column": "avgpool", "seed": 0, "acc": 0.91})
+    return tmp_path, pd.DataFrame(known)
+
+
+def run_tables(runs_dir, out, *extra):
+    make_tables.main(["--runs", str(runs_dir), "--out", str(out), *extra])
+
+
+def test_cells_equal_an_independent_pandas_computation(results, tmp_path):
+    results_dir, known = results
+    run_tables(results_dir / "runs", tmp_path / "tables")
+    table = pd.read_csv(tmp_path / "tables" / "table1.csv")
+    expected = known[known["table"] == "table1"].groupby(["dataset", "column"])["acc"]
+    for (dataset, column), acc in expected:
+        row = table[(table["dataset"] == dataset) & (table["column"] == column)].iloc[0]
+        assert row["n"] == len(acc)
+        assert row["mean"] == pytest.approx(acc.mean() * 100, abs=1e-4)
+        if len(acc) > 1:
+            assert row["std"] == pytest.approx(np.std(acc * 100, ddof=1), abs=1e-4)
+    paper = pd.read_csv(ROOT / "results/paper/table1.csv").set_index(["dataset", "column"])["accuracy"]
+    row = table[(table["dataset"] == "cifar10") & (table["column"] == "avgpool")].iloc[0]
+    assert row["paper"] == paper["cifar10", "avgpool"] == 91.63
+    assert row["diff"] == pytest.approx(row["mean"] - 91.63, abs=1e-4)
+    missing = table[(table["dataset"] == "cifar100")]
+    assert (missing["n"] == 0).all() and missing["mean"].isna().all()  # missing, not zero
+
+
+def test_markdown_cells_show_spread_paper_and_missing(results, tmp_path, capsys):
+    results_dir, known = results
+    run_tables(results_dir / "runs", tmp_path / "tables", "--format", "md")
+    out = capsys.readouterr().out
+    acc = known[(known["table"] == "table1") & (known["column"] == "avgpool") & (known["dataset"] == "cifar10")]
+    mean, std = acc["acc"].mean() * 100, np.std(acc["acc"] * 100, ddof=1)
+    assert f"{mean:.2f} ± {std:.2f} (n=3); paper 91.63" in out
+    assert "standard deviation" in out
+    assert "missing (n=0); paper 66.18" in out  # CIFAR100 AvgPool
+    assert "91.00 (n=1); paper 91.38" in out  # one seed: no spread shown
+    assert (tmp_path / "tables" / "table1.md").read_text() in out
+    assert not (tmp_path / "tables" / "table1.tex").exists()  # --format md writes only Markdown
+
+
+@pytest.mark.parametrize("gain, verdict", [(1.0, "supported"), (-1.0, "contradicted"), (0.0, "inconclusive")])
+def test_paired_verdicts_on_constructed_data(gain, verdict):
+    rng = np.random.default_rng(1)
+    seeds = pd.Index(range(8), name="seed")
+    base = pd.Series(90 + rng.normal(0, 1.0, 8), index=seeds)  # seed-to-seed spread larger than the gain...
+    treat = base + gain + rng.normal(0, 0.1, 8)  # ...but the paired differences are tight
+    if gain == 0:
+        treat = base + rng.normal(0, 1.0, 8)  # pure noise
+    result = stats.paired(base, treat)
+    assert result["verdict"] == verdict
+    assert result["n"] == 8
+    assert result["ci_low"] < result["mean_diff"] < result["ci_high"]
+
+
+def test_paired_uses_only_shared_seeds_and_needs_two():
+    base = pd.Series([90.0, 91.0, 92.0], index=[0, 1, 2])
+    assert stats.paired(base, pd.Series([95.0], index=[1]))["verdict"] == "inconclusive"
+    assert "too few paired seeds" in stats.paired(base, pd.Series([95.0], index=[1]))["reason"]
+    result = stats.paired(base, pd.Series([92.0, 93.5, 99.0], index=[1, 2, 7]))
+    assert result["n"] == 2 and result["mean_diff"] == pytest.approx(1.25)
+
+
+def test_claims_in_output(results, tmp_path, capsys):
+    results_dir, _ = results
+    run_tables(results_dir / "runs", tmp_path / "tables")
+    claims = pd.read_csv(tmp_path / "tables" / "claims.csv")
+    # CIFAR10 columns rise by 1 point each with 0.1-point noise over 3 seeds: claims (a) and (b) hold.
+    cifar = claims[(claims["dataset"] == "cifar10") & claims["claim"].isin(["a", "b"])]
+    assert len(cifar) == 6 and (cifar["verdict"] == "supported").all()
+    assert (claims[claims["dataset"] == "cifar100"]["verdict"] == "inconclusive").all()
+    sac = claims[(claims["claim"] == "c") & (claims["dataset"] == "cifar10")]
+    assert sac["paper_diff"].round(2).tolist() == [-2.32, -0.30, -0.01, -0.29]  # the paper's own Table 2 - Table 1
+    assert "**(a) FlexPool beats AvgPool**: supported 2" in (tmp_path / "tables" / "claims.md").read_text()
+
+
+def test_corrupt_failed_and_partial_records_are_listed_and_skipped(results, tmp_path, capsys):
+    results_dir, _ = results
+    runs = results_dir / "runs"
+    failed = write_run(results_dir, "table1", "cifar100", "avgpool", 0, 0.6, status="failed")
+    partial = write_run(results_dir, "table1", "cifar100", "avgpool", 1, 0.6)
+    record = json.loads(partial.read_text())
+    del record["metrics"]["accuracy"]
+    partial.write_text(json.dumps(record))
+    truncated = write_run(results_dir, "table1", "cifar100", "avgpool", 2, 0.6)
+    truncated.write_text(truncated.read_text()[:100])
+    (runs / "notes.json").write_text("[1, 2]")
+    malformed = write_run(results_dir, "table1", "cifar100", "flexpool", 0, 0.6, metrics=[0.6])
+
+    frame, skipped = collect.load_runs(runs)
+    assert len(frame) == 25  # the fixture's runs only
+    assert {Path(s["file"]).name for s in skipped} == {"notes.json", partial.name, truncated.name, failed.name,
+                                                      malformed.name}
+    run_tables(runs, tmp_path / "tables")
+    err = capsys.readouterr().err
+    assert f"skipped {truncated.relative_to(runs)}: not a readable run record" in err
+    assert "status 'failed': RuntimeError: CUDA out of memory" in err
+    assert "metrics.accuracy is None" in err
+    assert f"skipped {malformed.relative_to(runs)}: malformed record (AttributeError" in err
+    assert "missing (n=0, 2 skipped); paper 66.18" in (tmp_path / "tables" / "table1.md").read_text()
+
+
+def test_smoke_and_full_runs_are_never_averaged(results, tmp_path, capsys):
+    results_dir, _ = results
+    for seed in range(2):
+        write_run(results_dir, "table1", "cifar10", "avgpool", seed, 0.2, profile="smoke")
+    write_run(results_dir, "table1", "cifar100", "avgpool", 0, 0.2, profile="smoke", status="failed")
+    run_tables(results_dir / "runs", tmp_path / "full")
+    full = pd.read_csv(tmp_path / "full" / "table1.csv").set_index(["dataset", "column"])
+    assert full.loc[("cifar10", "avgpool"), "n"] == 3 and full.loc[("cifar10", "avgpool"), "mean"] > 85
+    assert "2 test run(s) of profile 'smoke' left out" in capsys.readouterr().err
+    assert full.loc[("cifar100", "avgpool"), "skipped"] == 0  # a failed smoke run is no failed full run
+    run_tables(results_dir / "runs", tmp_path / "smoke", "--profile", "smoke")
+    smoke = pd.read_csv(tmp_path / "smoke" / "table1.csv").set_index(["dataset", "column"])
+    assert smoke.loc[("cifar10", "avgpool"), "mean"] == pytest.approx(20.0)
+    assert smoke["n"].sum() == 2 and smoke.loc[("cifar100", "avgpool"), "skipped"] == 1
+    run_tables(results_dir / "runs", tmp_path / "any", "--profile", "any")  # one config per cell: the full one
+    assert pd.read_csv(tmp_path / "any" / "table1.csv").set_index(["dataset", "column"]).loc[
+        ("cifar10", "avgpool"), "n"] == 3
+
+
+@pytest.mark.filterwarnings("error")
+def test_only_other_profiles_gives_all_missing_and_a_hint(tmp_path, capsys):
+    write_run(tmp_path, "table1", "cifar10", "flexpool", 0, 0.3, profile="smoke")
+    run_tables(tmp_path / "runs", tmp_path / "tables")
+    captured = capsys.readouterr()
+    assert captured.out.count("missing (n=0)") == 32
+    assert "use --profile smoke" in captured.err and "every cell is missing" in captured.err
+
+
+def test_two_configs_in_one_cell_are_never_averaged(results, tmp_path, capsys):
+    results_dir, _ = results
+    for seed in range(2):  # a relaunch with tuned params: same cell, another config, fewer seeds so far
+        write_run(results_dir, "table1", "cifar10", "flexpool-reg", seed, 0.5, params={"reg": 0.05})
+    run_tables(results_dir / "runs", tmp_path / "tables")
+    table = pd.read_csv(tmp_path / "tables" / "table1.csv").set_index(["dataset", "column"])
+    assert table.loc[("cifar10", "flexpool-reg"), "n"] == 3 and table.loc[("cifar10", "flexpool-reg"), "mean"] > 85
+    assert "table1/cifar10/flexpool-reg: 2 run(s) of another config" in capsys.readouterr().err
+
+
+def test_val_and_adhoc_runs_do_not_count(results, tmp_path):
+    results_dir, _ = results
+    cfg = cell_config("table1", "cifar100", "avgpool").replace(val_fraction=0.1, results_dir=str(results_dir))
+    path = write_run(results_dir, "table1", "cifar100", "avgpool", 0, 0.5)
+    record = json.loads(path.read_text())
+    record.update(config=cfg.to_dict(), eval_split="val", run_id=cfg.run_id)
+    path.unlink()
+    records.write_record(record, records.record_path(cfg))
+    adhoc = cfg.replace(cell="", val_fraction=0.0)
+    records.write_record({**record, "cell": "", "config": adhoc.to_dict(), "eval_split": "test"},
+                         records.record_path(adhoc))
+    frame, _ = collect.load_runs(results_dir / "runs")
+    assert len(frame) == 27
+    chosen, notes = collect.select(frame)
+    assert len(chosen) == 25 and "table1/cifar100/avgpool" not in set(chosen["cell"])
+    assert "2 run(s) outside the tables or on the val split left out" in notes
+
+
+@pytest.mark.parametrize("make", ["missing", "empty"])
+def test_no_records_is_a_clear_error(tmp_path, make, capsys):
+    runs = tmp_path / "runs"
+    if make == "empty":
+        runs.mkdir()
+    for tool in (make_tables, make_figures):
+        with pytest.raises(SystemExit) as exit:
+            collect.run_cli(lambda tool=tool: tool.main(["--runs", str(runs), "--out", str(tmp_path / "out")]))
+        assert exit.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and err.startswith("error: ")
+        assert ("does not exist" if make == "missing" else "no run records") in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_bad_format_and_wandb_path_exit_2(tmp_path):
+    cmd = [sys.executable, "-m", "analysis.make_tables", "--runs", str(tmp_path)]
+    bad_format = subprocess.run([*cmd, "--format", "html"], capture_output=True, text=True, cwd=ROOT, check=False)
+    assert bad_format.returncode == 2 and bad_format.stderr.count("\n") == 1 and "Traceback" not in bad_format.stderr
+    bad_wandb = subprocess.run([*cmd, "--from-wandb", "no-slash"], capture_output=True, text=True, cwd=ROOT, check=False)
+    assert bad_wandb.returncode == 2 and "ENTITY/PROJECT" in bad_wandb.stderr
+
+
+def test_latex_has_one_row_per_dataset(results, tmp_path):
+    results_dir, _ = results
+    run_tables(results_dir / "runs", tmp_path / "tables", "--format", "latex")
+    for table in ("table1", "table2"):
+        tex = (tmp_path / "tables" / f"{table}.tex").read_text()
+        body = tex.split("\\midrule")[1].split("\\bottomrule")[0].strip().splitlines()
+        assert [line.split(" & ")[0] for line in body] == ["CIFAR10", "Fashion-MNIST", "CIFAR100", "Tiny ImageNet"]
+        assert all(line.endswith("\\\\") and line.count(" & ") == 4 for line in body)
+        assert "\\toprule" in tex and "\\begin{tabular}{lcccc}" in tex
+        assert "\\pm" in tex and "±" not in tex
+
+
+def test_figures_are_real_images_of_the_expected_size(results, tmp_path):
+    results_dir, _ = results
+    out = tmp_path / "figures"
+    make_figures.main(["--runs", str(results_dir / "runs"), "--out", str(out)])
+    for name in ("figure2", "figure4"):
+        with Image.open(out / f"{name}.png") as image:
+            assert image.format == "PNG"
+            assert image.size == (make_figures.TREND_SIZE[0] * make_figures.DPI,
+                                  make_figures.TREND_SIZE[1] * make_figures.DPI)
+            assert np.asarray(image.convert("L")).std() > 10  # drawn on, not blank
+        assert (out / f"{name}.pdf").read_bytes().startswith(b"%PDF")
+    # Table 1 CIFAR10: 3 FlexPool columns x (channel mean, 3 channels, sums histogram).
+    with Image.open(out / "flexpool-table1-cifar10.png") as image:
+        assert image.size == (5 * 260, 3 * 240 + 50)
+    # Table 2 adds the two SAC heads' channel means.
+    with Image.open(out / "flexpool-table2-cifar10.png") as image:
+        assert image.size == (7 * 260, 3 * 240 + 50)
+    assert not (out / "flexpool-table1-fashion_mnist.png").exists()  # AvgPool only: nothing learned to show
+    assert not list(out.glob(".*"))  # no temp files left behind
+
+
+def test_flexpool_panels_average_channel_means_over_seeds(results):
+    results_dir, _ = results
+    frame, _ = collect.load_runs(results_dir / "runs")
+    cell = frame[frame["cell"] == "table1/cifar10/flexpool"]
+    panels = dict(make_figures.flexpool_panels(cell))
+    maps = [np.asarray(f["pool"]["channel_mean"]) * 64 for f in cell["flexpool"]]
+    np.testing.assert_allclose(panels["channel mean (3 seeds)"], np.mean(maps, axis=0))
+    assert len(panels["sums"]) == 3 * 4
+
+
+def test_analysis_never_imports_torch():
+    code = "import sys, analysis.make_tables, analysis.make_figures; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
