@@ -43,7 +43,8 @@ class Tracker:
                 id=wandb_run_id(config), resume="allow", dir=str(directory),
                 group=config.wandb_group or config.cell or f"adhoc/{config.dataset}",
                 name=f"{config.cell or config.dataset}/seed{config.seed}", tags=tags(config),
-                config={**config.to_dict(), "run_id": config.run_id}, reinit="finish_previous",
+                config={**config.to_dict(), "run_id": config.run_id, "eval_split": config.eval_split},
+                reinit="finish_previous",
                 settings=wandb.Settings(silent=True, init_timeout=60),
             )
         except Exception as e:  # noqa: BLE001 - any tracking error is only a warning

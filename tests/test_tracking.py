@@ -1,0 +1,110 @@
+"""repro/tracking.py: a tiny training in W&B offline mode, read back from the run's .wandb file. CPU, ~15 s."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from repro import train
+from repro.config import RunConfig
+from repro.tracking import Tracker
+
+WANDB = Path(sys.executable).parent / "wandb"
+SECRET = "0123456789abcdef0123456789abcdef01234567"  # an API key in the environment must never reach a file
+
+
+def tiny(tmp_path: Path, **changes) -> RunConfig:
+    return RunConfig(dataset="synthetic", pool="flex", reg=1e-3, epochs=2, batch_size=64, train_subset=128,
+                     test_subset=64, cell="table1/synthetic/flexpool-reg", results_dir=str(tmp_path)).replace(**changes)
+
+
+def inspect(run_dir: Path) -> list[dict]:
+    """The records of an offline run's .wandb file, as W&B's own reader prints them."""
+    out = subprocess.run([str(WANDB), "leet", "inspect", "--json", str(run_dir)], capture_output=True, text=True,
+                         check=True, timeout=60).stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def offline_runs(results: Path) -> list[Path]:
+    return sorted((results / "wandb").glob("offline-run-*"))
+
+
+@pytest.fixture(autouse=True)
+def clean_wandb_env(monkeypatch):
+    for name in ("WANDB_MODE", "WANDB_DIR", "WANDB_RUN_ID", "WANDB_RESUME", "WANDB_PROJECT", "WANDB_ENTITY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WANDB_API_KEY", SECRET)
+
+
+def test_offline_run_holds_config_metrics_and_summary(tmp_path):
+    config = tiny(tmp_path)
+    record = train.run(config)
+    assert record["status"] == "completed"
+    [run_dir] = offline_runs(tmp_path)
+    assert run_dir.name.endswith(config.run_id)  # the W&B id is the run's stable id
+    entries = inspect(run_dir)
+
+    run = next(e["run"] for e in entries if e["type"] == "run")
+    logged = {k: v["value"] if isinstance(v, dict) and "value" in v else v
+              for k, v in run["config"]["update"].items()}
+    assert logged["pool"] == "flex" and logged["reg"] == 1e-3 and logged["run_id"] == config.run_id
+    assert logged["eval_split"] == "test"
+    assert run["run_group"] == config.cell
+    assert run["tags"][:3] == ["table1", "synthetic", "flexpool-reg"]
+    assert "seed0" in run["display_name"]
+
+    history = [e["history"]["item"] for e in entries if e["type"] == "history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    for logged_epoch, recorded in zip(history, record["history"]):
+        for key in ("train_loss", "train_accuracy", "eval_accuracy", "lr", "images_per_s"):
+            assert logged_epoch[key] == pytest.approx(recorded[key], rel=1e-6), key
+        assert logged_epoch["head1_accuracy"] == pytest.approx(recorded["head_accuracies"][0])
+        assert any(k.startswith("flexpool/") and k.endswith("/mean") for k in logged_epoch)
+
+    summary = {}
+    for e in entries:
+        if e["type"] == "summary":
+            summary.update(e["summary"]["update"])
+    assert summary["accuracy"] == pytest.approx(record["metrics"]["accuracy"])
+    assert summary["status"] == "completed"
+    assert next(e["exit"]["exit_code"] for e in entries if e["type"] == "exit") == 0
+
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+
+
+def test_same_config_continues_the_same_wandb_run(tmp_path):
+    """A requeued or relaunched run logs into the W&B run of its first attempt (same id, resume allowed)."""
+    config = tiny(tmp_path, sac=True)
+    for step in (1, 2):
+        tracker = Tracker(config)
+        assert tracker.run is not None and tracker.run.id == config.run_id
+        tracker.log({"train_loss": float(step)}, step=step)
+        tracker.finish({"status": "completed"})
+    files = [p.name for p in (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")]
+    assert files == [f"run-{config.run_id}.wandb"] * 2
+
+
+def test_disabled_mode_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")  # W&B's own variable is honoured
+    tracker = Tracker(tiny(tmp_path))
+    tracker.log({"x": 1.0}, step=1)
+    tracker.finish()
+    assert tracker.run is None and not (tmp_path / "wandb").exists()
+
+
+def test_tracking_failure_never_costs_the_run(tmp_path, monkeypatch):
+    import wandb
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no W&B today")
+
+    monkeypatch.setattr(wandb, "init", broken)
+    with pytest.warns(UserWarning, match="W&B init failed"):
+        record = train.run(tiny(tmp_path, epochs=1))
+    assert record["status"] == "completed"
