@@ -82,7 +82,6 @@ def load_cluster(name: str) -> dict:
 def executor_kind(choice: str) -> str:
     if choice == "auto":
         return "slurm" if shutil.which("sbatch") else "local"
-    check(choice != "slurm" or shutil.which("sbatch") is not None, "--executor slurm: no sbatch on the PATH")
     return choice
 
 
@@ -121,7 +120,8 @@ def _train(config: dict, log: str, gpu: str | None) -> None:
     signal.signal(getattr(signal, "SIG" + submitit.JobEnvironment.USR_SIG), signal.SIG_IGN)
     from repro import train
 
-    print(f"== {config['cell']} seed {config['seed']} ({datetime.datetime.now():%Y-%m-%d %H:%M:%S})", flush=True)
+    print(f"== {config['cell']} seed {config['seed']}, {datetime.datetime.now():%Y-%m-%d %H:%M:%S}, "
+          f"code from {Path(train.__file__).parent}", flush=True)
     if train.run(RunConfig.from_dict(config)) is None:
         print("another process holds this run's lock: it is trained there", flush=True)
         sys.exit(RUN_LOCKED)
@@ -262,7 +262,9 @@ def follow(jobs: list, configs: list[RunConfig]) -> dict[RunConfig, str]:
                 print(f"[{datetime.datetime.now():%H:%M:%S}] {counts}", flush=True)
                 last = counts
             # submitit polls the scheduler less often as jobs age; force a look once every run has a record.
-            if all(job.done(force_check=finished == len(configs)) for job in jobs):
+            # Runs that another launch trains ("running" once our job has ended) are waited for too.
+            jobs_ended = all(job.done(force_check=finished == len(configs)) for job in jobs)
+            if jobs_ended and "running" not in states.values():
                 return states
             time.sleep(min(30.0, 1.0 + (time.time() - start) / 20))
 
@@ -333,6 +335,7 @@ def launch(args: argparse.Namespace) -> int:
           f"{args.runs_per_gpu} per GPU)")
     if args.dry_run:
         return 0
+    check(kind != "slurm" or shutil.which("sbatch") is not None, "--executor slurm: no sbatch on the PATH")
     if args.force:
         forget(runs)
     folder = launch_folder(configs[0].results_dir, args.target)

@@ -51,19 +51,21 @@ def run_log_path(config: RunConfig) -> Path:
     return Path(config.results_dir) / "slurm-logs" / "runs" / cell / f"seed{config.seed}-{config.run_id}.log"
 
 
-def is_running(config: RunConfig) -> bool:
-    """Whether some process holds the run's lock. Asks with F_GETLK rather than taking the lock: taking it,
-    even briefly, could make a run that starts at that moment believe it runs elsewhere and skip."""
+def lock_holder(config: RunConfig) -> int | None:
+    """PID of the process that holds the run's lock (it trains the run), else None. Asks with F_GETLK rather
+    than taking the lock: taking it, even briefly, could make a run starting at that moment skip itself.
+    (On a network file system the PID may be another machine's.)"""
     path = records.lock_path(config)
     if not path.exists():
-        return False
+        return None
     with open(path, "rb") as f:
         query = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
-        return struct.unpack(_FLOCK, fcntl.fcntl(f, fcntl.F_GETLK, query))[0] != fcntl.F_UNLCK
+        kind, _, _, _, pid = struct.unpack(_FLOCK, fcntl.fcntl(f, fcntl.F_GETLK, query))
+    return None if kind == fcntl.F_UNLCK else pid
 
 
 def run_state(config: RunConfig) -> str:
-    if is_running(config):
+    if lock_holder(config) is not None:
         return "running"
     return {"completed": "done", "failed": "failed"}.get(records.run_status(config), "pending")
 

@@ -1,0 +1,205 @@
+"""The launcher and status on this machine: plans, relaunching, bad input, and real runs through submitit's local
+executor (tiny Fashion-MNIST files from conftest, the smoke profile, CPU)."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from repro import launch, records, status, train
+from repro.experiments import plan
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def no_wandb(monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")  # the jobs inherit it
+
+
+def main(capsys, module, *argv):
+    code = module.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def selection(tmp_path, data_root, *argv):
+    """Plan arguments for smoke runs of the Fashion-MNIST cells (launch and status take them alike)."""
+    return ("--datasets", "fashion_mnist", "--profile", "smoke", "--data-root", data_root,
+            "--results-dir", tmp_path / "results", *argv)
+
+
+def smoke(tmp_path, data_root, *argv):
+    """Launch arguments for those runs on this machine."""
+    return (*selection(tmp_path, data_root, *argv), "--executor", "local")
+
+
+def configs(tmp_path, data_root, target="table1", seeds=1, columns=None, **params):
+    return plan(target, seeds, ["fashion_mnist"], columns, "smoke", params or None,
+                results_dir=str((tmp_path / "results").resolve()), data_root=str(Path(data_root).resolve()))
+
+
+def wait_for(condition, timeout=120, what="condition"):
+    end = time.time() + timeout
+    while time.time() < end:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def training_starts(config) -> int:
+    return status.run_log_path(config).read_text().count("] epoch 1/")
+
+
+@pytest.mark.parametrize("target,runs,cells", [("table1", 80, 16), ("table2", 80, 16), ("all", 160, 32)])
+def test_plan_sizes(capsys, tmp_path, target, runs, cells):
+    code, out, _ = main(capsys, launch, target, "--seeds", 5, "--results-dir", tmp_path, "--dry-run")
+    assert code == 0
+    assert f"{cells} cells x 5 seeds = {runs} runs: 0 done, 0 running, 0 failed, {runs} pending" in out
+    assert f"would submit {runs} runs" in out
+    assert not (tmp_path / "slurm-logs").exists()  # a dry run submits nothing and writes nothing
+
+
+def test_run_ids_and_paths_are_stable(tmp_path):
+    five = plan("all", 5, results_dir=str(tmp_path))
+    assert [c.run_id for c in five] == [c.run_id for c in plan("all", 5, results_dir=str(tmp_path))]
+    assert len({c.run_id for c in five}) == 160
+    three = plan("all", 3, results_dir=str(tmp_path / "elsewhere"))  # fewer seeds, other folder: same ids
+    assert {c.run_id for c in three} <= {c.run_id for c in five}
+    config = five[0]
+    assert records.record_path(config) == tmp_path / "runs" / config.cell / f"seed0-{config.run_id}.json"
+
+
+def test_dry_run_submits_nothing(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(launch, "submit", lambda *a, **k: pytest.fail("a dry run submitted"))
+    code, out, _ = main(capsys, launch, "table2", "--seeds", 2, "--results-dir", tmp_path, "--dry-run",
+                        "--executor", "slurm", "--cluster", "example")
+    assert code == 0 and "would submit 32 runs (slurm, profile example, 1 per GPU)" in out
+
+
+def write_profile(tmp_path, drop):
+    text = (ROOT / "slurm" / "example.yaml").read_text()
+    path = tmp_path / "cluster.yaml"
+    path.write_text("\n".join(line for line in text.splitlines() if not line.startswith(f"{drop}:")))
+    return path
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["tableX"], "unknown target 'tableX'"),
+    (["table1", "--datasets", "mnist"], "unknown dataset 'mnist'"),
+    (["table1", "--columns", "maxpool"], "unknown column 'maxpool'"),
+    (["table1", "--seeds", "0"], "--seeds must be at least 1"),
+    (["table1", "--runs-per-gpu", "0"], "--runs-per-gpu must be at least 1"),
+    (["table1", "--params", "nowhere.yaml"], "params file nowhere.yaml does not exist"),
+    (["table1", "--executor", "slurm", "--cluster", "nowhere"], "nowhere.yaml does not exist"),
+    (["table1", "--executor", "slurm", "--cluster", "QOSLESS"], "lacks field(s) qos"),
+])
+def test_bad_input_is_one_line(capsys, tmp_path, argv, message):
+    argv = [str(write_profile(tmp_path, "qos")) if a == "QOSLESS" else a for a in argv]
+    code, out, err = main(capsys, launch, *argv, "--results-dir", tmp_path, "--dry-run")
+    assert code == 2 and out == ""
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_bad_input_from_the_shell_has_no_traceback(tmp_path):
+    for module in ("repro.launch", "repro.status"):
+        result = subprocess.run([sys.executable, "-m", module, "table3", "--results-dir", str(tmp_path)],
+                                check=False, capture_output=True, text=True, cwd=ROOT)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith("error: unknown target 'table3'") and result.stderr.count("\n") == 1
+
+
+def test_smoke_matrix_end_to_end_then_nothing_to_do(capsys, tmp_path, data_root, monkeypatch):
+    """Table 1 and Table 2 (Fashion-MNIST cells) through the local executor, two runs at once, from a code
+    snapshot; a second launch finds everything done and submits nothing."""
+    code, out, _ = main(capsys, launch, "all", *smoke(tmp_path, data_root, "--runs-per-gpu", 2, "--wait"))
+    assert code == 0, out
+    assert "finished: 8 cells x 1 seeds = 8 runs: 8 done, 0 running, 0 failed, 0 pending" in out
+    runs = configs(tmp_path, data_root, "all")
+    for config in runs:
+        record = records.read_record(records.record_path(config))
+        assert record["status"] == "completed" and len(record["history"]) == config.epochs
+        if shutil.which("rsync"):  # the run imported the snapshot, not the checkout
+            assert "/code/repro" in status.run_log_path(config).read_text().splitlines()[0]
+    monkeypatch.setattr(launch, "submit", lambda *a, **k: pytest.fail("a finished target submitted runs"))
+    code, out, _ = main(capsys, launch, "all", *smoke(tmp_path, data_root))
+    assert code == 0 and "8 runs: 8 done" in out and "nothing to submit" in out
+    code, out, _ = main(capsys, status, "all", *selection(tmp_path, data_root))
+    assert code == 0 and "table2/fashion_mnist/flexpool-reg-dropout" in out and "8 done, 0 running" in out
+
+
+def test_returns_at_once_and_the_local_job_goes_on(tmp_path, data_root):
+    argv = [sys.executable, "-m", "repro.launch", "table1", *map(str, smoke(tmp_path, data_root)),
+            "--columns", "avgpool", "--no-snapshot"]
+    started = time.time()
+    result = subprocess.run(argv, check=False, capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "it goes on after this command returns" in result.stdout
+    assert "progress: python -m repro.status" in result.stdout
+    (config,) = configs(tmp_path, data_root, columns=["avgpool"])
+    assert records.run_status(config) == "missing" and time.time() - started < 30  # it did not wait
+    wait_for(lambda: records.run_status(config) == "completed", what="the record of the detached job")
+
+
+def test_failing_run_is_reported_with_cell_seed_and_log(capsys, tmp_path):
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    code, out, _ = main(capsys, launch, "table1", *smoke(tmp_path, empty, "--columns", "avgpool", "--seeds", 2,
+                                                             "--wait", "--no-snapshot"))
+    (first, second) = configs(tmp_path, empty, columns=["avgpool"], seeds=2)
+    assert code == 1
+    for config in (first, second):
+        line = f"FAILED table1/fashion_mnist/avgpool seed {config.seed}: "
+        assert line in out and f"(log: {status.run_log_path(config)})" in out
+        assert "Traceback" in status.run_log_path(config).read_text()
+    code, out, _ = main(capsys, status, "table1", "--seeds", 2, *selection(tmp_path, empty, "--columns", "avgpool"))
+    assert "2 runs: 0 done, 0 running, 2 failed, 0 pending" in out and out.count("FAILED ") == 2
+    code, out, _ = main(capsys, launch, "table1", "--seeds", 2, *smoke(tmp_path, empty, "--columns", "avgpool"))
+    assert "nothing to submit" in out  # a failed run has a record: only --retry-failed or --force run it again
+    code, out, _ = main(capsys, launch, "table1", "--seeds", 2, "--retry-failed", "--dry-run",
+                        *smoke(tmp_path, empty, "--columns", "avgpool"))
+    assert "would submit 2 runs" in out
+
+
+def test_killed_run_resumes_to_the_record_of_an_unbroken_one(capsys, tmp_path, data_root):
+    params = tmp_path / "long.yaml"
+    params.write_text("epochs: 60\n")
+    argv = smoke(tmp_path, data_root, "--columns", "avgpool", "--params", params, "--no-snapshot")
+    assert main(capsys, launch, "table1", *argv)[0] == 0
+    (config,) = configs(tmp_path, data_root, columns=["avgpool"], epochs=60)
+    wait_for(lambda: records.checkpoint_path(config).exists(), what="the first checkpoint")
+    pid = status.lock_holder(config)
+    os.kill(pid, signal.SIGKILL)  # the run's own process, mid-training
+    wait_for(lambda: status.lock_holder(config) is None, what="the killed run to let go of its lock")
+    assert records.run_status(config) == "missing" and status.run_state(config) == "pending"
+
+    code, out, _ = main(capsys, launch, "table1", *argv, "--wait")
+    assert code == 0 and "submitting 1 runs" in out
+    assert "resuming run" in status.run_log_path(config).read_text()
+    resumed = records.read_record(records.record_path(config))
+
+    unbroken = config.replace(results_dir=str(tmp_path / "unbroken"))
+    expected = train.run(unbroken)
+    assert resumed["status"] == "completed" and len(resumed["history"]) == 60
+    assert resumed["metrics"] == expected["metrics"]
+    assert [h["train_loss"] for h in resumed["history"]] == [h["train_loss"] for h in expected["history"]]
+
+
+def test_two_launches_at_once_train_each_run_once(tmp_path, data_root):
+    argv = [sys.executable, "-m", "repro.launch", "table1", *map(str, smoke(tmp_path, data_root)),
+            "--columns", "avgpool", "flexpool", "--runs-per-gpu", 2, "--wait", "--no-snapshot"]
+    argv = [str(a) for a in argv]
+    both = [subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for _ in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in both]
+    for p, output in zip(both, outputs):
+        assert p.returncode == 0, output
+    for config in configs(tmp_path, data_root, columns=["avgpool", "flexpool"]):
+        assert records.read_record(records.record_path(config))["status"] == "completed"
+        assert training_starts(config) == 1
