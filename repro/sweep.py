@@ -1,0 +1,595 @@
+"""`python -m repro.sweep NAME`: tune what the paper leaves open with Optuna; `--report` exports the best values.
+
+A study is a YAML file, sweeps/NAME.yaml (or any path to one): RunConfig fields fixed for every trial, a search
+space over RunConfig fields, a trial budget, a pruner. A trial trains one run (repro.train.run) and is scored by
+its accuracy on the validation split carved from the training set (fixed val_fraction > 0): the test set is never
+used for tuning. The accuracy of every epoch goes to the pruner, which stops hopeless trials early.
+  storage  SQLite, RESULTS/sweeps/NAME.db, by default (one machine); --storage FILE.log: a journal file (safe on
+           NFS, the default with --executor slurm); or any SQLAlchemy URL of a database server
+  workers  --workers K submitit jobs (local: on this machine, one GPU each; slurm: resources from the profile
+           slurm/NAME.yaml, one GPU each) pull trials until the study holds its budget of finished trials, so
+           launching again tops the same study up to its budget (and raising `trials:` adds more)
+  retries  a trial whose worker was preempted (or died: heartbeats) is retried with the same parameters, hence
+           the same run id: it resumes from its last epoch's checkpoint
+  records  RESULTS/sweeps/NAME/ (runs, checkpoints, wandb), apart from the tables' records
+  W&B      every trial is a W&B run in group sweep/NAME (offline unless --wandb online)
+Export the study for W&B's own agents: --export-wandb writes sweeps/wandb/NAME.yaml.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import submitit
+import yaml
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.storages._heartbeat import BaseHeartbeat  # optuna's heartbeat interface; public only for RDB
+from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.trial import TrialState
+
+from repro.config import WANDB_MODES, ConfigError, RunConfig, check
+
+SWEEPS_DIR = Path(__file__).resolve().parents[1] / "sweeps"
+STUDY_KEYS = {"description", "trials", "pruner", "sampler", "fixed", "space"}
+PRUNERS = {
+    "median": optuna.pruners.MedianPruner,  # below the median of earlier trials at the same epoch
+    "hyperband": optuna.pruners.HyperbandPruner,  # successive halving over brackets of epochs
+    "threshold": optuna.pruners.ThresholdPruner,  # e.g. still at chance level after the warm-up
+    "none": optuna.pruners.NopPruner,
+}
+SAMPLERS = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+MAX_RETRY = 3  # a trial that keeps killing its worker is given up after this many retries
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+RUNTIME = [f for f in dataclasses.fields(RunConfig) if not f.metadata["id"] and f.name not in ("cell", "wandb_group")]
+
+
+class RunBusy(RuntimeError):
+    """Two trials drew the same parameters at once: one run id, trained by the other trial."""
+
+
+# ---- the study file ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    path: str
+    fixed: dict  # RunConfig fields of every trial
+    space: dict  # RunConfig field -> distribution; a tuple field -> a list of distributions or fixed numbers
+    trials: int  # budget: finished (complete or pruned) trials
+    pruner: dict  # {"type": one of PRUNERS, **its keyword arguments}
+    sampler: str = "tpe"
+    description: str = ""
+
+
+def study_path(name: str, sweeps_dir: Path = SWEEPS_DIR) -> Path:
+    path = Path(name) if name.endswith((".yaml", ".yml")) else Path(sweeps_dir) / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in Path(sweeps_dir).glob("*.yaml"))
+        raise ConfigError(f"unknown study {name!r}: no file {path} (studies: {', '.join(known) or 'none'})")
+    return path
+
+
+def load_study(name: str, sweeps_dir: Path = SWEEPS_DIR) -> Study:
+    path = study_path(name, sweeps_dir)
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from None
+    check(isinstance(spec, dict), f"{path} must be a mapping with keys {', '.join(sorted(STUDY_KEYS))}")
+    unknown = sorted(set(spec) - STUDY_KEYS)
+    check(not unknown, f"{path}: unknown key(s) {', '.join(unknown)}; a study has {', '.join(sorted(STUDY_KEYS))}")
+    fixed, space = spec.get("fixed") or {}, spec.get("space") or {}
+    check(isinstance(fixed, dict) and isinstance(space, dict), f"{path}: fixed and space must be mappings")
+    check(space, f"{path}: the space is empty: nothing to tune")
+    check(isinstance(spec.get("trials"), int) and spec["trials"] >= 1, f"{path}: trials must be a positive integer")
+    pruner = spec.get("pruner", "median")
+    pruner = {"type": pruner} if isinstance(pruner, str) else pruner
+    check(isinstance(pruner, dict) and pruner.get("type") in PRUNERS,
+          f"{path}: pruner must be one of {', '.join(PRUNERS)} (or a mapping with type: and its options)")
+    check(spec.get("sampler", "tpe") in SAMPLERS, f"{path}: sampler must be one of {', '.join(SAMPLERS)}")
+    study = Study(path.stem, str(path.resolve()), fixed, space, spec["trials"], pruner, spec.get("sampler", "tpe"),
+                  spec.get("description", ""))
+    check_fields(study)
+    make_pruner(study)  # its options are checked here, not in a worker
+    return study
+
+
+def check_fields(study: Study) -> None:
+    """Every name a field that changes the result, every value one RunConfig accepts, scored on validation data."""
+    fields = {f.name: f for f in dataclasses.fields(RunConfig)}
+    where = study.path
+    for name in list(study.fixed) + list(study.space):
+        check(name in fields, f"{where}: {name!r} is not a repro.train option (options: {', '.join(fields)})")
+        check(fields[name].metadata["id"], f"{where}: {name!r} says where a run executes; pass it on the command line")
+    both = sorted(set(study.fixed) & set(study.space))
+    check(not both, f"{where}: {', '.join(both)} both fixed and searched")
+    try:
+        base = RunConfig.from_dict(study.fixed)
+        for name, spec in study.space.items():
+            for value in extremes(name, spec, fields[name].default, where):
+                RunConfig.from_dict({**study.fixed, name: value})
+    except (TypeError, ConfigError) as e:
+        raise ConfigError(f"{where}: {e}") from None
+    check(base.val_fraction > 0, f"{where}: fixed val_fraction must be > 0: trials are scored on a validation split "
+                                 "carved from the training set, never on the test set")
+
+
+def extremes(name: str, spec, default, where: str) -> list:
+    """The values at the ends of a searched field's range (or each choice), to check them before any trial."""
+    if isinstance(default, tuple):
+        check(isinstance(spec, list) and len(spec) == len(default),
+              f"{where}: {name} needs a list of {len(default)} distributions or numbers")
+        ends = [extremes(f"{name}[{i}]", s, 0.0, where) if isinstance(s, dict) else [s] for i, s in enumerate(spec)]
+        return [[e[0] for e in ends], [e[-1] for e in ends]]
+    check(isinstance(spec, dict), f"{where}: {name} needs a distribution: {{low:, high:}} or {{choices: [...]}}")
+    if "choices" in spec:
+        check(set(spec) == {"choices"} and isinstance(spec["choices"], list) and spec["choices"],
+              f"{where}: {name}: choices must be a non-empty list and alone")
+        return spec["choices"]
+    check({"low", "high"} <= set(spec) <= {"low", "high", "log", "step"},
+          f"{where}: {name}: a range has low, high and optionally log or step")
+    low, high = spec["low"], spec["high"]
+    check(all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) and low < high,
+          f"{where}: {name}: low and high must be numbers with low < high")
+    check(not spec.get("log") or low > 0, f"{where}: {name}: a log range needs low > 0")
+    check(not isinstance(default, int) or isinstance(default, bool) or (isinstance(low, int) and isinstance(high, int)),
+          f"{where}: {name} is an integer option: low and high must be integers")
+    return [low, high]
+
+
+def sample(space: dict, pick) -> dict:
+    """RunConfig fields from the space; pick(parameter name, distribution) gives each searched value."""
+    fields = {}
+    for name, spec in space.items():
+        if isinstance(spec, list):  # a tuple field (sac_weights): one parameter per searched element
+            fields[name] = [pick(f"{name}[{i}]", s) if isinstance(s, dict) else s for i, s in enumerate(spec)]
+        else:
+            fields[name] = pick(name, spec)
+    return fields
+
+
+def suggest(trial: optuna.Trial, name: str, spec: dict):
+    if "choices" in spec:
+        return trial.suggest_categorical(name, spec["choices"])
+    if isinstance(DEFAULTS.get(name), int) and not isinstance(DEFAULTS[name], bool):  # epochs, batch_size, ...
+        return trial.suggest_int(name, spec["low"], spec["high"], step=spec.get("step", 1), log=spec.get("log", False))
+    return trial.suggest_float(name, spec["low"], spec["high"], step=spec.get("step"), log=spec.get("log", False))
+
+
+def make_pruner(study: Study) -> optuna.pruners.BasePruner:
+    options = {k: v for k, v in study.pruner.items() if k != "type"}
+    if study.pruner["type"] == "hyperband":
+        options.setdefault("max_resource", RunConfig.from_dict(study.fixed).epochs)
+    try:
+        return PRUNERS[study.pruner["type"]](**options)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{study.path}: pruner {study.pruner['type']}: {e}") from None
+
+
+# ---- storage -------------------------------------------------------------------------------------------------
+
+class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
+    """A journal file with heartbeats, which optuna 5 gives RDB storages only: a running trial records the time
+    every `interval` seconds, and a RUNNING trial silent for twice as long lost its worker; optuna then fails it
+    and the callback queues it again."""
+
+    def __init__(self, path: str, interval: int, callback):
+        super().__init__(JournalFileBackend(path))
+        self.interval, self.callback = interval, callback
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        self.set_trial_system_attr(trial_id, "heartbeat", time.time())
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        limit = time.time() - 2 * self.interval
+        # A retried trial inherits its original's old heartbeat: its own start time counts as its first beat.
+        return [t._trial_id for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+                if max(t.system_attrs.get("heartbeat", 0.0), t.datetime_start.timestamp()) < limit]
+
+    def get_heartbeat_interval(self) -> int:
+        return self.interval
+
+    def get_heartbeat_stale_trial_callback(self):
+        return self.callback
+
+
+def storage_url(arg: str, root: Path, name: str, kind: str | None) -> str:
+    """'' -> the study's SQLite file (its journal file with slurm, or whichever of the two exists); a path ->
+    a journal file; else a SQLAlchemy URL. Paths absolute: workers run in a code snapshot, maybe elsewhere."""
+    if arg:
+        if "://" not in arg:
+            return str(Path(arg).resolve())
+        if arg.startswith("sqlite:///") and not arg.startswith("sqlite:////"):
+            return "sqlite:///" + str(Path(arg[len("sqlite:///"):]).resolve())
+        return arg
+    db, journal = root / "sweeps" / f"{name}.db", root / "sweeps" / f"{name}.log"
+    if journal.exists() and not db.exists() or not db.exists() and kind == "slurm":
+        return str(journal)
+    return f"sqlite:///{db}"
+
+
+def open_storage(url: str, heartbeat: int):
+    retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY, inherit_intermediate_values=True)
+    try:
+        if "://" not in url:
+            Path(url).parent.mkdir(parents=True, exist_ok=True)
+            return HeartbeatJournalStorage(url, heartbeat, retry)
+        if url.startswith("sqlite:///"):
+            Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        # Two local workers share one SQLite file: wait for its lock instead of failing at once.
+        engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat,
+                                          heartbeat_stale_trial_callback=retry)
+    except Exception as e:  # noqa: BLE001 - SQLAlchemy and drivers raise many kinds for a bad URL
+        raise ConfigError(f"cannot open storage {url}: {' '.join(str(e).split())}") from None
+
+
+def definition(study: Study) -> dict:
+    return json.loads(json.dumps({"fixed": study.fixed, "space": study.space}))
+
+
+def create(study: Study, storage) -> optuna.Study:
+    """Create the study once, before any worker starts (two processes creating one fresh SQLite study at once
+    crash one of them); refuse a storage whose study of this name was made from a different file."""
+    optuna_study = optuna.create_study(study_name=study.name, storage=storage, direction="maximize",
+                                       load_if_exists=True)
+    stored = optuna_study.user_attrs.get("definition")
+    if stored is None:
+        optuna_study.set_user_attr("definition", definition(study))
+    check(stored in (None, definition(study)),
+          f"study {study.name!r} in this storage was created from a different search space or fixed fields; "
+          "give the changed study a new name or a new --storage")
+    return optuna_study
+
+
+def existing(study: Study, storage_arg: str, root: Path, heartbeat: int) -> optuna.Study:
+    url = storage_url(storage_arg, root, study.name, None)
+    path = url.removeprefix("sqlite:///")
+    check("://" in url and not url.startswith("sqlite") or Path(path).exists(),
+          f"no storage {path} yet: launch the study first (python -m repro.sweep {study.name})")
+    try:
+        return optuna.load_study(study_name=study.name, storage=open_storage(url, heartbeat))
+    except KeyError:
+        raise ConfigError(f"storage {url} holds no study {study.name!r}") from None
+
+
+# ---- a worker ------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Runtime:
+    storage: str  # SQLAlchemy URL or journal file path, absolute
+    heartbeat: int  # seconds between a running trial's heartbeats
+    fields: dict  # RunConfig fields that do not change results: results_dir (the root), data_root, wandb, ...
+
+
+def trial_config(study: Study, runtime: Runtime, params: dict, number: int) -> RunConfig:
+    results = Path(runtime.fields["results_dir"]) / "sweeps" / study.name
+    return RunConfig.from_dict({**study.fixed, **params, **runtime.fields, "results_dir": str(results),
+                                "cell": f"sweep/{study.name}/trial{number}", "wandb_group": f"sweep/{study.name}"})
+
+
+def wanted(optuna_study: optuna.Study, budget: int) -> bool:
+    """More to do: a retry waits, or finished and running trials fall short of the budget."""
+    optuna.storages.fail_stale_trials(optuna_study)
+    states = Counter(t.state for t in optuna_study.get_trials(deepcopy=False))
+    return states[TrialState.WAITING] > 0 or sum(states[s] for s in (*FINISHED, TrialState.RUNNING)) < budget
+
+
+def retry(optuna_study: optuna.Study, number: int) -> None:
+    """The trial this worker was training when it was preempted: fail it and queue it again, now, rather than
+    after its heartbeat goes stale."""
+    if optuna_study.trials[number].state == TrialState.RUNNING:
+        optuna_study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+        RetryHeartbeatStaleTrialCallback(MAX_RETRY, inherit_intermediate_values=True)(
+            optuna_study, optuna_study.trials[number])
+
+
+class Worker(submitit.helpers.Checkpointable):
+    """One job: train trial after trial until the study holds its budget."""
+
+    def __init__(self, orphan: int | None = None):
+        self.orphan = orphan  # the trial a preempted predecessor of this job was training
+        self.current: int | None = None
+
+    def __call__(self, study: Study, runtime: Runtime) -> int:
+        quiet()
+        optuna_study = optuna.load_study(study_name=study.name, storage=open_storage(runtime.storage,
+                                                                                        runtime.heartbeat),
+                                         sampler=SAMPLERS[study.sampler](), pruner=make_pruner(study))
+        if self.orphan is not None:
+            retry(optuna_study, self.orphan)
+        trained = 0
+        while wanted(optuna_study, study.trials):
+            optuna_study.optimize(lambda trial: self.objective(trial, study, runtime), n_trials=1,
+                                  catch=(RunBusy,), callbacks=[lambda s, t: print(progress(s, t, study.trials),
+                                                                                    flush=True)])
+            trained += 1
+        print(f"[{study.name}] worker done after {trained} trial(s): the study holds its budget", flush=True)
+        return trained
+
+    def objective(self, trial: optuna.Trial, study: Study, runtime: Runtime) -> float:
+        from repro import train  # torch only where trials train
+
+        self.current = trial.number
+        config = trial_config(study, runtime, sample(study.space, lambda n, s: suggest(trial, n, s)), trial.number)
+        trial.set_user_attr("run_id", config.run_id)
+
+        def on_epoch(entry: dict) -> bool:
+            trial.report(entry["eval_accuracy"], entry["epoch"])
+            return trial.should_prune()
+
+        try:
+            record = train.run(config, on_epoch)
+        except train.TrainingError as e:
+            # A diverged run learned nothing: scoring it 0 (not failing it) teaches the sampler to avoid such values.
+            trial.set_user_attr("diverged", str(e))
+            return 0.0
+        if record is None:
+            raise RunBusy(f"run {config.run_id} is trained by another trial with the same parameters")
+        if record["status"] == "pruned":
+            raise optuna.TrialPruned(f"pruned after epoch {record['history'][-1]['epoch']}")
+        return record["metrics"]["accuracy"]
+
+    def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
+        """Preempted or out of time: requeue; the next job first retries the trial this one was training."""
+        return submitit.helpers.DelayedSubmission(Worker(self.current), *args, **kwargs)
+
+
+def quiet() -> None:
+    """One line per trial is ours to print; optuna's own log lines and experimental-feature notes are noise."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def describe(params: dict) -> str:
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
+def progress(optuna_study: optuna.Study, trial, budget: int) -> str:
+    trials = optuna_study.get_trials(deepcopy=False)
+    done = sum(t.state in FINISHED for t in trials)
+    if trial.state == TrialState.COMPLETE:
+        outcome = f"{trial.value:.2%}" + (" (diverged)" if "diverged" in trial.user_attrs else "")
+    elif trial.state == TrialState.PRUNED:
+        outcome = f"pruned at epoch {max(trial.intermediate_values, default=0)}"
+    else:
+        outcome = trial.state.name.lower()
+    return f"[{optuna_study.study_name}] trial {trial.number}: {outcome}  {describe(trial.params)}  ({done}/{budget})"
+
+
+# ---- launching workers ---------------------------------------------------------------------------------------
+
+def submit(study: Study, runtime: Runtime, workers: int, kind: str, cluster: str, snapshot: bool) -> list:
+    from repro import launch  # the launcher's executors, cluster profiles and code snapshots
+
+    folder = launch.launch_folder(runtime.fields["results_dir"], f"sweep-{study.name}")
+    profile = launch.load_cluster(cluster) if kind == "slurm" else None
+    if profile is not None:  # a worker trains one trial at a time: one GPU each
+        profile = {**profile, "gpus_per_node": min(profile["gpus_per_node"], 1)}
+    executor = launch.make_executor(kind, folder, profile, f"sweep-{study.name}")
+    with launch.code_snapshot(folder, kind, snapshot):
+        if kind == "slurm":
+            return executor.map_array(Worker(), [study] * workers, [runtime] * workers)
+        gpus = launch.local_gpu_count() if kind == "local" else 0
+        jobs = []
+        for i in range(workers):
+            if gpus:  # spread local workers over the GPUs, not all on the first
+                executor.update_parameters(gpus_per_node=1, visible_gpus=(i % gpus,))
+            jobs.append(executor.submit(Worker(), study, runtime))
+        return jobs
+
+
+def follow(jobs: list, optuna_study: optuna.Study, budget: int) -> int:
+    """Print each trial as it finishes until every worker has ended; 1 if a worker failed."""
+    if jobs and isinstance(jobs[0], submitit.DebugJob):
+        for job in jobs:  # the debug executor runs a job here when its result is asked for
+            job.result()
+        return 0
+    seen: set[int] = set()
+    while True:
+        ended = all(job.done() for job in jobs)
+        for trial in optuna_study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.FAIL)):
+            if trial.number not in seen:
+                seen.add(trial.number)
+                print(progress(optuna_study, trial, budget), flush=True)
+        if ended:
+            break
+        time.sleep(2)
+    failed = [job for job in jobs if job.exception() is not None]
+    for job in failed:
+        print(f"worker {job.job_id} failed: {job.exception()} (log: {job.paths.folder})", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def run_study(study: Study, args: argparse.Namespace, runtime_fields: dict) -> int:
+    from repro import launch
+
+    check(args.workers >= 1, f"--workers must be at least 1, got {args.workers}")
+    kind = launch.executor_kind(args.executor)
+    url = storage_url(args.storage, Path(runtime_fields["results_dir"]), study.name, kind)
+    check(not (kind == "slurm" and url.startswith("sqlite")),
+          f"SQLite ({url}) is for one machine and breaks on NFS: give SLURM workers a journal file "
+          f"(--storage results/sweeps/{study.name}.log) or a database server URL")
+    runtime = Runtime(url, args.heartbeat, runtime_fields)
+    optuna_study = create(study, open_storage(url, args.heartbeat))
+    print(f"study {study.name}: {counts(optuna_study)}, budget {study.trials}; storage {url}")
+    if not wanted(optuna_study, study.trials):
+        print(f"nothing to do: the study holds its budget (raise trials: in {study.path} to add more)")
+        return 0
+    jobs = submit(study, runtime, args.workers, kind, args.cluster, not args.no_snapshot)
+    print(f"started {len(jobs)} worker(s) ({kind}); trial records under "
+          f"{Path(runtime_fields['results_dir']) / 'sweeps' / study.name}")
+    if kind == "debug" or args.wait:
+        status = follow(jobs, optuna_study, study.trials)
+        print(f"study {study.name}: {counts(optuna_study)}")
+        return status
+    print(f"progress and results: python -m repro.sweep {study.name} --report")
+    return 0
+
+
+def counts(optuna_study: optuna.Study) -> str:
+    states = Counter(t.state.name.lower() for t in optuna_study.get_trials(deepcopy=False))
+    return ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "no trials"
+
+
+# ---- results -------------------------------------------------------------------------------------------------
+
+def report(study: Study, optuna_study: optuna.Study, out: Path, top: int) -> dict:
+    """Print the best trials; write the best one's RunConfig values for `repro.launch --params`."""
+    complete = [t for t in optuna_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    complete.sort(key=lambda t: t.value, reverse=True)
+    print(f"study {study.name}: {counts(optuna_study)}, budget {study.trials}")
+    check(complete, f"study {study.name} has no completed trial yet")
+    split = f"validation accuracy ({RunConfig.from_dict(study.fixed).val_fraction:.0%} of the training set)"
+    print(f"best {min(top, len(complete))} by {split}:")
+    for t in complete[:top]:
+        print(f"  trial {t.number:>4}  {t.value:.2%}  {describe(t.params)}  run {t.user_attrs.get('run_id', '?')}")
+    best = complete[0]
+    result = {"study": study.name, "objective": f"{study.fixed.get('dataset', 'cifar10')} {split}",
+              "value": best.value, "trial": best.number, "run_id": best.user_attrs.get("run_id"),
+              "finished_trials": sum(t.state in FINISHED for t in optuna_study.get_trials(deepcopy=False)),
+              "params": sample(study.space, lambda name, spec: best.params[name])}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"best parameters: {out}\nrun the tables with them: python -m repro.launch TARGET --params {out}")
+    return result
+
+
+# ---- W&B sweeps ----------------------------------------------------------------------------------------------
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def wandb_parameter(spec: dict) -> dict:
+    if "choices" in spec:
+        return {"values": spec["choices"]}
+    ints = isinstance(spec["low"], int) and isinstance(spec["high"], int)
+    kind = ("q_log_uniform_values" if ints else "log_uniform_values") if spec.get("log") else (
+        "int_uniform" if ints else "uniform")
+    extra = {"q": spec["step"]} if spec.get("step") else {}
+    return {"distribution": "q_uniform" if extra and not spec.get("log") else kind, "min": spec["low"],
+            "max": spec["high"], **extra}
+
+
+def wandb_sweep(study: Study) -> tuple[dict, list[str]]:
+    """W&B's form of the study: fixed fields become literal flags of `python -m repro.train`, searched ones W&B
+    parameters named by their flags. Tuple fields (sac_weights) cannot be searched there: W&B passes one value per
+    flag. Returns the sweep and the fields left out."""
+    fixed = []
+    for name, value in study.fixed.items():
+        if isinstance(value, bool):
+            fixed.append(flag(name) if value else f"--no-{flag(name)[2:]}")
+        else:
+            fixed += [flag(name), *map(str, value if isinstance(value, list) else [value])]
+    parameters = {flag(n)[2:]: wandb_parameter(s) for n, s in study.space.items() if not isinstance(s, list)}
+    left_out = [n for n, s in study.space.items() if isinstance(s, list)]
+    sweep = {
+        "name": study.name,
+        "description": study.description,
+        "method": "bayes",
+        "metric": {"name": "eval_accuracy", "goal": "maximize"},  # logged each epoch; the val split here
+        "run_cap": study.trials,
+        "parameters": parameters,
+        "command": ["${env}", "${interpreter}", "-m", "repro.train", *fixed, "--wandb", "online",
+                    "--wandb-group", f"wandb-sweep/{study.name}", "--results-dir",
+                    f"results/sweeps/{study.name}-wandb", "${args_no_boolean_flags}"],
+    }
+    if study.pruner["type"] != "none":
+        sweep["early_terminate"] = {"type": "hyperband",
+                                    "min_iter": study.pruner.get("min_resource",
+                                                                 study.pruner.get("n_warmup_steps", 0) + 1)}
+    return sweep, left_out
+
+
+def wandb_sweep_text(study: Study) -> str:
+    sweep, left_out = wandb_sweep(study)
+    header = [(f"# W&B sweep for the study sweeps/{study.name}.yaml, written by `python -m repro.sweep "
+              f"{study.name} --export-wandb`: edit the study, not this file."),
+              (f"# Start it from the repository root: wandb sweep sweeps/wandb/{study.name}.yaml, then wandb agent "
+              "ENTITY/PROJECT/SWEEP_ID.")]
+    if left_out:
+        header.append(f"# Not searched here: {', '.join(left_out)} (W&B passes one value per flag); "
+                      "the study in Optuna searches it.")
+    return "\n".join(header) + "\n" + yaml.safe_dump(sweep, sort_keys=False, width=200)
+
+
+# ---- command line --------------------------------------------------------------------------------------------
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m repro.sweep", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("study", help="a study: NAME of sweeps/NAME.yaml, or a path to a .yaml file")
+    p.add_argument("--report", action="store_true", help="print the best trials, write the best parameters")
+    p.add_argument("--out", metavar="FILE", help="--report: where (default RESULTS/sweeps/NAME.best.json)")
+    p.add_argument("--top", type=int, default=10, help="--report: how many trials to list (default 10)")
+    p.add_argument("--export-wandb", action="store_true", help="write the study as a W&B sweep, sweeps/wandb/NAME.yaml")
+    p.add_argument("--workers", type=int, default=1, metavar="K", help="workers pulling trials (default 1)")
+    p.add_argument("--executor", choices=("auto", "local", "slurm", "debug"), default="auto",
+                   help="auto (default): slurm when sbatch is on the PATH, else local; debug: in this process")
+    p.add_argument("--cluster", default=os.environ.get("FLEXPOOL_CLUSTER", "example"), metavar="NAME",
+                   help="SLURM resources: slurm/NAME.yaml or a .yaml path (default: $FLEXPOOL_CLUSTER or example)")
+    p.add_argument("--storage", default="", metavar="URL|FILE",
+                   help="SQLAlchemy URL, or a journal file path (for NFS); default RESULTS/sweeps/NAME.db "
+                        "(NAME.log with slurm)")
+    p.add_argument("--heartbeat", type=int, default=60, metavar="S",
+                   help="a running trial's heartbeat, seconds; silent for 2*S its worker counts as dead (default 60)")
+    p.add_argument("--wait", action="store_true", help="follow the workers, one line per finished trial")
+    p.add_argument("--no-snapshot", action="store_true", help="workers import the live checkout, not a snapshot")
+    p.add_argument("--sweeps-dir", default=str(SWEEPS_DIR), help=argparse.SUPPRESS)
+    for f in RUNTIME:  # where and how trials run: the trainer's own flags
+        name, default = flag(f.name), f.default
+        if isinstance(default, bool):
+            p.add_argument(name, action=argparse.BooleanOptionalAction, default=default, help=f.metadata["help"])
+        else:
+            p.add_argument(name, default=default, choices=WANDB_MODES if f.name == "wandb" else None,
+                           help=f"{f.metadata['help']} (default: {default})")
+    return p
+
+
+def runtime_fields(args: argparse.Namespace) -> dict:
+    fields = {f.name: getattr(args, f.name) for f in RUNTIME}
+    data_root = args.data_root or os.environ.get("FLEXPOOL_DATA") or "data"
+    return {**fields, "results_dir": str(Path(args.results_dir).resolve()), "data_root": str(Path(data_root).resolve())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    quiet()
+    try:
+        study = load_study(args.study, Path(args.sweeps_dir))
+        if args.export_wandb:
+            out = Path(study.path).parent / "wandb" / f"{study.name}.yaml"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(wandb_sweep_text(study))
+            print(f"W&B sweep: {out}")
+            return 0
+        fields = runtime_fields(args)
+        if args.report:
+            root = Path(fields["results_dir"])
+            out = Path(args.out) if args.out else root / "sweeps" / f"{study.name}.best.json"
+            report(study, existing(study, args.storage, root, args.heartbeat), out, args.top)
+            return 0
+        return run_study(study, args, fields)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    # Through the imported module, not __main__: submitit pickles __main__'s classes by value, and the workers
+    # would then not import the code snapshot.
+    from repro import sweep as _sweep  # noqa: PLW0406
+
+    sys.exit(_sweep.main())
