@@ -1,0 +1,117 @@
+"""The launcher through a real SLURM: slurm/local-cluster.sh installs (Debian) and starts a single-node cluster
+with two fake GPUs for this session and stops it at the end."""
+
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from repro import launch, records, status
+from repro.experiments import plan
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "slurm" / "local-cluster.sh"
+pytestmark = pytest.mark.slurm
+
+
+@pytest.fixture(scope="session")
+def slurm():
+    """A running local cluster; started here (and stopped afterwards) unless it already ran."""
+    state = subprocess.run([SCRIPT, "status"], check=False, capture_output=True, text=True).stdout
+    was_running = "slurmctld: running" in state
+    if not was_running:
+        if os.geteuid() != 0:
+            pytest.skip("the local SLURM needs root to install and start")
+        if not shutil.which("sbatch") and not shutil.which("apt-get"):
+            pytest.skip("SLURM is not installed and there is no apt-get to install it")
+        started = subprocess.run([SCRIPT, "start"], check=False, capture_output=True, text=True, timeout=900)
+        assert started.returncode == 0, started.stdout + started.stderr
+    yield
+    if not was_running:
+        subprocess.run([SCRIPT, "stop"], check=True, timeout=300)
+
+
+@pytest.fixture(autouse=True)
+def no_wandb(monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")  # sbatch hands the environment to the jobs
+
+
+def main(capsys, module, *argv):
+    code = module.main([str(a) for a in argv])
+    return code, capsys.readouterr().out
+
+
+def selection(tmp_path, data_root, *argv):
+    return ("--datasets", "fashion_mnist", "--profile", "smoke", "--data-root", data_root,
+            "--results-dir", tmp_path / "results", *argv)
+
+
+def configs(tmp_path, data_root, target="table1", seeds=1, columns=None, **params):
+    return plan(target, seeds, ["fashion_mnist"], columns, "smoke", params or None,
+                results_dir=str((tmp_path / "results").resolve()), data_root=str(Path(data_root).resolve()))
+
+
+def wait_for(condition, timeout=120, what="condition"):
+    end = time.time() + timeout
+    while time.time() < end:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def job_id(out: str) -> str:
+    return re.search(r"submitted: job (\d+)", out).group(1)
+
+
+def sacct_states(job: str) -> set[str]:
+    out = subprocess.run(["sacct", "-j", job, "-X", "-n", "-P", "-o", "State"], capture_output=True, text=True,
+                         check=True).stdout
+    return set(out.split())
+
+
+def test_table_as_a_job_array_on_gpus(capsys, tmp_path, data_root, slurm):
+    """Four Table 2 runs, two per (fake) GPU: a two-task array, each task with a GPU, from a code snapshot."""
+    argv = ("table2", "--seeds", 2, *selection(tmp_path, data_root, "--columns", "avgpool", "flexpool"),
+            "--cluster", "local", "--runs-per-gpu", 2)
+    code, out = main(capsys, launch, *argv, "--wait")  # --executor auto: sbatch is on the PATH
+    assert code == 0, out
+    assert "submitting 4 runs (slurm, profile local, 2 per GPU)" in out and "2 task(s)" in out
+    assert "finished: 2 cells x 2 seeds = 4 runs: 4 done" in out
+    for config in configs(tmp_path, data_root, "table2", seeds=2, columns=["avgpool", "flexpool"]):
+        assert records.read_record(records.record_path(config))["status"] == "completed"
+    folder = Path(re.search(r"job logs: (\S+)", out).group(1))
+    assert "#SBATCH --gpus-per-node=1" in next(folder.glob("*_submission.sh")).read_text()
+    task_logs = [p.read_text() for p in folder.glob("*_log.out")]
+    assert len(task_logs) == 2
+    for log in task_logs:
+        assert re.search(r"RunPack: 2 runs, 2 at a time, GPUs \['[01]'\]", log)  # SLURM gave it a GPU
+        if shutil.which("rsync"):
+            assert f"code from {folder / 'code' / 'repro'}" in log
+    assert sacct_states(job_id(out)) == {"COMPLETED"}
+    code, out = main(capsys, launch, *argv)
+    assert code == 0 and "nothing to submit" in out
+
+
+def test_preempted_task_is_requeued_and_its_run_resumes(capsys, tmp_path, data_root, slurm):
+    params = tmp_path / "long.yaml"
+    params.write_text("epochs: 100\n")
+    argv = ("table1", *selection(tmp_path, data_root, "--columns", "avgpool", "--params", params),
+            "--cluster", "local")
+    code, out = main(capsys, launch, *argv)
+    assert code == 0 and "progress: python -m repro.status" in out
+    (config,) = configs(tmp_path, data_root, columns=["avgpool"], epochs=100)
+    wait_for(lambda: records.checkpoint_path(config).exists(), what="the first checkpoint")
+    # What SLURM does before a time limit or a preemption: the job's signal (submitit's USR2) to its processes.
+    subprocess.run(["scancel", "--signal=USR2", job_id(out)], check=True)
+    wait_for(lambda: records.run_status(config) == "completed", timeout=180, what="the requeued run's record")
+    record = records.read_record(records.record_path(config))
+    assert len(record["history"]) == 100 and [h["epoch"] for h in record["history"]] == list(range(1, 101))
+    assert "resuming run" in status.run_log_path(config).read_text()
+    task_log = next(Path(re.search(r"job logs: (\S+)", out).group(1)).glob("*_log.out")).read_text()
+    assert "Requeued job" in task_log
+    wait_for(lambda: sacct_states(job_id(out)) == {"COMPLETED"}, timeout=30, what="sacct to show COMPLETED")
