@@ -327,7 +327,8 @@ class Worker(submitit.helpers.Checkpointable):
 
         def on_epoch(entry: dict) -> bool:
             trial.report(entry["eval_accuracy"], entry["epoch"])
-            return trial.should_prune()
+            # Pruning after the last epoch would save nothing and hide a finished result.
+            return entry["epoch"] < config.epochs and trial.should_prune()
 
         try:
             record = train.run(config, on_epoch)

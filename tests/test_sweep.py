@@ -1,0 +1,258 @@
+"""repro/sweep.py: 4-trial studies on tiny synthetic data on the CPU, SQLite and journal storage, two concurrent
+local workers, retries of a dead worker's trial, the best-parameter export, W&B sweep files, bad input. ~1 min."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from repro import records, sweep
+from repro.config import RunConfig
+from repro.experiments import load_params, plan
+
+pytestmark = [pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning"),
+              pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")]
+ROOT = Path(__file__).resolve().parent.parent
+WANDB = Path(sys.executable).parent / "wandb"
+TINY = {"dataset": "synthetic", "pool": "flex", "epochs": 2, "batch_size": 64, "train_subset": 128,
+        "test_subset": 64, "val_fraction": 0.2}
+SPACE = {"reg": {"low": 1e-5, "high": 1e-2, "log": True}, "dropout": {"low": 0.0, "high": 0.5},
+         "lr": {"low": 0.01, "high": 0.3, "log": True}}
+
+
+def write_study(tmp_path: Path, name: str = "tiny", **changes) -> Path:
+    spec = {"description": "test", "trials": 4, "pruner": {"type": "median", "n_startup_trials": 1},
+            "fixed": TINY, "space": SPACE, **changes}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def run_sweep(*argv, timeout=300) -> subprocess.CompletedProcess:
+    # One thread per worker: two workers of 2-core-sized thread pools on a small CPU slow each other down 5x.
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "repro.sweep", *map(str, argv)], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=timeout, check=False)
+    print(result.stdout, result.stderr)
+    return result
+
+
+def trial_record(results: Path, name: str, trial) -> dict:
+    [path] = (results / "sweeps" / name / "runs" / "sweep" / name / f"trial{trial.number}").glob("*.json")
+    assert trial.user_attrs["run_id"] in path.name
+    return records.read_record(path)
+
+
+def check_study(storage: str, name: str, results: Path, budget: int) -> list:
+    """Every trial finished and none lost; each trial's state, value and per-epoch values match its record."""
+    trials = optuna.load_study(study_name=name, storage=storage).trials
+    assert Counter(t.state for t in trials) - Counter({TrialState.COMPLETE: budget, TrialState.PRUNED: budget}) \
+        == Counter(), [t.state for t in trials]
+    assert len(trials) == budget
+    for t in trials:
+        record = trial_record(results, name, t)
+        assert record["status"] == {TrialState.COMPLETE: "completed", TrialState.PRUNED: "pruned"}[t.state]
+        assert record["eval_split"] == "val"
+        assert t.intermediate_values == {e["epoch"]: e["eval_accuracy"] for e in record["history"]}
+        if t.state == TrialState.COMPLETE:
+            assert t.value == record["metrics"]["accuracy"]
+        assert record["config"]["reg"] == t.params["reg"] and record["config"]["lr"] == t.params["lr"]
+    return trials
+
+
+def overlapping(trials) -> bool:
+    return any(a.datetime_start < b.datetime_complete and b.datetime_start < a.datetime_complete
+               for a in trials for b in trials if a.number < b.number)
+
+
+def test_sqlite_two_local_workers_then_top_up_and_report(tmp_path):
+    study, results = write_study(tmp_path), tmp_path / "results"
+    result = run_sweep(study, "--workers", 2, "--executor", "local", "--wait", "--no-snapshot",
+                       "--results-dir", results, "--wandb", "offline")
+    assert result.returncode == 0
+    assert result.stdout.count("[tiny] trial ") == 4  # a line per finished trial
+    storage = f"sqlite:///{results / 'sweeps' / 'tiny.db'}"
+    trials = check_study(storage, "tiny", results, 4)
+    assert overlapping(trials), "the two workers did not train at the same time"
+
+    # Each trial is a W&B run (offline here) in the sweep's group, with its parameters in the config.
+    wandb_runs = sorted((results / "sweeps" / "tiny" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert {p.stem.removeprefix("run-") for p in wandb_runs} == {t.user_attrs["run_id"] for t in trials}
+    out = subprocess.run([str(WANDB), "leet", "inspect", "--json", str(wandb_runs[0])], capture_output=True,
+                         text=True, check=True).stdout
+    run = next(json.loads(line)["run"] for line in out.splitlines() if '"type":"run"' in line)
+    assert run["run_group"] == "sweep/tiny"
+    trial = next(t for t in trials if t.user_attrs["run_id"] == wandb_runs[0].stem.removeprefix("run-"))
+    assert run["config"]["update"]["reg"] == trial.params["reg"]
+
+    # Launching again adds nothing: the study holds its budget; raising the budget tops it up.
+    again = run_sweep(study, "--executor", "debug", "--results-dir", results)
+    assert again.returncode == 0 and "nothing to do" in again.stdout
+    write_study(tmp_path, trials=5)
+    assert run_sweep(study, "--executor", "debug", "--results-dir", results, "--wandb", "disabled").returncode == 0
+    trials = check_study(storage, "tiny", results, 5)
+
+    # The best parameters, as the launcher reads them.
+    result = run_sweep(study, "--report", "--results-dir", results)
+    assert result.returncode == 0
+    best = max((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    params = load_params(results / "sweeps" / "tiny.best.json")
+    assert params == best.params
+    configs = {c.cell: c for c in plan("table1", 1, ["cifar10"], profile="smoke", params=params)}
+    assert configs["table1/cifar10/flexpool-reg-dropout"].dropout == params["dropout"]
+    assert configs["table1/cifar10/flexpool-reg"].reg == params["reg"]
+    assert configs["table1/cifar10/avgpool"].reg == 0.0  # tuned values only where the column uses them
+    assert configs["table1/cifar10/flexpool"].lr == params["lr"]
+    dry = subprocess.run([sys.executable, "-m", "repro.launch", "table1", "--profile", "smoke", "--datasets",
+                          "cifar10", "--params", results / "sweeps" / "tiny.best.json", "--results-dir",
+                          tmp_path / "tables", "--executor", "local", "--dry-run"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert dry.returncode == 0, dry.stderr
+
+
+def test_journal_two_local_workers_prune(tmp_path):
+    """A journal file (the storage for NFS); a pruner that stops every trial after its first epoch."""
+    study = write_study(tmp_path, pruner={"type": "threshold", "lower": 1.01})
+    results, journal = tmp_path / "results", tmp_path / "journal.log"
+    result = run_sweep(study, "--workers", 2, "--executor", "local", "--wait", "--no-snapshot", "--storage",
+                       journal, "--results-dir", results, "--wandb", "disabled")
+    assert result.returncode == 0
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    trials = check_study(storage, "tiny", results, 4)
+    assert all(t.state == TrialState.PRUNED and list(t.intermediate_values) == [1] for t in trials)
+    assert overlapping(trials)
+    # Nothing completed, nothing to report: one line saying so.
+    report = run_sweep(study, "--report", "--storage", journal, "--results-dir", results)
+    assert report.returncode == 2 and report.stderr.strip().splitlines() == [
+        "error: study tiny has no completed trial yet"]
+
+
+def in_process(tmp_path: Path, storage: str, heartbeat: int, trials: int = 1):
+    quiet_study = sweep.load_study(str(write_study(tmp_path, trials=trials)))
+    fields = {"results_dir": str(tmp_path / "results"), "wandb": "disabled", "device": "cpu"}
+    runtime = sweep.Runtime(storage, heartbeat, fields)
+    optuna_study = sweep.create(quiet_study, sweep.open_storage(storage, heartbeat))
+    return quiet_study, runtime, optuna_study
+
+
+def check_retried(optuna_study) -> None:
+    dead, retried = optuna_study.trials
+    assert dead.state == TrialState.FAIL and retried.state == TrialState.COMPLETE
+    assert retried.params == dead.params and retried.system_attrs["failed_trial"] == 0
+
+
+def test_journal_heartbeat_retries_a_dead_workers_trial(tmp_path):
+    study, runtime, optuna_study = in_process(tmp_path, str(tmp_path / "journal.log"), heartbeat=1)
+    dead = optuna_study.ask()  # a worker drew this trial, then died: RUNNING, its heartbeat silent
+    sweep.sample(study.space, lambda n, s: sweep.suggest(dead, n, s))
+    time.sleep(2.5)
+    assert sweep.Worker()(study, runtime) == 1
+    check_retried(optuna_study)
+
+
+def test_preempted_worker_requeues_and_retries_its_trial(tmp_path):
+    study, runtime, optuna_study = in_process(tmp_path, f"sqlite:///{tmp_path / 'study.db'}", heartbeat=60)
+    worker = sweep.Worker()
+    trial = optuna_study.ask()
+    sweep.sample(study.space, lambda n, s: sweep.suggest(trial, n, s))
+    worker.current = trial.number  # preempted while training it
+    requeued = worker.checkpoint(study, runtime)
+    assert requeued.result() == 1  # the next job: retries the trial at once, not after its heartbeat goes stale
+    check_retried(optuna_study)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("trials: [4\n", "is not valid YAML"),
+    ("trials: 4\nfixed: {val_fraction: 0.1}\nspace: {learning_rate: {low: 0.1, high: 1}}\n",
+     "'learning_rate' is not a repro.train option"),
+    ("trials: 4\nfixed: {val_fraction: 0.1}\nspace: {results_dir: {choices: [a]}}\n", "pass it on the command line"),
+    ("trials: 4\nspace: {lr: {low: 0.01, high: 0.1}}\n", "fixed val_fraction must be > 0"),
+    ("trials: 4\nfixed: {val_fraction: 0.1}\nspace: {dropout: {low: 0.0, high: 1.5}}\n", "dropout must be in"),
+    ("trials: 4\nfixed: {val_fraction: 0.1}\nspace: {lr: {low: 0.1, high: 0.01}}\n", "low < high"),
+    ("trials: 4\nfixed: {val_fraction: 0.1}\nspace: {sac_weights: [{low: 0, high: 1}]}\n", "list of 3"),
+    ("trials: 4\npruner: {type: median, bogus: 1}\nfixed: {val_fraction: 0.1}\nspace: {lr: {low: 0.01, high: 0.1}}\n",
+     "pruner median"),
+    ("trials: 0\nfixed: {val_fraction: 0.1}\nspace: {lr: {low: 0.01, high: 0.1}}\n", "trials must be"),
+])
+def test_bad_study_files_give_one_line_errors(tmp_path, capsys, content, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(content)
+    assert sweep.main([str(path), "--results-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+
+
+def test_unknown_study_from_the_command_line(tmp_path):
+    result = run_sweep("no-such-study", "--results-dir", tmp_path, timeout=60)
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: unknown study 'no-such-study'") and "reg-dropout-fashion_mnist" in line
+
+
+def test_slurm_workers_refuse_sqlite(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("shutil.which", lambda name: "/usr/bin/" + name)  # as if on a SLURM login node
+    argv = [str(write_study(tmp_path)), "--executor", "slurm", "--storage", f"sqlite:///{tmp_path}/x.db"]
+    assert sweep.main(argv) == 2
+    assert "journal file" in capsys.readouterr().err
+
+
+def test_studies_in_the_repository_load():
+    names = sorted(p.stem for p in (ROOT / "sweeps").glob("*.yaml"))
+    assert "reg-dropout-fashion_mnist" in names and "sac-cifar10" in names
+    for name in names:
+        study = sweep.load_study(name)
+        assert RunConfig.from_dict(study.fixed).eval_split == "val"
+    assert "sac_weights" in sweep.load_study("sac-cifar10").space
+
+
+def train_parser() -> argparse.ArgumentParser:
+    from repro import train
+
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    train.add_config_arguments(parser)
+    return parser
+
+
+def sample_value(parameter: dict):
+    return parameter["values"][0] if "values" in parameter else parameter["min"]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "sweeps" / "wandb").glob("*.yaml")), ids=lambda p: p.stem)
+def test_wandb_sweep_files_match_their_study_and_the_trainer(path):
+    assert path.read_text() == sweep.wandb_sweep_text(sweep.load_study(path.stem)), \
+        f"regenerate: python -m repro.sweep {path.stem} --export-wandb"
+    spec = yaml.safe_load(path.read_text())
+    command = spec["command"]
+    assert command[:4] == ["${env}", "${interpreter}", "-m", "repro.train"]
+    args = [f"--{name}={sample_value(p)}" for name, p in spec["parameters"].items()]
+    argv = [a for c in command[4:] for a in (args if c == "${args_no_boolean_flags}" else [c])]
+    config = RunConfig(**{k: v for k, v in vars(train_parser().parse_args(argv)).items()})
+    for name, parameter in spec["parameters"].items():
+        assert getattr(config, name.replace("-", "_")) == sample_value(parameter)
+    assert config.eval_split == "val" and config.wandb == "online"
+
+
+def test_a_wandb_sweep_command_trains(tmp_path):
+    """The smoke study's W&B command, as an agent would run it, on tiny data (W&B offline: no agent here)."""
+    spec = yaml.safe_load((ROOT / "sweeps" / "wandb" / "smoke.yaml").read_text())
+    args = [f"--{name}={sample_value(p)}" for name, p in spec["parameters"].items()]
+    argv = [a for c in spec["command"][2:] for a in (args if c == "${args_no_boolean_flags}" else [c])]
+    argv += ["--epochs", "1", "--results-dir", str(tmp_path)]
+    result = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "WANDB_MODE": "offline"}, check=False)
+    assert result.returncode == 0, result.stderr
+    [record] = (tmp_path / "runs").rglob("*.json")
+    config = records.read_record(record)["config"]
+    assert config["reg"] == spec["parameters"]["reg"]["min"] and config["dataset"] == "synthetic"
+    assert list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
