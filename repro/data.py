@@ -7,6 +7,7 @@ run there a batch at a time, so the training loop has no per-sample Python and n
 from __future__ import annotations
 
 import gzip
+import multiprocessing
 import os
 import shutil
 from concurrent.futures import ProcessPoolExecutor
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
+from PIL import Image
 from torchvision.datasets.utils import download_and_extract_archive
 
 TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
@@ -92,11 +94,11 @@ def torchvision_dataset(name: str, root: Path, split: str, download: bool):
         _unpack_mnist_gz(cls, root / folder)
     try:
         ds = cls(str(root), train=split == "train", download=download)
-    except RuntimeError as e:  # torchvision's "Dataset not found or corrupted"
-        raise DataError(f"{name}: no usable data under {root / folder} ({e}). Download it with "
-                        f"`python -m repro.train --dataset {name} --download` or set --data-root / "
-                        f"$FLEXPOOL_DATA to the folder that holds {folder}/") from None
-    except Exception as e:  # a truncated pickle or IDX file fails deep inside numpy or pickle
+    except Exception as e:  # a truncated pickle or IDX file otherwise fails deep inside numpy or pickle
+        if "not found" in str(e):  # torchvision's "Dataset not found or corrupted": its md5 check failed
+            raise DataError(f"{name}: no usable data under {root / folder} (missing, or failing its md5 "
+                            f"check). Download it with `python -m repro.train --dataset {name} --download` or "
+                            f"point --data-root / $FLEXPOOL_DATA at the folder holding {folder}/") from None
         raise DataError(f"{name}: corrupt data under {root / folder}: {type(e).__name__}: {e}. "
                         f"Delete the folder and download it again.") from None
     images = torch.as_tensor(np.asarray(ds.data))
@@ -175,15 +177,18 @@ def _tiny_imagenet_files(base: Path, split: str):
 
 def _decode_resize_one(path: Path) -> np.ndarray:
     try:
-        image = torchvision.io.decode_image(str(path), mode=torchvision.io.ImageReadMode.RGB)
-    except Exception as e:
+        with Image.open(path) as image:
+            # PIL's bilinear filter widens its support when shrinking: antialiased, as the paper resizes
+            small = image.convert("RGB").resize((32, 32), Image.Resampling.BILINEAR)
+    except (OSError, ValueError) as e:
         raise DataError(f"tiny_imagenet: cannot decode {path} ({e}); the file is corrupt or truncated") from None
-    return torchvision.transforms.functional.resize(image, [32, 32], antialias=True).numpy()
+    return np.asarray(small).transpose(2, 0, 1)
 
 
 def _decode_resize(files: list[Path]) -> torch.Tensor:
+    # forkserver: forking a process whose torch thread pools are running can deadlock the children
     workers = min(len(os.sched_getaffinity(0)), 16)
-    with ProcessPoolExecutor(workers) as pool:
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
         decoded = list(pool.map(_decode_resize_one, files, chunksize=256))
     return torch.from_numpy(np.stack(decoded))
 

@@ -1,0 +1,96 @@
+import gzip
+
+import pytest
+import torch
+
+from repro import data
+from tests.conftest import N_TEST, N_TRAIN
+
+
+@pytest.mark.parametrize("name,channels,size,classes", [
+    ("cifar10", 3, 32, 10), ("cifar100", 3, 32, 100), ("fashion_mnist", 1, 28, 10),
+])
+def test_torchvision_loaders_read_real_formats(data_root, name, channels, size, classes):
+    images, labels = data.load(name, data_root, "train")
+    assert images.shape == (N_TRAIN, channels, size, size) and images.dtype == torch.uint8
+    assert labels.tolist() == [i % classes for i in range(N_TRAIN)]
+    test_images, _ = data.load(name, data_root, "test")
+    assert test_images.shape == (N_TEST, channels, size, size)
+
+
+def test_cifar_pixels_are_laid_out_channel_first(data_root):
+    import pickle
+
+    batch = pickle.loads((data_root / "cifar-10-batches-py" / "test_batch").read_bytes())
+    images, _ = data.load("cifar10", data_root, "test")
+    # CIFAR rows are 1024 red, then 1024 green, then 1024 blue values of a 32x32 image
+    assert torch.equal(images[3, 1].flatten(), torch.as_tensor(batch["data"][3, 1024:2048]))
+
+
+def test_tiny_imagenet_layout_resized_and_cached(data_root):
+    images, labels = data.load("tiny_imagenet", data_root, "train")
+    assert images.shape == (20, 3, 32, 32) and images.dtype == torch.uint8
+    assert sorted(labels.tolist()) == sorted([i for i in range(4) for _ in range(5)])
+    test_images, test_labels = data.load("tiny_imagenet", data_root, "test")
+    assert test_images.shape == (8, 3, 32, 32)
+    # val_annotations.txt gives val_k the class k % 4 (the files are read in name order)
+    assert test_labels.tolist() == [k % 4 for k in range(8)]
+    cache = data_root / "tiny-imagenet-200" / "flexpool-cache" / "train-32.npz"
+    assert cache.exists()
+    again, _ = data.load("tiny_imagenet", data_root, "train")
+    assert torch.equal(again, images)
+
+
+def test_missing_data_names_path_and_remedy(tmp_path):
+    for name in ("cifar10", "cifar100", "fashion_mnist", "tiny_imagenet"):
+        with pytest.raises(data.DataError, match=f"{tmp_path}.*--download"):
+            data.load(name, tmp_path, "train")
+
+
+def test_unknown_dataset():
+    with pytest.raises(data.DataError, match="unknown dataset 'mnist'"):
+        data.load("mnist", "", "train")
+
+
+def test_corrupt_fashion_mnist_gz(data_root):
+    gz = data_root / "FashionMNIST" / "raw" / "train-images-idx3-ubyte.gz"
+    gz.write_bytes(gz.read_bytes()[:50])
+    with pytest.raises(data.DataError, match="corrupt or truncated"):
+        data.load("fashion_mnist", data_root, "train")
+
+
+def test_truncated_idx_file(data_root):
+    raw = data_root / "FashionMNIST" / "raw"
+    (raw / "train-images-idx3-ubyte").write_bytes(gzip.decompress((raw / "train-images-idx3-ubyte.gz").read_bytes())[:100])
+    with pytest.raises(data.DataError, match="corrupt"):
+        data.load("fashion_mnist", data_root, "train")
+
+
+def test_corrupt_cifar_batch(data_root):
+    batch = data_root / "cifar-10-batches-py" / "data_batch_2"
+    batch.write_bytes(batch.read_bytes()[:100])
+    with pytest.raises(data.DataError, match="cifar10"):
+        data.load("cifar10", data_root, "train")
+
+
+def test_corrupt_jpeg_is_named(data_root):
+    bad = data_root / "tiny-imagenet-200" / "val" / "images" / "val_3.JPEG"
+    bad.write_bytes(b"\xff\xd8 not a jpeg")
+    with pytest.raises(data.DataError, match="val_3.JPEG"):
+        data.load("tiny_imagenet", data_root, "test")
+
+
+def test_validation_split_is_fixed_and_disjoint():
+    train, val = data.train_val_split(1000, 0.1)
+    assert len(val) == 100 and len(train) == 900
+    assert not set(train.tolist()) & set(val.tolist())
+    assert torch.equal(data.train_val_split(1000, 0.1)[1], val)
+
+
+def test_augment_keeps_shape_and_flips(monkeypatch):
+    x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).view(2, 1, 4, 4)
+    assert data.augment(x, torch.Generator().manual_seed(0)).shape == x.shape
+    monkeypatch.setattr(data, "MAX_ZOOM", 1.0)  # no scaling: every sample is the image or its mirror
+    out = data.augment(x, torch.Generator().manual_seed(0))
+    for i in range(2):
+        assert torch.allclose(out[i], x[i], atol=1e-4) or torch.allclose(out[i], x[i].flip(-1), atol=1e-4)

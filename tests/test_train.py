@@ -1,0 +1,123 @@
+import json
+
+import pytest
+
+from repro import records, train
+from repro.config import ConfigError, RunConfig
+
+TINY = dict(dataset="synthetic", train_subset=256, test_subset=128, batch_size=64, wandb="disabled")
+
+
+def config(tmp_path, **changes) -> RunConfig:
+    return RunConfig(**{**TINY, "results_dir": str(tmp_path / "results"), **changes})
+
+
+def test_short_run_learns_and_writes_a_complete_record(tmp_path):
+    cfg = config(tmp_path, epochs=3, pool="flex", sac=True, reg=1e-3, dropout=0.25, wandb="offline")
+    record = train.run(cfg)
+    losses = [h["train_loss"] for h in record["history"]]
+    assert losses[-1] < losses[0] * 0.7
+    assert record["status"] == "completed" and record["metrics"]["accuracy"] > 0.3
+    saved = json.loads(records.record_path(cfg).read_text())
+    assert saved == json.loads(json.dumps(record))
+    assert saved["config"] == cfg.to_dict() | {"sac_weights": list(cfg.sac_weights)}
+    assert len(saved["metrics"]["head_accuracies"]) == 3
+    assert saved["metrics"]["head_accuracies"][-1] == saved["metrics"]["accuracy"]
+    assert [h["epoch"] for h in saved["history"]] == [1, 2, 3]
+    assert saved["timing"]["images_per_s"] > 0 and saved["env"]["torch"]
+    assert set(saved["flexpool"]) == {"pool", "heads.0.pool", "heads.1.pool"}
+    assert saved["flexpool"]["pool"]["shape"] == [64, 8, 8]
+
+
+def test_completed_run_is_not_trained_again(tmp_path):
+    cfg = config(tmp_path, epochs=1)
+    first = train.run(cfg)
+    assert train.run(cfg) == json.loads(json.dumps(first))
+
+
+def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path):
+    whole = train.run(config(tmp_path / "a", epochs=3, pool="flex", dropout=0.25))
+
+    def stop_after_first_epoch(entry):
+        if entry["epoch"] == 1:
+            raise KeyboardInterrupt  # what a preempted job sees
+
+    broken = config(tmp_path / "b", epochs=3, pool="flex", dropout=0.25)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(broken, on_epoch=stop_after_first_epoch)
+    assert not records.record_path(broken).exists() and records.checkpoint_path(broken).exists()
+    resumed = train.run(broken)
+    for a, b in zip(whole["history"], resumed["history"], strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["eval_accuracy"] == b["eval_accuracy"]
+
+
+def test_corrupt_checkpoint_restarts_from_scratch(tmp_path, capsys):
+    cfg = config(tmp_path, epochs=1)
+    path = records.checkpoint_path(cfg)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not a checkpoint")
+    assert train.run(cfg)["status"] == "completed"
+    assert "corrupt checkpoint" in capsys.readouterr().err
+
+
+def test_non_finite_loss_fails_the_run_with_a_record(tmp_path):
+    cfg = config(tmp_path, epochs=2, lr=1e12, optimizer="sgd")
+    with pytest.raises(train.TrainingError, match="non-finite"):
+        train.run(cfg)
+    record = records.read_record(records.record_path(cfg))
+    assert record["status"] == "failed" and "non-finite" in record["error"]
+
+
+def test_on_epoch_can_stop_a_run_as_pruned(tmp_path):
+    record = train.run(config(tmp_path, epochs=3), on_epoch=lambda entry: entry["epoch"] == 2)
+    assert record["status"] == "pruned" and len(record["history"]) == 2
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar100", "fashion_mnist", "tiny_imagenet"])
+def test_every_dataset_trains_from_its_files(tmp_path, data_root, dataset):
+    cfg = config(tmp_path, dataset=dataset, data_root=str(data_root), epochs=1, batch_size=8, train_subset=0,
+                 test_subset=0, pool="flex", sac=True)
+    assert train.run(cfg)["status"] == "completed"
+
+
+def test_validation_split_is_evaluated_instead_of_test(tmp_path):
+    record = train.run(config(tmp_path, epochs=1, val_fraction=0.1, test_subset=0))
+    assert record["eval_split"] == "val"
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--dataset", "mnist"], "unknown dataset 'mnist'"),
+    (["--pool", "max"], "unknown pool 'max'"),
+    (["--epochs", "0"], "epochs must be positive"),
+    (["--batch-size", "-5"], "batch size must be positive"),
+    (["--dataset", "cifar10", "--data-root", "/nonexistent"], "no usable data under /nonexistent"),
+])
+def test_cli_bad_input_is_one_clear_line(tmp_path, capsys, argv, message):
+    assert train.main([*argv, "--results-dir", str(tmp_path), "--wandb", "disabled"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+
+
+def test_cli_runs_a_table_column(tmp_path, capsys):
+    argv = ["--dataset", "synthetic", "--pool", "flex", "--reg", "1e-3", "--dropout", "0.25", "--sac",
+            "--sac-weights", "0.01", "0.11", "0.88", "--epochs", "1", "--train-subset", "128",
+            "--test-subset", "64", "--batch-size", "64", "--results-dir", str(tmp_path), "--wandb", "disabled"]
+    assert train.main(argv) == 0
+    out = capsys.readouterr().out
+    path = out.strip().split("record ")[-1]
+    assert records.read_record(path)["config"]["sac_weights"] == [0.01, 0.11, 0.88]
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError, match="dropout"):
+        RunConfig(dropout=1.5)
+    assert RunConfig(seed=1).run_id != RunConfig(seed=0).run_id
+    assert RunConfig(wandb="disabled", results_dir="x").run_id == RunConfig().run_id
+
+
+def test_learns_real_fashion_mnist(tmp_path, real_fashion_mnist):
+    cfg = RunConfig(dataset="fashion_mnist", data_root=str(real_fashion_mnist), epochs=1, batch_size=50,
+                    lr=0.05, augment=False, train_subset=3000, test_subset=1000, wandb="disabled",
+                    results_dir=str(tmp_path / "results"))
+    assert train.run(cfg)["metrics"]["accuracy"] > 0.5  # chance is 0.1
