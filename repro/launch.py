@@ -183,9 +183,9 @@ class RunPack(submitit.helpers.Checkpointable):
 
 
 def _state(config: RunConfig, exitcode: int | None, stopping: bool) -> str:
-    status = records.run_status(config)
-    if status in ("completed", "failed"):
-        return {"completed": "done", "failed": "failed"}[status]
+    recorded = records.run_status(config)
+    if recorded in ("completed", "failed"):
+        return {"completed": "done", "failed": "failed"}[recorded]
     if exitcode == RUN_LOCKED:
         return "elsewhere"
     return "interrupted" if stopping else f"crashed ({exitcode})"
@@ -301,7 +301,7 @@ def parser() -> argparse.ArgumentParser:
                    help="auto (default): slurm when sbatch is on the PATH, else local")
     p.add_argument("--cluster", default=os.environ.get("FLEXPOOL_CLUSTER", "example"), metavar="NAME",
                    help="SLURM resources: slurm/NAME.yaml or a .yaml path (default: $FLEXPOOL_CLUSTER or example)")
-    p.add_argument("--runs-per-gpu", type=int, default=1, metavar="K", help="runs trained side by side per GPU")
+    p.add_argument("--runs-per-gpu", type=int, default=1, metavar="K", help="runs trained side by side per GPU (default 1)")
     p.add_argument("--force", action="store_true", help="delete the runs' records and checkpoints; run all again")
     p.add_argument("--retry-failed", action="store_true", help="run the failed runs again (from their checkpoint)")
     p.add_argument("--dry-run", action="store_true", help="print the plan, submit nothing")

@@ -31,10 +31,10 @@ def add_plan_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, default=1, help="seeds per table cell (runs 0..N-1; default 1)")
     parser.add_argument("--datasets", nargs="+", metavar="D", help=f"only these data sets: {', '.join(DATASETS)}")
     parser.add_argument("--columns", nargs="+", metavar="C", help=f"only these columns: {', '.join(COLUMNS)}")
-    parser.add_argument("--profile", default="full", help=f"{' | '.join(PROFILES)} (smoke: tiny, for trying it)")
+    parser.add_argument("--profile", default="full", help=f"{' | '.join(PROFILES)} (default: full; smoke: tiny, to try things)")
     parser.add_argument("--params", metavar="FILE", help="tuned hyper-parameters (YAML/JSON), e.g. from a sweep")
-    parser.add_argument("--results-dir", default="results", help="records under DIR/runs (default: results)")
-    parser.add_argument("--data-root", default="", help="data folder ('' = $FLEXPOOL_DATA, else ./data)")
+    parser.add_argument("--results-dir", default="results", metavar="DIR", help="records under DIR/runs (default: results)")
+    parser.add_argument("--data-root", default="", metavar="DIR", help="data folder ('' = $FLEXPOOL_DATA, else ./data)")
 
 
 def plan_from_args(args: argparse.Namespace) -> list[RunConfig]:
@@ -109,8 +109,7 @@ def _error(config: RunConfig) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m repro.status", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m repro.status", description=__doc__.split("\n\n")[0])
     add_plan_args(parser)
     args = parser.parse_args(argv)
     try:
