@@ -50,6 +50,8 @@ PRUNERS = {
 SAMPLERS = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 MAX_RETRY = 3  # a trial that keeps killing its worker is given up after this many retries
+RESULTS_HELP = "the study's storage goes to DIR/sweeps/NAME.db, its trials' records, checkpoints and W&B runs to " \
+               "DIR/sweeps/NAME/"
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunConfig)}
 RUNTIME = [f for f in dataclasses.fields(RunConfig) if not f.metadata["id"] and f.name not in ("cell", "wandb_group")]
 
@@ -159,10 +161,15 @@ def sample(space: dict, pick) -> dict:
     return fields
 
 
+def integer(name: str) -> bool:
+    """Searched as integers: epochs, batch_size, ... (elements of sac_weights are named sac_weights[i]: floats)."""
+    return isinstance(DEFAULTS.get(name), int) and not isinstance(DEFAULTS[name], bool)
+
+
 def suggest(trial: optuna.Trial, name: str, spec: dict):
     if "choices" in spec:
         return trial.suggest_categorical(name, spec["choices"])
-    if isinstance(DEFAULTS.get(name), int) and not isinstance(DEFAULTS[name], bool):  # epochs, batch_size, ...
+    if integer(name):
         return trial.suggest_int(name, spec["low"], spec["high"], step=spec.get("step", 1), log=spec.get("log", False))
     return trial.suggest_float(name, spec["low"], spec["high"], step=spec.get("step"), log=spec.get("log", False))
 
@@ -214,7 +221,7 @@ def storage_url(arg: str, root: Path, name: str, kind: str | None) -> str:
             return "sqlite:///" + str(Path(arg[len("sqlite:///"):]).resolve())
         return arg
     db, journal = root / "sweeps" / f"{name}.db", root / "sweeps" / f"{name}.log"
-    if journal.exists() and not db.exists() or not db.exists() and kind == "slurm":
+    if not db.exists() and (journal.exists() or kind == "slurm"):
         return str(journal)
     return f"sqlite:///{db}"
 
@@ -382,11 +389,12 @@ def submit(study: Study, runtime: Runtime, workers: int, kind: str, cluster: str
     with launch.code_snapshot(folder, kind, snapshot):
         if kind == "slurm":
             return executor.map_array(Worker(), [study] * workers, [runtime] * workers)
-        gpus = launch.local_gpu_count() if kind == "local" else 0
+        available = launch.local_gpus() if kind == "local" else {"gpus_per_node": 0}
+        gpus = list(available.get("visible_gpus", range(available["gpus_per_node"])))
         jobs = []
         for i in range(workers):
             if gpus:  # spread local workers over the GPUs, not all on the first
-                executor.update_parameters(gpus_per_node=1, visible_gpus=(i % gpus,))
+                executor.update_parameters(gpus_per_node=1, visible_gpus=(gpus[i % len(gpus)],))
             jobs.append(executor.submit(Worker(), study, runtime))
         return jobs
 
@@ -409,7 +417,8 @@ def follow(jobs: list, optuna_study: optuna.Study, budget: int) -> int:
         time.sleep(2)
     failed = [job for job in jobs if job.exception() is not None]
     for job in failed:
-        print(f"worker {job.job_id} failed: {job.exception()} (log: {job.paths.folder})", file=sys.stderr)
+        last = ([line for line in str(job.exception()).splitlines() if line.strip()] or ["?"])[-1].strip()
+        print(f"worker {job.job_id} failed: {last} (log: {job.paths.stderr})", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -452,12 +461,13 @@ def report(study: Study, optuna_study: optuna.Study, out: Path, top: int) -> dic
     complete.sort(key=lambda t: t.value, reverse=True)
     print(f"study {study.name}: {counts(optuna_study)}, budget {study.trials}")
     check(complete, f"study {study.name} has no completed trial yet")
-    split = f"validation accuracy ({RunConfig.from_dict(study.fixed).val_fraction:.0%} of the training set)"
+    base = RunConfig.from_dict(study.fixed)
+    split = f"{base.dataset} validation accuracy ({base.val_fraction:.0%} of the training set held out)"
     print(f"best {min(top, len(complete))} by {split}:")
     for t in complete[:top]:
         print(f"  trial {t.number:>4}  {t.value:.2%}  {describe(t.params)}  run {t.user_attrs.get('run_id', '?')}")
     best = complete[0]
-    result = {"study": study.name, "objective": f"{study.fixed.get('dataset', 'cifar10')} {split}",
+    result = {"study": study.name, "objective": split,
               "value": best.value, "trial": best.number, "run_id": best.user_attrs.get("run_id"),
               "finished_trials": sum(t.state in FINISHED for t in optuna_study.get_trials(deepcopy=False)),
               "params": sample(study.space, lambda name, spec: best.params[name])}
@@ -473,10 +483,10 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def wandb_parameter(spec: dict) -> dict:
+def wandb_parameter(name: str, spec: dict) -> dict:
     if "choices" in spec:
         return {"values": spec["choices"]}
-    ints = isinstance(spec["low"], int) and isinstance(spec["high"], int)
+    ints = integer(name)
     kind = ("q_log_uniform_values" if ints else "log_uniform_values") if spec.get("log") else (
         "int_uniform" if ints else "uniform")
     extra = {"q": spec["step"]} if spec.get("step") else {}
@@ -494,7 +504,7 @@ def wandb_sweep(study: Study) -> tuple[dict, list[str]]:
             fixed.append(flag(name) if value else f"--no-{flag(name)[2:]}")
         else:
             fixed += [flag(name), *map(str, value if isinstance(value, list) else [value])]
-    parameters = {flag(n)[2:]: wandb_parameter(s) for n, s in study.space.items() if not isinstance(s, list)}
+    parameters = {flag(n)[2:]: wandb_parameter(n, s) for n, s in study.space.items() if not isinstance(s, list)}
     left_out = [n for n, s in study.space.items() if isinstance(s, list)]
     sweep = {
         "name": study.name,
@@ -554,8 +564,9 @@ def parser() -> argparse.ArgumentParser:
         if isinstance(default, bool):
             p.add_argument(name, action=argparse.BooleanOptionalAction, default=default, help=f.metadata["help"])
         else:
+            help_ = RESULTS_HELP if f.name == "results_dir" else f.metadata["help"]
             p.add_argument(name, default=default, choices=WANDB_MODES if f.name == "wandb" else None,
-                           help=f"{f.metadata['help']} (default: {default})")
+                           help=f"{help_} (default: {default!r})")
     return p
 
 
