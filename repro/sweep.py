@@ -438,13 +438,15 @@ def run_study(study: Study, args: argparse.Namespace, runtime_fields: dict) -> i
         print(f"nothing to do: the study holds its budget (raise trials: in {study.path} to add more)")
         return 0
     jobs = submit(study, runtime, args.workers, kind, args.cluster, not args.no_snapshot)
-    print(f"started {len(jobs)} worker(s) ({kind}); trial records under "
-          f"{Path(runtime_fields['results_dir']) / 'sweeps' / study.name}")
+    print(f"started {len(jobs)} worker(s) ({kind}): job(s) {' '.join(str(j.job_id) for j in jobs)}; logs in "
+          f"{jobs[0].paths.folder}; trial records under {Path(runtime_fields['results_dir']) / 'sweeps' / study.name}")
     if kind == "debug" or args.wait:
         status = follow(jobs, optuna_study, study.trials)
         print(f"study {study.name}: {counts(optuna_study)}")
         return status
-    print(f"progress and results: python -m repro.sweep {study.name} --report")
+    where = f" --results-dir {args.results_dir}" if args.results_dir != "results" else ""
+    where += f" --storage {args.storage}" if args.storage else ""
+    print(f"progress and results: python -m repro.sweep {args.study} --report{where}")
     return 0
 
 

@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 from repro import records, sweep
 from repro.config import RunConfig
 from repro.experiments import load_params, plan
+from tests.test_slurm import slurm, wait_for  # noqa: F401 - the local SLURM cluster fixture
 
 pytestmark = [pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning"),
               pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")]
@@ -256,3 +257,28 @@ def test_a_wandb_sweep_command_trains(tmp_path):
     config = records.read_record(record)["config"]
     assert config["reg"] == spec["parameters"]["reg"]["min"] and config["dataset"] == "synthetic"
     assert config["wandb"] == "online"  # an agent's run reports to the sweep (W&B is off in this test only)
+
+
+@pytest.mark.slurm
+def test_preempted_slurm_worker_is_requeued_and_its_trial_resumes(tmp_path, slurm, monkeypatch):  # noqa: F811
+    """On the local SLURM (tests/test_slurm.py): a worker preempted mid-trial is requeued, retries that trial with
+    the same parameters, and the run resumes from its checkpoint; the journal file is the default storage."""
+    monkeypatch.setenv("WANDB_MODE", "disabled")  # sbatch hands the environment to the jobs
+    study = write_study(tmp_path, trials=2, pruner="none", fixed={**TINY, "epochs": 20},
+                        space={"lr": {"low": 0.01, "high": 0.02}})
+    results = tmp_path / "results"
+    assert sweep.main([str(study), "--executor", "slurm", "--cluster", "local", "--results-dir", str(results)]) == 0
+    checkpoints = results / "sweeps" / "tiny" / "checkpoints"
+    wait_for(lambda: list(checkpoints.glob("*.pt")), what="the first trial's first checkpoint")
+    job = subprocess.run(["squeue", "-h", "-o", "%i", "-n", "sweep-tiny"], capture_output=True, text=True,
+                         check=True).stdout.split()[0]
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)  # what SLURM sends before preempting
+    journal = str(results / "sweeps" / "tiny.log")
+    wait_for(lambda: len(sweep.existing(sweep.load_study(str(study)), journal, results, 60).get_trials(
+        states=sweep.FINISHED)) == 2, timeout=600, what="two finished trials")
+    first, retried, second = optuna.load_study(study_name="tiny", storage=sweep.open_storage(journal, 60)).trials
+    assert first.state == TrialState.FAIL and retried.system_attrs["failed_trial"] == 0
+    assert retried.params == first.params and retried.user_attrs["run_id"] == first.user_attrs["run_id"]
+    assert retried.state == second.state == TrialState.COMPLETE
+    log = "".join(p.read_text() for p in (results / "slurm-logs").rglob("*_log.out"))
+    assert "Requeued job" in log and f"resuming run {first.user_attrs['run_id']}" in log
