@@ -510,6 +510,7 @@ def wandb_sweep(study: Study) -> tuple[dict, list[str]]:
     left_out = [n for n, s in study.space.items() if isinstance(s, list)]
     sweep = {
         "name": study.name,
+        "project": DEFAULTS["wandb_project"],
         "description": study.description,
         "method": "bayes",
         "metric": {"name": "eval_accuracy", "goal": "maximize"},  # logged each epoch; the val split here
@@ -531,7 +532,7 @@ def wandb_sweep_text(study: Study) -> str:
     header = [(f"# W&B sweep for the study sweeps/{study.name}.yaml, written by `python -m repro.sweep "
               f"{study.name} --export-wandb`: edit the study, not this file."),
               (f"# Start it from the repository root: wandb sweep sweeps/wandb/{study.name}.yaml, then wandb agent "
-              "ENTITY/PROJECT/SWEEP_ID.")]
+              f"ENTITY/{DEFAULTS['wandb_project']}/SWEEP_ID (as printed) on each machine.")]
     if left_out:
         header.append(f"# Not searched here: {', '.join(left_out)} (W&B passes one value per flag); "
                       "the study in Optuna searches it.")
