@@ -198,23 +198,29 @@ def launch_folder(results_dir: str, target: str) -> Path:
     return Path(results_dir) / "slurm-logs" / f"{now:%Y-%m-%d}" / f"{now:%H%M%S}-{target}-{os.getpid()}"
 
 
-def make_executor(kind: str, folder: Path, profile: dict | None, name: str) -> submitit.AutoExecutor:
+def make_executor(kind: str, folder: Path, profile: dict | None, name: str) -> submitit.Executor:
+    if kind == "local":  # LocalExecutor itself: AutoExecutor does not pass visible_gpus on
+        executor = submitit.LocalExecutor(folder)
+        # The job outlives this command: detach it from the terminal (no hang-up, no output to a closed tty).
+        detach = ["trap '' HUP", f"exec </dev/null >>{shlex.quote(str(folder / 'local-job.log'))} 2>&1"]
+        executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN, setup=detach, **local_gpus())
+        return executor
     executor = submitit.AutoExecutor(folder=folder, cluster=kind)
     executor.update_parameters(name=name)
     if kind == "slurm":
         executor.update_parameters(**{PROFILE_FIELDS[k]: v for k, v in profile.items()})
-    elif kind == "local":
-        # The job outlives this command: detach it from the terminal (no hang-up, no output to a closed tty).
-        detach = ["trap '' HUP", f"exec </dev/null >>{shlex.quote(str(folder / 'local-job.log'))} 2>&1"]
-        executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN, gpus_per_node=local_gpu_count(),
-                                   local_setup=detach)
     return executor
 
 
-def local_gpu_count() -> int:
+def local_gpus() -> dict:
+    """submitit gives a local job the GPUs 0..n-1 unless told which: hand on those this shell may use."""
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        gpus = visible_gpus()
+        check(all(g.strip().isdigit() for g in gpus), "the local executor needs CUDA_VISIBLE_DEVICES as indices")
+        return {"gpus_per_node": len(gpus), "visible_gpus": tuple(int(g) for g in gpus)}
     import torch  # only here: planning and SLURM submission stay free of torch
 
-    return torch.cuda.device_count()
+    return {"gpus_per_node": torch.cuda.device_count()}
 
 
 @contextlib.contextmanager

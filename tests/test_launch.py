@@ -130,6 +130,8 @@ def test_smoke_matrix_end_to_end_then_nothing_to_do(capsys, tmp_path, data_root,
     monkeypatch.setattr(launch, "submit", lambda *a, **k: pytest.fail("a finished target submitted runs"))
     code, out, _ = main(capsys, launch, "all", *smoke(tmp_path, data_root))
     assert code == 0 and "8 runs: 8 done" in out and "nothing to submit" in out
+    code, out, _ = main(capsys, launch, "all", *smoke(tmp_path, data_root, "--force", "--dry-run"))
+    assert "would submit 8 runs" in out and all(records.run_status(c) == "completed" for c in runs)
     code, out, _ = main(capsys, status, "all", *selection(tmp_path, data_root))
     assert code == 0 and "table2/fashion_mnist/flexpool-reg-dropout" in out and "8 done, 0 running" in out
 
@@ -145,6 +147,19 @@ def test_returns_at_once_and_the_local_job_goes_on(tmp_path, data_root):
     (config,) = configs(tmp_path, data_root, columns=["avgpool"])
     assert records.run_status(config) == "missing" and time.time() - started < 30  # it did not wait
     wait_for(lambda: records.run_status(config) == "completed", what="the record of the detached job")
+
+
+def test_debug_executor_runs_the_job_in_this_process(capsys, tmp_path, data_root):
+    code, out, _ = main(capsys, launch, "table2", *selection(tmp_path, data_root, "--columns", "flexpool"),
+                        "--executor", "debug", "--wait")
+    assert code == 0 and "finished: 1 cells x 1 seeds = 1 runs: 1 done" in out
+
+
+def test_local_jobs_get_the_gpus_this_shell_may_use(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    assert launch.local_gpus() == {"gpus_per_node": 2, "visible_gpus": (2, 3)}
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert launch.local_gpus() == {"gpus_per_node": 0, "visible_gpus": ()}
 
 
 def test_failing_run_is_reported_with_cell_seed_and_log(capsys, tmp_path):
@@ -169,10 +184,10 @@ def test_failing_run_is_reported_with_cell_seed_and_log(capsys, tmp_path):
 
 def test_killed_run_resumes_to_the_record_of_an_unbroken_one(capsys, tmp_path, data_root):
     params = tmp_path / "long.yaml"
-    params.write_text("epochs: 60\n")
+    params.write_text("epochs: 20\n")
     argv = smoke(tmp_path, data_root, "--columns", "avgpool", "--params", params, "--no-snapshot")
     assert main(capsys, launch, "table1", *argv)[0] == 0
-    (config,) = configs(tmp_path, data_root, columns=["avgpool"], epochs=60)
+    (config,) = configs(tmp_path, data_root, columns=["avgpool"], epochs=20)
     wait_for(lambda: records.checkpoint_path(config).exists(), what="the first checkpoint")
     pid = status.lock_holder(config)
     os.kill(pid, signal.SIGKILL)  # the run's own process, mid-training
@@ -186,7 +201,7 @@ def test_killed_run_resumes_to_the_record_of_an_unbroken_one(capsys, tmp_path, d
 
     unbroken = config.replace(results_dir=str(tmp_path / "unbroken"))
     expected = train.run(unbroken)
-    assert resumed["status"] == "completed" and len(resumed["history"]) == 60
+    assert resumed["status"] == "completed" and len(resumed["history"]) == 20
     assert resumed["metrics"] == expected["metrics"]
     assert [h["train_loss"] for h in resumed["history"]] == [h["train_loss"] for h in expected["history"]]
 
