@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 from repro import records, sweep
 from repro.config import RunConfig
 from repro.experiments import load_params, plan
-from tests.test_slurm import slurm, wait_for  # noqa: F401 - the local SLURM cluster fixture
+from tests.test_slurm import slurm  # noqa: F401 - the local SLURM cluster fixture
 
 pytestmark = [pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning"),
               pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")]
@@ -70,6 +70,13 @@ def check_study(storage: str, name: str, results: Path, budget: int) -> list:
             assert t.value == record["metrics"]["accuracy"]
         assert record["config"]["reg"] == t.params["reg"] and record["config"]["lr"] == t.params["lr"]
     return trials
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    end = time.time() + timeout
+    while not condition():
+        assert time.time() < end, f"timed out waiting for {what}"
+        time.sleep(0.5)
 
 
 def overlapping(trials) -> bool:
@@ -269,13 +276,13 @@ def test_preempted_slurm_worker_is_requeued_and_its_trial_resumes(tmp_path, slur
     results = tmp_path / "results"
     assert sweep.main([str(study), "--executor", "slurm", "--cluster", "local", "--results-dir", str(results)]) == 0
     checkpoints = results / "sweeps" / "tiny" / "checkpoints"
-    wait_for(lambda: list(checkpoints.glob("*.pt")), what="the first trial's first checkpoint")
+    wait_for(lambda: list(checkpoints.glob("*.pt")), 120, "the first trial's first checkpoint")
     job = subprocess.run(["squeue", "-h", "-o", "%i", "-n", "sweep-tiny"], capture_output=True, text=True,
                          check=True).stdout.split()[0]
     subprocess.run(["scancel", "--signal=USR2", job], check=True)  # what SLURM sends before preempting
     journal = str(results / "sweeps" / "tiny.log")
     wait_for(lambda: len(sweep.existing(sweep.load_study(str(study)), journal, results, 60).get_trials(
-        states=sweep.FINISHED)) == 2, timeout=600, what="two finished trials")
+        states=sweep.FINISHED)) == 2, 600, "two finished trials")
     first, retried, second = optuna.load_study(study_name="tiny", storage=sweep.open_storage(journal, 60)).trials
     assert first.state == TrialState.FAIL and retried.system_attrs["failed_trial"] == 0
     assert retried.params == first.params and retried.user_attrs["run_id"] == first.user_attrs["run_id"]
