@@ -213,10 +213,11 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
 
 def storage_url(arg: str, root: Path, name: str, kind: str | None) -> str:
     """'' -> the study's SQLite file (its journal file with slurm, or whichever of the two exists); a path ->
-    a journal file; else a SQLAlchemy URL. Paths absolute: workers run in a code snapshot, maybe elsewhere."""
+    SQLite if it ends in .db, else a journal file; else a SQLAlchemy URL. Paths absolute: workers run in a code snapshot, maybe elsewhere."""
     if arg:
-        if "://" not in arg:
-            return str(Path(arg).resolve())
+        if "://" not in arg:  # a file: SQLite by its suffix, else a journal
+            path = Path(arg).resolve()
+            return f"sqlite:///{path}" if path.suffix in (".db", ".sqlite", ".sqlite3") else str(path)
         if arg.startswith("sqlite:///") and not arg.startswith("sqlite:////"):
             return "sqlite:///" + str(Path(arg[len("sqlite:///"):]).resolve())
         return arg
@@ -555,8 +556,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cluster", default=os.environ.get("FLEXPOOL_CLUSTER", "example"), metavar="NAME",
                    help="SLURM resources: slurm/NAME.yaml or a .yaml path (default: $FLEXPOOL_CLUSTER or example)")
     p.add_argument("--storage", default="", metavar="URL|FILE",
-                   help="SQLAlchemy URL, or a journal file path (for NFS); default RESULTS/sweeps/NAME.db "
-                        "(NAME.log with slurm)")
+                   help="SQLAlchemy URL, a .db file (SQLite) or another file (a journal: safe on NFS); default "
+                        "RESULTS/sweeps/NAME.db (NAME.log with slurm)")
     p.add_argument("--heartbeat", type=int, default=60, metavar="S",
                    help="a running trial's heartbeat, seconds; silent for 2*S its worker counts as dead (default 60)")
     p.add_argument("--wait", action="store_true", help="follow the workers, one line per finished trial")
