@@ -55,7 +55,7 @@ def configs(tmp_path, data_root, target="table1", seeds=1, columns=None, **param
                 results_dir=str((tmp_path / "results").resolve()), data_root=str(Path(data_root).resolve()))
 
 
-def wait_for(condition, timeout=120, what="condition"):
+def wait_for(condition, timeout=300, what="condition"):
     end = time.time() + timeout
     while time.time() < end:
         if condition():
@@ -99,18 +99,18 @@ def test_table_as_a_job_array_on_gpus(capsys, tmp_path, data_root, slurm):
 
 def test_preempted_task_is_requeued_and_its_run_resumes(capsys, tmp_path, data_root, slurm):
     params = tmp_path / "long.yaml"
-    params.write_text("epochs: 40\n")
+    params.write_text("epochs: 20\n")
     argv = ("table1", *selection(tmp_path, data_root, "--columns", "avgpool", "--params", params),
             "--cluster", "local")
     code, out = main(capsys, launch, *argv)
     assert code == 0 and "progress: python -m repro.status" in out
-    (config,) = configs(tmp_path, data_root, columns=["avgpool"], epochs=40)
+    (config,) = configs(tmp_path, data_root, columns=["avgpool"], epochs=20)
     wait_for(lambda: records.checkpoint_path(config).exists(), what="the first checkpoint")
     # What SLURM does before a time limit or a preemption: the job's signal (submitit's USR2) to its processes.
     subprocess.run(["scancel", "--signal=USR2", job_id(out)], check=True)
-    wait_for(lambda: records.run_status(config) == "completed", timeout=180, what="the requeued run's record")
+    wait_for(lambda: records.run_status(config) == "completed", timeout=600, what="the requeued run's record")
     record = records.read_record(records.record_path(config))
-    assert [h["epoch"] for h in record["history"]] == list(range(1, 41))
+    assert [h["epoch"] for h in record["history"]] == list(range(1, 21))
     assert "resuming run" in status.run_log_path(config).read_text()
     task_log = next(Path(re.search(r"job logs: (\S+)", out).group(1)).glob("*_log.out")).read_text()
     assert "Requeued job" in task_log
