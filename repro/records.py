@@ -22,6 +22,8 @@ from pathlib import Path
 from repro.config import RunConfig
 
 SCHEMA = 1
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 class RecordError(ValueError):
@@ -45,6 +47,7 @@ def lock_path(config: RunConfig) -> Path:
 def _atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes files private; records are shared with the team as usual
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
