@@ -67,6 +67,15 @@ def load(name: str, root: str | os.PathLike = "", split: str = "train", download
     return torchvision_dataset(name, root, split, download)
 
 
+def prepare(name: str, root: str | os.PathLike = "", download: bool = False) -> None:
+    """Check that both splits load (downloading them if asked) before runs are queued for a data set.
+
+    Doing it once up front also builds the Tiny ImageNet cache once, not in every job at the same time.
+    """
+    for split in ("train", "test"):
+        load(name, root, split, download)
+
+
 def synthetic(split: str, n_train: int = 2048, n_test: int = 512):
     """Ten classes, each a fixed smooth random pattern plus noise: learnable in an epoch or two, for tests and
     benchmarks that must not depend on files."""

@@ -35,6 +35,7 @@ import yaml
 from tqdm import tqdm
 
 from repro import records
+from repro.data import DataError, prepare
 from repro.config import ConfigError, RunConfig, check
 from repro.status import add_plan_args, failure_lines, plan_from_args, run_log_path, summary, survey
 
@@ -313,6 +314,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the plan, submit nothing")
     p.add_argument("--wait", action="store_true", help="follow the jobs with a progress bar, end with a summary")
     p.add_argument("--no-snapshot", action="store_true", help="jobs import the live checkout, not a snapshot")
+    p.add_argument("--download", action="store_true",
+                   help="download missing data sets here before submitting (compute nodes often have no internet)")
     return p
 
 
@@ -320,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return launch(args)
-    except ConfigError as e:
+    except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
@@ -342,6 +345,8 @@ def launch(args: argparse.Namespace) -> int:
     if args.dry_run:
         return 0
     check(kind != "slurm" or shutil.which("sbatch") is not None, "--executor slurm: no sbatch on the PATH")
+    for dataset in sorted({c.dataset for c in runs}):
+        prepare(dataset, runs[0].data_root, args.download)  # a missing data set fails here, not in every job
     if args.force:
         forget(runs)
     folder = launch_folder(configs[0].results_dir, args.target)

@@ -161,23 +161,22 @@ def test_local_jobs_get_the_gpus_this_shell_may_use(monkeypatch):
     assert launch.local_gpus() == {"gpus_per_node": 0, "visible_gpus": ()}
 
 
-def test_failing_run_is_reported_with_cell_seed_and_log(capsys, tmp_path):
-    empty = tmp_path / "no-data"
-    empty.mkdir()
-    code, out, _ = main(capsys, launch, "table1", *smoke(tmp_path, empty, "--columns", "avgpool", "--seeds", 2,
-                                                             "--wait", "--no-snapshot"))
-    (first, second) = configs(tmp_path, empty, columns=["avgpool"], seeds=2)
+def test_failing_run_is_reported_with_cell_seed_and_log(capsys, tmp_path, data_root):
+    diverging = tmp_path / "diverging.yaml"
+    diverging.write_text("lr: 1.0e+30\n")  # the loss goes non-finite: the runs fail inside their jobs
+    select = ("--columns", "avgpool", "--seeds", 2, "--params", diverging)
+    code, out, _ = main(capsys, launch, "table1", *smoke(tmp_path, data_root, *select, "--wait", "--no-snapshot"))
+    (first, second) = configs(tmp_path, data_root, columns=["avgpool"], seeds=2, lr=1.0e30)
     assert code == 1
     for config in (first, second):
-        line = f"FAILED table1/fashion_mnist/avgpool seed {config.seed}: "
+        line = f"FAILED table1/fashion_mnist/avgpool seed {config.seed}: TrainingError: non-finite"
         assert line in out and f"(log: {status.run_log_path(config)})" in out
         assert "Traceback" in status.run_log_path(config).read_text()
-    code, out, _ = main(capsys, status, "table1", "--seeds", 2, *selection(tmp_path, empty, "--columns", "avgpool"))
+    code, out, _ = main(capsys, status, "table1", *selection(tmp_path, data_root, *select))
     assert "2 runs: 0 done, 0 running, 2 failed, 0 pending" in out and out.count("FAILED ") == 2
-    code, out, _ = main(capsys, launch, "table1", "--seeds", 2, *smoke(tmp_path, empty, "--columns", "avgpool"))
+    code, out, _ = main(capsys, launch, "table1", *smoke(tmp_path, data_root, *select))
     assert "nothing to submit" in out  # a failed run has a record: only --retry-failed or --force run it again
-    code, out, _ = main(capsys, launch, "table1", "--seeds", 2, "--retry-failed", "--dry-run",
-                        *smoke(tmp_path, empty, "--columns", "avgpool"))
+    code, out, _ = main(capsys, launch, "table1", "--retry-failed", "--dry-run", *smoke(tmp_path, data_root, *select))
     assert "would submit 2 runs" in out
 
 
@@ -217,3 +216,11 @@ def test_two_launches_at_once_train_each_run_once(tmp_path, data_root):
     for config in configs(tmp_path, data_root, columns=["avgpool", "flexpool"]):
         assert records.read_record(records.record_path(config))["status"] == "completed"
         assert training_starts(config) == 1
+
+
+def test_missing_data_fails_before_anything_is_submitted(capsys, tmp_path):
+    code, out, err = main(capsys, launch, "table1", "--datasets", "cifar100", "--profile", "smoke",
+                          "--data-root", tmp_path / "nodata", "--results-dir", tmp_path / "results",
+                          "--executor", "local")
+    assert code == 2 and err.startswith("error: cifar100: no usable data under") and err.count("\n") == 1
+    assert "--download" in err and not (tmp_path / "results" / "slurm-logs").exists()
