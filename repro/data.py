@@ -103,7 +103,7 @@ def torchvision_dataset(name: str, root: Path, split: str, download: bool):
         _unpack_mnist_gz(cls, root / folder)
     try:
         ds = cls(str(root), train=split == "train", download=download)
-    except Exception as e:  # a truncated pickle or IDX file otherwise fails deep inside numpy or pickle
+    except Exception as e:  # noqa: BLE001 - a truncated pickle or IDX file fails deep in numpy or pickle
         if "not found" in str(e):  # torchvision's "Dataset not found or corrupted": its md5 check failed
             raise DataError(f"{name}: no usable data under {root / folder} (missing, or failing its md5 "
                             f"check). Download it with `python -m repro.train --dataset {name} --download` or "
@@ -155,7 +155,7 @@ def tiny_imagenet(root: Path, split: str, download: bool):
         try:
             with np.load(cache) as f:
                 return torch.from_numpy(f["images"]), torch.from_numpy(f["labels"])
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - any unreadable cache is rebuilt from the JPEGs
             print(f"tiny_imagenet: ignoring unreadable cache {cache} ({e}); decoding the JPEGs again")
     files, labels = _tiny_imagenet_files(base, split)
     images = _decode_resize(files)
@@ -207,7 +207,7 @@ def _decode_resize(files: list[Path]) -> torch.Tensor:
 def train_val_split(n: int, val_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices of the training and held-out validation images: a fixed permutation, the same for every run."""
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(VAL_SPLIT_SEED))
-    n_val = int(round(n * val_fraction))
+    n_val = round(n * val_fraction)
     return perm[n_val:].sort().values, perm[:n_val].sort().values
 
 

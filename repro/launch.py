@@ -35,8 +35,8 @@ import yaml
 from tqdm import tqdm
 
 from repro import records
-from repro.data import DataError, prepare
 from repro.config import ConfigError, RunConfig, check
+from repro.data import DataError, prepare
 from repro.status import add_plan_args, failure_lines, plan_from_args, run_log_path, summary, survey
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -100,7 +100,7 @@ def load_checkpoint(path: Path) -> dict | None:
         return None
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # torch raises many kinds for a truncated or foreign file
+    except Exception as e:  # noqa: BLE001 - torch raises many kinds for a truncated or foreign file
         raise RecordError(f"{path}: corrupt checkpoint ({type(e).__name__}: {e})") from None
 
 

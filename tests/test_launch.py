@@ -219,7 +219,7 @@ def test_two_launches_at_once_train_each_run_once(tmp_path, data_root):
 
 
 def test_missing_data_fails_before_anything_is_submitted(capsys, tmp_path):
-    code, out, err = main(capsys, launch, "table1", "--datasets", "cifar100", "--profile", "smoke",
+    code, _, err = main(capsys, launch, "table1", "--datasets", "cifar100", "--profile", "smoke",
                           "--data-root", tmp_path / "nodata", "--results-dir", tmp_path / "results",
                           "--executor", "local")
     assert code == 2 and err.startswith("error: cifar100: no usable data under") and err.count("\n") == 1

@@ -5,7 +5,7 @@ import pytest
 from repro import records, train
 from repro.config import ConfigError, RunConfig
 
-TINY = dict(dataset="synthetic", train_subset=256, test_subset=128, batch_size=64, wandb="disabled")
+TINY = {"dataset": "synthetic", "train_subset": 256, "test_subset": 128, "batch_size": 64, "wandb": "disabled"}
 
 
 def config(tmp_path, **changes) -> RunConfig:
