@@ -43,7 +43,7 @@ def measure(config: RunConfig, epochs: int, warmup: int, barrier=None) -> float:
     model = train.make_model(config, device)
     optimizer = train.make_optimizer(config, model)
     steps = train.steps_per_epoch(len(labels), config.batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=(warmup + epochs) * steps)
+    scheduler = train.make_scheduler(config, optimizer, (warmup + epochs) * steps)
     step_model = torch.compile(model) if config.compile and device.type == "cuda" else model
     for epoch in range(warmup):
         train.train_epoch(step_model, optimizer, scheduler, images, labels, config, epoch)

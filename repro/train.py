@@ -87,6 +87,13 @@ def make_optimizer(config: RunConfig, model: torch.nn.Module) -> torch.optim.Opt
     return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True, fused=fused)
 
 
+def make_scheduler(config: RunConfig, optimizer, total_steps: int):
+    """The one-cycle LR schedule peaking at config.lr (torch's defaults: 30% warm-up, cosine annealing).
+    Momentum is not cycled: the paper names only a one-cycle learning rate, and --momentum keeps its meaning."""
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total_steps,
+                                               cycle_momentum=False)
+
+
 def steps_per_epoch(n: int, batch_size: int) -> int:
     # The last partial batch is dropped: fixed shapes let compiled / CUDA-graphed steps run without recompiling.
     return max(n // batch_size, 1)
@@ -255,7 +262,7 @@ def _run_locked(config: RunConfig, on_epoch) -> dict:
         model = make_model(config, device)
         optimizer = make_optimizer(config, model)
         total_steps = config.epochs * steps_per_epoch(len(labels), config.batch_size)
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total_steps)
+        scheduler = make_scheduler(config, optimizer, total_steps)
         history = resume(config, model, optimizer, scheduler)
         step_model = torch.compile(model) if config.compile and device.type == "cuda" else model
         status = "completed"
