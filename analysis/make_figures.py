@@ -15,9 +15,7 @@ Writes, as PNG and PDF:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +24,9 @@ from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure  # the object API needs no pyplot and no display: works headless
 
 from analysis import collect
-from analysis.make_tables import DATASET_LABELS, DATASET_ORDER, SPREADS, summarize
+from analysis.make_tables import DATASET_LABELS, DATASET_ORDER, SPREADS, load_summary
 from repro.experiments import COLUMN_LABELS, COLUMNS, TABLES
+from repro.records import atomic_write
 
 DPI = 100
 TREND_SIZE = (10.0, 7.5)  # inches: 1000 x 750 pixels at DPI
@@ -131,14 +130,9 @@ def flexpool_figure(runs: pd.DataFrame, table: str, dataset: str) -> Figure | No
 def save(fig: Figure, out: Path, stem: str) -> list[Path]:
     """PNG and PDF, each written then renamed so a reader never opens half a file."""
     out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for fmt in ("png", "pdf"):
-        path = out / f"{stem}.{fmt}"
-        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{stem}.", suffix=f".{fmt}")
-        os.close(fd)
-        fig.savefig(tmp, format=fmt)
-        os.replace(tmp, path)
-        paths.append(path)
+    paths = [out / f"{stem}.{fmt}" for fmt in ("png", "pdf")]
+    for path in paths:
+        atomic_write(path, lambda f, fmt=path.suffix[1:]: fig.savefig(f, format=fmt))
     return paths
 
 
@@ -154,9 +148,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    runs, skipped, _ = collect.load_from_args(args)
-    paper = {t: collect.load_paper(t, args.paper) for t in TABLES}
-    summary = summarize(runs, paper, collect.skipped_counts(skipped, args.profile))
+    runs, _, _, summary = load_summary(args)
     written = []
     for table in TABLES:
         written += save(trend_figure(summary, table, args.spread), Path(args.out), FIGURE_NAMES[table])

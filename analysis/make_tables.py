@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
 from analysis import collect, stats
 from repro.experiments import COLUMN_LABELS, COLUMNS, TABLES
+from repro.records import atomic_write
 
 DATASET_ORDER = ("cifar10", "fashion_mnist", "cifar100", "tiny_imagenet")  # the paper's row order
 DATASET_LABELS = {"cifar10": "CIFAR10", "fashion_mnist": "Fashion-MNIST", "cifar100": "CIFAR100",
@@ -160,15 +159,6 @@ def claims_latex(claims: pd.DataFrame) -> str:
     return "\n".join(lines + ["\\bottomrule", "\\end{tabular}"]) + "\n"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write then rename: a reader never sees half a table."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def render(summary, claims, spread: str, profile: str) -> dict[str, dict[str, str]]:
     """{format: {file stem: text}} for every output."""
     out = {"md": {}, "latex": {}, "csv": {}}
@@ -193,11 +183,16 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
+def load_summary(args):
+    """(runs, skipped records, the paper's values, per-cell summary) for the CLI's input arguments."""
     runs, skipped, _ = collect.load_from_args(args)
     paper = {t: collect.load_paper(t, args.paper) for t in TABLES}
-    summary = summarize(runs, paper, collect.skipped_counts(skipped, args.profile))
+    return runs, skipped, paper, summarize(runs, paper, collect.skipped_counts(skipped, args.profile))
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    runs, skipped, paper, summary = load_summary(args)
     claims = stats.evaluate_claims(runs, paper, DATASET_ORDER)
     outputs = render(summary, claims, args.spread, args.profile)
     print("\n".join(outputs["md"].values()))
@@ -205,7 +200,7 @@ def main(argv=None) -> None:
         print(f"note: no completed test runs of profile {args.profile!r}: every cell is missing", file=sys.stderr)
     for fmt in FORMATS if args.format == "all" else [args.format]:
         for stem, text in outputs[fmt].items():
-            write_atomic(Path(args.out) / f"{stem}{FORMATS[fmt]}", text)
+            atomic_write(Path(args.out) / f"{stem}{FORMATS[fmt]}", lambda f, text=text: f.write(text.encode()))
     print(f"wrote {args.format} output to {args.out}/ ({len(runs)} runs, {len(skipped)} records skipped)",
           file=sys.stderr)
 

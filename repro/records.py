@@ -44,7 +44,8 @@ def lock_path(config: RunConfig) -> Path:
     return Path(config.results_dir) / "locks" / f"{config.run_id}.lock"
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """`write(binary file)` into a temp file beside `path`, then rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes files private; records are shared with the team as usual
@@ -61,7 +62,7 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def write_record(record: dict, path: Path) -> None:
-    _atomic_write(Path(path), lambda f: f.write(json.dumps(record, indent=1).encode()))
+    atomic_write(Path(path), lambda f: f.write(json.dumps(record, indent=1).encode()))
 
 
 def read_record(path: Path) -> dict:
@@ -88,7 +89,7 @@ def run_status(config: RunConfig) -> str:
 def save_checkpoint(state: dict, path: Path) -> None:
     import torch
 
-    _atomic_write(Path(path), lambda f: torch.save(state, f))
+    atomic_write(Path(path), lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: Path) -> dict | None:

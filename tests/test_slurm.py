@@ -5,13 +5,12 @@ import os
 import re
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from repro import launch, records, status
-from repro.experiments import plan
+from tests.test_launch import configs, selection, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "slurm" / "local-cluster.sh"
@@ -43,25 +42,6 @@ def no_wandb(monkeypatch):
 def main(capsys, module, *argv):
     code = module.main([str(a) for a in argv])
     return code, capsys.readouterr().out
-
-
-def selection(tmp_path, data_root, *argv):
-    return ("--datasets", "fashion_mnist", "--profile", "smoke", "--data-root", data_root,
-            "--results-dir", tmp_path / "results", *argv)
-
-
-def configs(tmp_path, data_root, target="table1", seeds=1, columns=None, **params):
-    return plan(target, seeds, ["fashion_mnist"], columns, "smoke", params or None,
-                results_dir=str((tmp_path / "results").resolve()), data_root=str(Path(data_root).resolve()))
-
-
-def wait_for(condition, timeout=300, what="condition"):
-    end = time.time() + timeout
-    while time.time() < end:
-        if condition():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def job_id(out: str) -> str:
