@@ -9,8 +9,10 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
+from analysis import make_tables
 from repro import launch, records, status, train
 from repro.experiments import plan
 
@@ -134,6 +136,16 @@ def test_smoke_matrix_end_to_end_then_nothing_to_do(capsys, tmp_path, data_root,
     assert "would submit 8 runs" in out and all(records.run_status(c) == "completed" for c in runs)
     code, out, _ = main(capsys, status, "all", *selection(tmp_path, data_root))
     assert code == 0 and "table2/fashion_mnist/flexpool-reg-dropout" in out and "8 done, 0 running" in out
+    # golden: the analysis turns exactly these records into the Fashion-MNIST row of both tables
+    make_tables.main(["--runs", str(tmp_path / "results" / "runs"), "--profile", "smoke", "--format", "csv",
+                      "--out", str(tmp_path / "tables")])
+    for table in ("table1", "table2"):
+        cells = pd.read_csv(tmp_path / "tables" / f"{table}.csv").set_index(["dataset", "column"])
+        for config in runs:
+            if config.cell.startswith(table):
+                cell = cells.loc[("fashion_mnist", config.cell.split("/")[-1])]
+                accuracy = records.read_record(records.record_path(config))["metrics"]["accuracy"]
+                assert cell["n"] == 1 and cell["mean"] == pytest.approx(100 * accuracy, abs=1e-3)
 
 
 def test_returns_at_once_and_the_local_job_goes_on(tmp_path, data_root):
