@@ -13,7 +13,7 @@ used for tuning. The accuracy of every epoch goes to the pruner, which stops hop
            the same run id: it resumes from its last epoch's checkpoint
   records  RESULTS/sweeps/NAME/ (runs, checkpoints, wandb), apart from the tables' records
   W&B      every trial is a W&B run in group sweep/NAME (offline unless --wandb online)
-Export the study for W&B's own agents: --export-wandb writes sweeps/wandb/NAME.yaml.
+Export the study for W&B's own agents: --export-wandb writes sweeps/wandb-agent/NAME.yaml.
 """
 
 from __future__ import annotations
@@ -532,7 +532,7 @@ def wandb_sweep_text(study: Study) -> str:
     sweep, left_out = wandb_sweep(study)
     header = [(f"# W&B sweep for the study sweeps/{study.name}.yaml, written by `python -m repro.sweep "
               f"{study.name} --export-wandb`: edit the study, not this file."),
-              (f"# Start it from the repository root: wandb sweep sweeps/wandb/{study.name}.yaml, then wandb agent "
+              (f"# Start it from the repository root: wandb sweep sweeps/wandb-agent/{study.name}.yaml, then wandb agent "
               f"ENTITY/{DEFAULTS['wandb_project']}/SWEEP_ID (as printed) on each machine.")]
     if left_out:
         header.append(f"# Not searched here: {', '.join(left_out)} (W&B passes one value per flag); "
@@ -549,7 +549,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--report", action="store_true", help="print the best trials, write the best parameters")
     p.add_argument("--out", metavar="FILE", help="--report: where (default RESULTS/sweeps/NAME.best.json)")
     p.add_argument("--top", type=int, default=10, help="--report: how many trials to list (default 10)")
-    p.add_argument("--export-wandb", action="store_true", help="write the study as a W&B sweep, sweeps/wandb/NAME.yaml")
+    p.add_argument("--export-wandb", action="store_true", help="write the study as a W&B sweep, sweeps/wandb-agent/NAME.yaml")
     p.add_argument("--workers", type=int, default=1, metavar="K", help="workers pulling trials (default 1)")
     p.add_argument("--executor", choices=("auto", "local", "slurm", "debug"), default="auto",
                    help="auto (default): slurm when sbatch is on the PATH, else local; debug: in this process")
@@ -586,7 +586,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         study = load_study(args.study, Path(args.sweeps_dir))
         if args.export_wandb:
-            out = Path(study.path).parent / "wandb" / f"{study.name}.yaml"
+            out = Path(study.path).parent / "wandb-agent" / f"{study.name}.yaml"
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(wandb_sweep_text(study))
             print(f"W&B sweep: {out}")

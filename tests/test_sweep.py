@@ -236,7 +236,7 @@ def sample_value(parameter: dict):
     return parameter["values"][0] if "values" in parameter else parameter["min"]
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "sweeps" / "wandb").glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", sorted((ROOT / "sweeps" / "wandb-agent").glob("*.yaml")), ids=lambda p: p.stem)
 def test_wandb_sweep_files_match_their_study_and_the_trainer(path):
     assert path.read_text() == sweep.wandb_sweep_text(sweep.load_study(path.stem)), \
         f"regenerate: python -m repro.sweep {path.stem} --export-wandb"
@@ -253,7 +253,7 @@ def test_wandb_sweep_files_match_their_study_and_the_trainer(path):
 
 def test_a_wandb_sweep_command_trains(tmp_path):
     """The smoke study's W&B command, as an agent would run it, on tiny data (no W&B server here)."""
-    spec = yaml.safe_load((ROOT / "sweeps" / "wandb" / "smoke.yaml").read_text())
+    spec = yaml.safe_load((ROOT / "sweeps" / "wandb-agent" / "smoke.yaml").read_text())
     args = [f"--{name}={sample_value(p)}" for name, p in spec["parameters"].items()]
     argv = [a for c in spec["command"][2:] for a in (args if c == "${args_no_boolean_flags}" else [c])]
     argv += ["--epochs", "1", "--train-subset", "64", "--results-dir", str(tmp_path)]
