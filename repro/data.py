@@ -6,6 +6,7 @@ run there a batch at a time, so the training loop has no per-sample Python and n
 
 from __future__ import annotations
 
+import functools
 import gzip
 import multiprocessing
 import os
@@ -211,10 +212,16 @@ def train_val_split(n: int, val_fraction: float) -> tuple[torch.Tensor, torch.Te
     return perm[n_val:].sort().values, perm[:n_val].sort().values
 
 
+@functools.cache
+def _mean_std(info: DatasetInfo, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    # Made once per device: a fresh host-to-device copy every step would stall the training loop.
+    mean = torch.tensor(info.mean, device=device).view(1, -1, 1, 1) * 255
+    return mean, torch.tensor(info.std, device=device).view(1, -1, 1, 1) * 255
+
+
 def normalize(images: torch.Tensor, info: DatasetInfo) -> torch.Tensor:
     """uint8 -> float, standardised per channel (on whatever device the images are)."""
-    mean = torch.tensor(info.mean, device=images.device).view(1, -1, 1, 1) * 255
-    std = torch.tensor(info.std, device=images.device).view(1, -1, 1, 1) * 255
+    mean, std = _mean_std(info, images.device)
     return (images.float() - mean) / std
 
 
