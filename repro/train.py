@@ -280,6 +280,7 @@ def _run_locked(config: RunConfig, on_epoch) -> dict:
             if on_epoch is not None and on_epoch(entry):
                 status = "pruned"
                 break
+        bar.close()
         record = make_record(config, status, history, started, device, model=model)
     except (KeyboardInterrupt, SystemExit):
         tracker.finish(exit_code=1)  # preempted or stopped: the checkpoint stays, no record yet
