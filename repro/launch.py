@@ -109,8 +109,8 @@ def visible_gpus() -> list[str]:
     return [g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
 
 
-def _train(config: dict, log: str, gpu: str | None) -> None:
-    """Entry of one run's process: its output goes to its own log, it sees one GPU."""
+def _train(config: dict, log: str, gpu: str | None, threads: int | None) -> None:
+    """Entry of one run's process: its output goes to its own log, it sees one GPU (or a share of the CPU)."""
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -121,6 +121,8 @@ def _train(config: dict, log: str, gpu: str | None) -> None:
     signal.signal(getattr(signal, "SIG" + submitit.JobEnvironment.USR_SIG), signal.SIG_IGN)
     from repro import train
 
+    if threads:
+        train.torch.set_num_threads(threads)  # runs packed on a CPU: one share of the cores each, not all each
     print(f"== {config['cell']} seed {config['seed']}, {datetime.datetime.now():%Y-%m-%d %H:%M:%S}, "
           f"code from {Path(train.__file__).parent}", flush=True)
     if train.run(RunConfig.from_dict(config)) is None:
@@ -143,6 +145,7 @@ class RunPack(submitit.helpers.Checkpointable):
         gpus = visible_gpus() or [None]
         for gpu in gpus * runs_per_gpu:
             slots.put(gpu)
+        self._threads = None if visible_gpus() else max(1, len(os.sched_getaffinity(0)) // runs_per_gpu)
         print(f"RunPack: {len(configs)} runs, {len(gpus) * runs_per_gpu} at a time, GPUs {gpus}, "
               f"code from {Path(__file__).parent}", flush=True)
         with ThreadPoolExecutor(len(gpus) * runs_per_gpu) as pool:
@@ -163,7 +166,7 @@ class RunPack(submitit.helpers.Checkpointable):
                     return {**outcome, "state": "interrupted"}
                 run_log_path(config).parent.mkdir(parents=True, exist_ok=True)
                 proc = multiprocessing.get_context("spawn").Process(
-                    target=_train, args=(config.to_dict(), outcome["log"], gpu), name=config.run_id)
+                    target=_train, args=(config.to_dict(), outcome["log"], gpu, self._threads), name=config.run_id)
                 proc.start()
                 self._procs.append(proc)
             proc.join()
