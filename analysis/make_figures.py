@@ -14,7 +14,6 @@ Writes, as PNG and PDF:
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure  # the object API needs no pyplot and no display: works headless
 
 from analysis import collect
-from analysis.make_tables import DATASET_LABELS, DATASET_ORDER, SPREADS, load_summary
+from analysis.make_tables import DATASET_LABELS, DATASET_ORDER, SPREADS, load_summary, output_parser
 from repro.experiments import COLUMN_LABELS, COLUMNS, TABLES
 from repro.records import atomic_write
 
@@ -137,12 +136,7 @@ def save(fig: Figure, out: Path, stem: str) -> list[Path]:
 
 
 def parse_args(argv=None):
-    parser = collect.Parser(prog="python -m analysis.make_figures", description=__doc__,
-                            epilog=collect.SELECTION_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    collect.add_input_args(parser)
-    parser.add_argument("--out", default="results/figures", help="output folder (default: %(default)s)")
-    parser.add_argument("--spread", default="std", choices=list(SPREADS),
-                        help="error bars: std = standard deviation over seeds (default), sem = standard error")
+    parser = output_parser("python -m analysis.make_figures", __doc__, "results/figures")
     return parser.parse_args(argv)
 
 

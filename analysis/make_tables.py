@@ -171,15 +171,22 @@ def render(summary, claims, spread: str, profile: str) -> dict[str, dict[str, st
     return out
 
 
-def parse_args(argv=None):
-    parser = collect.Parser(prog="python -m analysis.make_tables", description=__doc__,
-                            epilog=collect.SELECTION_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+def output_parser(prog: str, description: str, out: str) -> argparse.ArgumentParser:
+    """The options make_tables and make_figures share: which runs, where to write, which spread."""
+    parser = collect.Parser(prog=prog, description=description, epilog=collect.SELECTION_HELP,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     collect.add_input_args(parser)
-    parser.add_argument("--out", default="results/tables", help="output folder (default: %(default)s)")
+    parser.add_argument("--out", default=out, help="output folder (default: %(default)s)")
+    parser.add_argument("--spread", default="std", choices=list(SPREADS),
+                        help="what ± and error bars show: std = standard deviation over seeds (default), "
+                             "sem = standard error")
+    return parser
+
+
+def parse_args(argv=None):
+    parser = output_parser("python -m analysis.make_tables", __doc__, "results/tables")
     parser.add_argument("--format", default="all", choices=[*FORMATS, "all"],
                         help="files to write: md, latex, csv or all (default); Markdown always goes to the terminal")
-    parser.add_argument("--spread", default="std", choices=list(SPREADS),
-                        help="what ± shows: std = standard deviation over seeds (default), sem = standard error")
     return parser.parse_args(argv)
 
 
