@@ -72,7 +72,8 @@ def test_table_as_a_job_array_on_gpus(capsys, tmp_path, data_root, slurm):
         assert re.search(r"RunPack: 2 runs, 2 at a time, GPUs \['[01]'\]", log)  # SLURM gave it a GPU
         if shutil.which("rsync"):
             assert f"code from {folder / 'code' / 'repro'}" in log
-    assert sacct_states(job_id(out)) == {"COMPLETED"}
+    # submitit counts a job done once its result file is written; SLURM's accounting says so a moment later
+    wait_for(lambda: sacct_states(job_id(out)) == {"COMPLETED"}, timeout=30, what="sacct to show COMPLETED")
     code, out = main(capsys, launch, *argv)
     assert code == 0 and "nothing to submit" in out
 
