@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from repro.config import ConfigError, RunConfig, field_names
-from repro.experiments import PROFILES, TABLES, parse_cell
+from repro.experiments import PROFILES, TABLES, parse_cell, profile_of
 from repro.records import RecordError, read_record
 
 DEFAULT_RUNS = Path("results/runs")
@@ -37,17 +37,6 @@ ROW_COLUMNS = [  # record_row's keys, so an empty DataFrame still has them
 
 class AnalysisError(Exception):
     """Bad input (no runs, unknown option value): the command-line tools print it as one line and exit 2."""
-
-
-def profile_of(config: RunConfig) -> str:
-    """The profile whose fields the config matches ('custom' if none): a field a profile does not set must keep
-    RunConfig's default, so a full-recipe run on a train subset is not mistaken for a full run."""
-    keys = {k for fields in PROFILES.values() for k in fields}
-    defaults = RunConfig()
-    for name, fields in PROFILES.items():
-        if all(getattr(config, k) == fields.get(k, getattr(defaults, k)) for k in keys):
-            return name
-    return "custom"
 
 
 def record_row(record: dict, name: str) -> dict:

@@ -44,7 +44,7 @@ def measure(config: RunConfig, epochs: int, warmup: int, barrier=None) -> float:
     optimizer = train.make_optimizer(config, model)
     steps = train.steps_per_epoch(len(labels), config.batch_size)
     scheduler = train.make_scheduler(config, optimizer, (warmup + epochs) * steps)
-    step_model = torch.compile(model) if config.compile and device.type == "cuda" else model
+    step_model = torch.compile(model) if config.compile != "off" and device.type == "cuda" else model
     for epoch in range(warmup):
         train.train_epoch(step_model, optimizer, scheduler, images, labels, config, epoch)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -97,7 +97,7 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=3 if gpu else 1, help=f"timed epochs of {STEPS_PER_EPOCH} steps each")
     parser.add_argument("--warmup", type=int, default=2 if gpu else 1, help="untimed epochs first")
     parser.add_argument("--packed", type=int, default=4 if gpu else 2, help="K runs side by side (0: skip)")
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=gpu,
+    parser.add_argument("--compile", default="default" if gpu else "off",
                         help="torch.compile the model (CUDA only)")
     parser.add_argument("--seeds", type=int, default=5, help="seeds per cell for the projected GPU-hours")
     parser.add_argument("--out", default="results/bench", help="folder for the JSON result")

@@ -14,6 +14,9 @@ DATASETS = ("cifar10", "cifar100", "fashion_mnist", "tiny_imagenet", "synthetic"
 POOLS = ("avg", "flex", "flex-softmax")
 OPTIMIZERS = ("sgd", "adam")
 WANDB_MODES = ("offline", "online", "disabled")
+# torch.compile modes for the whole training step; "off" is eager, the reference path.
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 def knob(default, help: str, id: bool = True):
@@ -36,6 +39,7 @@ class RunConfig:
     lr: float = knob(0.1, "peak learning rate of the one-cycle schedule (paper: 0.1)")
     momentum: float = knob(0.9, "SGD momentum / Adam beta1 (not in the paper)")
     weight_decay: float = knob(5e-4, "on conv and linear weights only (not in the paper)")
+    flex_lr_scale: float = knob(1.0, "FlexPool weights learn at lr x this (1 = the paper); see README")
     epochs: int = knob(100, "training epochs (paper: 100)")
     batch_size: int = knob(1000, "images per step (paper: 1000)")
     augment: bool = knob(True, "random horizontal flip and random scaling (paper Sec. 4)")
@@ -51,7 +55,9 @@ class RunConfig:
     download: bool = knob(False, "download missing data sets (needs internet)", id=False)
     results_dir: str = knob("results", "records go to <results_dir>/runs, checkpoints to .../checkpoints", id=False)
     device: str = knob("auto", "auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...", id=False)
-    compile: bool = knob(False, "torch.compile the model (CUDA only)", id=False)
+    compile: str = knob("off", f"torch.compile the whole training step: {', '.join(COMPILE_MODES)}", id=False)
+    precision: str = knob("auto", "auto (bf16 autocast + channels_last on CUDA, fp32 on CPU), bf16, fp32",
+                          id=False)
     wandb: str = knob("offline", "W&B mode: offline (default, no network), online, disabled", id=False)
     wandb_project: str = knob("flexpool-repro", "W&B project", id=False)
     wandb_entity: str = knob("", "W&B entity ('' = your default)", id=False)
@@ -61,6 +67,9 @@ class RunConfig:
         check(self.dataset in DATASETS, f"unknown dataset {self.dataset!r}; choose from {', '.join(DATASETS)}")
         check(self.pool in POOLS, f"unknown pool {self.pool!r}; choose from {', '.join(POOLS)}")
         check(self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r}; choose from {OPTIMIZERS}")
+        check(self.compile in COMPILE_MODES, f"unknown compile mode {self.compile!r}; choose from {COMPILE_MODES}")
+        check(self.precision in PRECISIONS, f"unknown precision {self.precision!r}; choose from {PRECISIONS}")
+        check(self.flex_lr_scale > 0, f"flex_lr_scale must be positive, got {self.flex_lr_scale}")
         check(self.wandb in WANDB_MODES, f"unknown wandb mode {self.wandb!r}; choose from {WANDB_MODES}")
         check(self.epochs >= 1, f"epochs must be positive, got {self.epochs}")
         check(self.batch_size >= 1, f"batch size must be positive, got {self.batch_size}")

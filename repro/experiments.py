@@ -42,6 +42,16 @@ PROFILES = {
     "smoke": {"epochs": 2, "batch_size": 128, "train_subset": 512, "test_subset": 256},
 }
 
+# How the network is optimised. Both use the paper's one-cycle schedule peaking at lr 0.1, batch 1000, 100 epochs.
+RECIPES = {
+    # The default: SGD with Nesterov momentum 0.9 and weight decay, as the authors' public code
+    # (aliman80/FlexPoolU) and the standard ResNet20 recipe train; Adam at a one-cycle peak of 0.1 is far above
+    # Adam's usual range.
+    "suite": {"optimizer": "sgd", "weight_decay": 5e-4},
+    # The paper's text taken literally (Sec. 4): Adam (beta1 0.9, beta2 0.999), no weight decay.
+    "paper": {"optimizer": "adam", "weight_decay": 0.0},
+}
+
 # Tuned values only replace a knob where the column uses it: a tuned "reg" must not switch on the
 # regulariser in the plain FlexPool column, nor dropout in the columns without it.
 _ONLY_WHERE_ON = {"reg": "reg", "dropout": "dropout", "sac_weights": "sac"}
@@ -54,6 +64,25 @@ def cell_name(table: str, dataset: str, column: str) -> str:
 def parse_cell(cell: str) -> dict:
     table, dataset, column = cell.split("/")
     return {"table": table, "dataset": dataset, "column": column}
+
+
+def _named_set(config: RunConfig, sets: dict[str, dict]) -> str:
+    """The name of the set of fields the config matches ('custom' if none). A field that some set fixes but
+    this one does not must keep RunConfig's default, so a full-recipe run on a train subset is not 'full'."""
+    keys = {k for fields in sets.values() for k in fields}
+    defaults = RunConfig()
+    for name, fields in sets.items():
+        if all(getattr(config, k) == fields.get(k, getattr(defaults, k)) for k in keys):
+            return name
+    return "custom"
+
+
+def profile_of(config: RunConfig) -> str:
+    return _named_set(config, PROFILES)
+
+
+def recipe_of(config: RunConfig) -> str:
+    return _named_set(config, RECIPES)
 
 
 def load_params(path: str | Path) -> dict:
@@ -73,21 +102,26 @@ def load_params(path: str | Path) -> dict:
 
 
 def cell_config(table: str, dataset: str, column: str, profile: str = "full", params: dict | None = None,
-                **runtime) -> RunConfig:
-    fields = {"dataset": dataset, **TABLES[table], **COLUMNS[column], **PROFILES[profile]}
+                recipe: str = "suite", **runtime) -> RunConfig:
+    fields = {"dataset": dataset, **TABLES[table], **COLUMNS[column], **PROFILES[profile], **RECIPES[recipe]}
     for key, value in (params or {}).items():
         switch = _ONLY_WHERE_ON.get(key)
         if switch is None or fields.get(switch):
             fields[key] = tuple(value) if isinstance(value, list) else value
-    return RunConfig(cell=cell_name(table, dataset, column), **fields, **runtime)
+    config = RunConfig(cell=cell_name(table, dataset, column), **fields, **runtime)
+    changed = {k: getattr(config, k) for k in RECIPES[recipe] if getattr(config, k) != RECIPES[recipe][k]}
+    check(not changed, f"tuned params set {', '.join(f'{k}={v}' for k, v in changed.items())}, which recipe "
+                       f"{recipe!r} fixes; drop it from the params file or choose another --recipe")
+    return config
 
 
 def plan(target: str, seeds: int, datasets=None, columns=None, profile: str = "full", params=None,
-         **runtime) -> list[RunConfig]:
+         recipe: str = "suite", **runtime) -> list[RunConfig]:
     """All runs of a target, in table, dataset, column, seed order. `runtime` sets non-id fields (paths...)."""
     check(target in TARGETS, f"unknown target {target!r}; choose from {', '.join(TARGETS)}")
     check(seeds >= 1, f"--seeds must be at least 1, got {seeds}")
     check(profile in PROFILES, f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}")
+    check(recipe in RECIPES, f"unknown recipe {recipe!r}; choose from {', '.join(RECIPES)}")
     datasets = list(datasets or DATASETS)
     columns = list(columns or COLUMNS)
     for d in datasets:
@@ -95,7 +129,7 @@ def plan(target: str, seeds: int, datasets=None, columns=None, profile: str = "f
     for c in columns:
         check(c in COLUMNS, f"unknown column {c!r}; choose from {', '.join(COLUMNS)}")
     return [
-        cell_config(table, d, c, profile, params, **runtime).replace(seed=s)
+        cell_config(table, d, c, profile, params, recipe, **runtime).replace(seed=s)
         for table in TARGETS[target] for d in datasets for c in columns for s in range(seeds)
     ]
 

@@ -296,7 +296,7 @@ def status_command(args: argparse.Namespace) -> str:
     for flag in ("datasets", "columns"):
         if getattr(args, flag):
             words += [f"--{flag}", *getattr(args, flag)]
-    for flag in ("profile", "params", "results_dir", "data_root"):
+    for flag in ("profile", "recipe", "params", "results_dir", "data_root"):
         value = getattr(args, flag)
         if value and value != parser().get_default(flag):
             words += [f"--{flag.replace('_', '-')}", value]
@@ -337,7 +337,7 @@ def launch(args: argparse.Namespace) -> int:
     profile = load_cluster(args.cluster) if kind == "slurm" else None
     configs = plan_from_args(args)
     states = survey(configs)
-    print(f"plan: {args.target} ({args.profile} profile): {summary(states)}")
+    print(f"plan: {args.target} ({args.profile} profile, {args.recipe} recipe): {summary(states)}")
     runs = to_run(states, args.force, args.retry_failed)
     where = f"slurm, profile {args.cluster}" if kind == "slurm" else kind
     if not runs:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from repro import records
 from repro.config import ConfigError, RunConfig
-from repro.experiments import COLUMNS, DATASETS, PROFILES, TARGETS, load_params, plan
+from repro.experiments import COLUMNS, DATASETS, PROFILES, RECIPES, TARGETS, load_params, plan
 
 STATES = ("done", "running", "failed", "pending")
 
@@ -32,6 +32,9 @@ def add_plan_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--datasets", nargs="+", metavar="D", help=f"only these data sets: {', '.join(DATASETS)}")
     parser.add_argument("--columns", nargs="+", metavar="C", help=f"only these columns: {', '.join(COLUMNS)}")
     parser.add_argument("--profile", default="full", help=f"{' | '.join(PROFILES)} (default: full; smoke: tiny, to try things)")
+    parser.add_argument("--recipe", default="suite", choices=list(RECIPES),
+                        help="suite (default): SGD + Nesterov, weight decay 5e-4; paper: the paper's literal Adam, "
+                             "no weight decay (README: Deviations)")
     parser.add_argument("--params", metavar="FILE", help="tuned hyper-parameters (YAML/JSON), e.g. from a sweep")
     parser.add_argument("--results-dir", default="results", metavar="DIR", help="records under DIR/runs (default: results)")
     parser.add_argument("--data-root", default="", metavar="DIR", help="data folder ('' = $FLEXPOOL_DATA, else ./data)")
@@ -41,7 +44,7 @@ def plan_from_args(args: argparse.Namespace) -> list[RunConfig]:
     # Absolute paths: jobs run from a code snapshot (another working directory) and maybe on other machines.
     data_root = args.data_root or os.environ.get("FLEXPOOL_DATA") or "data"
     return plan(args.target, args.seeds, args.datasets, args.columns, args.profile,
-                load_params(args.params) if args.params else None,
+                load_params(args.params) if args.params else None, args.recipe,
                 results_dir=str(Path(args.results_dir).resolve()), data_root=str(Path(data_root).resolve()))
 
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from repro import data, pooling, records
+from repro import data, experiments, pooling, records
 from repro.config import ConfigError, RunConfig
 from repro.models import resnet20
 from repro.tracking import Tracker
@@ -224,6 +224,7 @@ def make_record(config: RunConfig, status: str, history: list, started: float, d
     return {
         "schema": records.SCHEMA, "run_id": config.run_id, "cell": config.cell, "status": status,
         "error": error, "config": config.to_dict(), "eval_split": config.eval_split,
+        "profile": experiments.profile_of(config), "recipe": experiments.recipe_of(config),
         "metrics": {"accuracy": last.get("eval_accuracy"), "head_accuracies": last.get("head_accuracies"),
                     "train_loss": last.get("train_loss")},
         "history": history,
@@ -264,7 +265,7 @@ def _run_locked(config: RunConfig, on_epoch) -> dict:
         total_steps = config.epochs * steps_per_epoch(len(labels), config.batch_size)
         scheduler = make_scheduler(config, optimizer, total_steps)
         history = resume(config, model, optimizer, scheduler)
-        step_model = torch.compile(model) if config.compile and device.type == "cuda" else model
+        step_model = torch.compile(model) if config.compile != "off" and device.type == "cuda" else model
         status = "completed"
         bar = tqdm(range(len(history), config.epochs), initial=len(history), total=config.epochs,
                    desc=config.cell or config.dataset, unit="epoch", disable=not sys.stderr.isatty())
@@ -375,7 +376,12 @@ def main(argv=None) -> int:
                     "flips and scaling) and write a JSON run record under RESULTS_DIR/runs/. Every column of "
                     "Tables 1 and 2 is reachable: --pool avg|flex, --reg W, --dropout 0.25, --sac. "
                     "Re-running the same command resumes from the last epoch's checkpoint.")
+    parser.add_argument("--recipe", choices=list(experiments.RECIPES), default="suite",
+                        help="start from this recipe's optimizer and weight decay (suite: SGD + Nesterov, 5e-4; "
+                             "paper: Adam, 0); flags given explicitly override it (default: suite)")
     add_config_arguments(parser)
+    recipe = parser.parse_known_args(argv)[0].recipe
+    parser.set_defaults(**experiments.RECIPES[recipe])
     args = parser.parse_args(argv)
     try:
         config = config_from_args(args)
