@@ -4,10 +4,15 @@ Depends on nothing but torch, so it can be copied into any network, e.g. as a to
 
     model = torchvision.models.resnet18(num_classes=10)
     model.avgpool = FlexPool2d(512, 7, 7, keepdim=True)   # 224x224 input: 7x7 last feature map
+    model.avgpool = LazyFlexPool2d(keepdim=True)          # or: sized by the first forward pass
+
+repro.adapt finds and replaces a model's global pool for you, and attaches SAC heads to any backbone.
 """
 
 import torch
 from torch import nn
+from torch.nn.modules.lazy import LazyModuleMixin
+from torch.nn.parameter import UninitializedParameter
 
 
 class FlexPool2d(nn.Module):
@@ -23,8 +28,14 @@ class FlexPool2d(nn.Module):
         super().__init__()
         self.softmax = softmax
         self.keepdim = keepdim
-        init = 0.0 if softmax else 1.0 / (height * width)  # softmax of equal logits is uniform too
-        self.weight = nn.Parameter(torch.full((channels, height, width), init))
+        self.weight = nn.Parameter(torch.empty(channels, height, width))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Back to average pooling: 1/(H*W) everywhere, or equal logits (uniform softmax) in the softmax form."""
+        _, h, w = self.weight.shape
+        with torch.no_grad():
+            self.weight.fill_(0.0 if self.softmax else 1.0 / (h * w))
 
     def pooling_weights(self) -> torch.Tensor:
         """The (C, H, W) weights actually applied to the feature map."""
@@ -49,6 +60,31 @@ class FlexPool2d(nn.Module):
     def extra_repr(self) -> str:
         c, h, w = self.weight.shape
         return f"{c}, {h}, {w}, softmax={self.softmax}"
+
+
+class LazyFlexPool2d(LazyModuleMixin, FlexPool2d):
+    """A FlexPool2d that takes C, H, W from its first input, like nn.LazyLinear, and then becomes a FlexPool2d.
+
+    Run one forward pass (e.g. on an example batch) before building the optimizer. Later inputs of another
+    shape are refused, as by FlexPool2d. A state_dict loads into it before or after that first pass.
+    """
+
+    cls_to_become = FlexPool2d
+    weight: UninitializedParameter
+
+    def __init__(self, softmax: bool = False, keepdim: bool = False):
+        super().__init__(0, 1, 1, softmax, keepdim)  # a placeholder weight, replaced just below
+        self.weight = UninitializedParameter()
+
+    def initialize_parameters(self, x: torch.Tensor) -> None:
+        if self.has_uninitialized_params():  # not when a loaded state_dict has sized it already
+            if x.dim() != 4:
+                raise ValueError(f"LazyFlexPool2d expects input of shape (N, C, H, W), got {tuple(x.shape)}")
+            self.weight.materialize(tuple(x.shape[1:]))
+            self.reset_parameters()
+
+    def extra_repr(self) -> str:
+        return f"softmax={self.softmax}, keepdim={self.keepdim}"
 
 
 def regularization(model: nn.Module) -> torch.Tensor:

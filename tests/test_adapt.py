@@ -1,0 +1,256 @@
+"""FlexPool and SAC in torchvision and timm models (repro.adapt), and the lazy FlexPool layer they build on."""
+
+import copy
+import io
+
+import onnxruntime
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from repro.adapt import GlobalPoolError, replace_global_pool, with_sac
+from repro.pooling import FlexPool2d, LazyFlexPool2d, regularization
+
+MODELS = {
+    "resnet18": lambda: torchvision.models.resnet18(num_classes=10),
+    "mobilenet_v3_small": lambda: torchvision.models.mobilenet_v3_small(num_classes=10),
+    "efficientnet_b0": lambda: torchvision.models.efficientnet_b0(num_classes=10),
+    "convnext_tiny": lambda: torchvision.models.convnext_tiny(num_classes=10),
+    "timm_resnet18": lambda: timm.create_model("resnet18", pretrained=False, num_classes=10),
+}
+SIZES = (224, 64)
+LAST_CHANNELS = {"resnet18": 512, "mobilenet_v3_small": 576, "efficientnet_b0": 1280, "convnext_tiny": 768,
+                 "timm_resnet18": 512}
+
+
+def build(name: str) -> nn.Module:
+    """The model in eval mode with BatchNorm statistics of one random batch: with fresh ones (mean 0, var 1)
+    MobileNetV3's and EfficientNet's outputs are ~1e-12, too small for a comparison to mean anything."""
+    torch.manual_seed(0)
+    model = MODELS[name]()
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    for m in norms:
+        m.momentum = 1.0
+    with torch.no_grad():
+        model.train()(torch.randn(4, 3, 64, 64))
+    for m in norms:
+        m.momentum = 0.1
+    return model.eval()
+
+
+def flexpools(model: nn.Module) -> list[FlexPool2d]:
+    return [m for m in model.modules() if isinstance(m, FlexPool2d)]
+
+
+def assert_same_outputs(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    scale = expected.abs().max().item()
+    assert scale > 1e-3
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5 * scale)
+
+
+@pytest.fixture(scope="module", params=list(MODELS))
+def original(request):
+    return request.param, build(request.param)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_conversion_keeps_outputs_mode_and_batchnorm_statistics(original, size):
+    name, reference = original
+    model = copy.deepcopy(reference).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert replace_global_pool(model, torch.randn(1, 3, size, size)) is model
+    assert all(m.training for m in model.modules())
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+    [pool] = flexpools(model)
+    assert pool.weight.shape == (LAST_CHANNELS[name], size // 32, size // 32)
+    x = torch.randn(2, 3, size, size)
+    assert_same_outputs(model.eval()(x), reference(x))
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_converted_model_trains_and_its_state_dict_reloads(original, size):
+    _, reference = original
+    example = torch.randn(1, 3, size, size)
+    model = replace_global_pool(copy.deepcopy(reference), example, softmax=size == 64).train()  # both forms
+    [pool] = flexpools(model)
+    start = pool.weight.detach().clone()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(2, 3, size, size), torch.tensor([1, 2])
+    for _ in range(2):
+        loss = F.cross_entropy(model(x), y) + 1e-3 * regularization(model)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        assert torch.isfinite(loss)
+    assert not torch.equal(pool.weight, start)
+    saved = io.BytesIO()
+    torch.save(model.state_dict(), saved)
+    fresh = replace_global_pool(copy.deepcopy(reference), example, softmax=size == 64)
+    fresh.load_state_dict(torch.load(io.BytesIO(saved.getvalue())))
+    torch.testing.assert_close(fresh(x), model.eval()(x))
+
+
+@pytest.fixture(scope="module")
+def small():
+    model = replace_global_pool(build("mobilenet_v3_small"), torch.randn(1, 3, 64, 64))
+    with torch.no_grad():
+        flexpools(model)[0].weight.uniform_(0, 0.5)  # not average pooling any more: the layer itself must carry
+    return model
+
+
+def test_compiled_model_gives_the_same_outputs(small):
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert_same_outputs(torch.compile(small)(x), small(x))
+
+
+def test_onnx_export_runs_in_onnxruntime_with_the_same_outputs(small, tmp_path):
+    x = torch.randn(2, 3, 64, 64)
+    torch.onnx.export(small, (x,), tmp_path / "model.onnx")
+    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    [output] = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        assert_same_outputs(torch.from_numpy(output), small(x))
+
+
+# --- models it cannot convert --------------------------------------------------------------------------------
+
+class FunctionalPool(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.downsample = nn.MaxPool2d(2)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.fc(F.adaptive_avg_pool2d(self.downsample(self.conv(x)), 1).flatten(1))
+
+
+class TwoPools(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.pool_a = nn.AdaptiveAvgPool2d(1)
+        self.pool_b = nn.AdaptiveAvgPool2d((1, 1))
+
+    def forward(self, x):
+        x = self.conv(x)
+        return self.pool_a(x) + self.pool_b(x)
+
+
+class SharedPool(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x):
+        return self.pool(self.conv(x)) + self.pool(self.conv(x[:, :, ::2, ::2]))
+
+
+@pytest.mark.parametrize("model, message", [
+    (FunctionalPool(), r"no global average pool module .* found 'downsample' \(MaxPool2d\)\. .*in forward"),
+    (torchvision.models.vgg11(), r"found .*'avgpool' \(AdaptiveAvgPool2d\(\(7, 7\)\)\)"),
+    (TwoPools(), r"several global average pools .*'pool_a' .*'pool_b'"),
+    (SharedPool(), r"'pool' ran 2 times in one forward pass"),
+])
+def test_unconvertible_model_gets_one_line_saying_why(model, message):
+    with pytest.raises(GlobalPoolError, match=message) as error:
+        replace_global_pool(model, torch.randn(1, 3, 32, 32))
+    assert "\n" not in str(error.value)
+    assert not flexpools(model)
+
+
+# --- SAC heads -----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("make", [MODELS["resnet18"], MODELS["timm_resnet18"]], ids=["torchvision", "timm"])
+def test_sac_heads_on_the_three_last_stages_of_resnet18(make):
+    """Three heads as in the paper: SAC on layer2 and layer3, the model's own (after layer4) last."""
+    torch.manual_seed(0)
+    model = with_sac(make(), ["layer2", "layer3"], (0.1, 0.2, 0.7), num_classes=10)
+    x, y = torch.randn(2, 3, 64, 64), torch.tensor([3, 7])
+    model(x)  # sizes the lazy heads
+    assert [p.weight.shape for p in flexpools(model)] == [(128, 8, 8), (256, 4, 4)]
+    outputs = model(x)
+    assert [o.shape for o in outputs] == [(2, 10)] * 3
+    loss = model.loss(outputs, y)
+    expected = sum(w * F.cross_entropy(o, y) for w, o in zip((0.1, 0.2, 0.7), outputs))
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    assert model.model.conv1.weight.grad.abs().sum() > 0
+    assert all(p.grad.abs().sum() > 0 for p in model.heads.parameters())
+    # the first head's loss alone reaches the stages up to layer2, and no further
+    model.zero_grad()
+    F.cross_entropy(model(x)[0], y).backward()
+    assert model.model.layer2[0].bn2.weight.grad.abs().sum() > 0  # not conv1: timm zero-inits this bn's weight
+    assert model.model.layer3[0].conv1.weight.grad is None
+
+
+def test_sac_model_state_dict_loads_into_a_fresh_one_before_its_first_forward():
+    x = torch.randn(2, 3, 64, 64)
+    torch.manual_seed(0)
+    model = with_sac(MODELS["resnet18"](), ["layer3"], (0.3, 0.7), num_classes=10, pool="flex-softmax").eval()
+    expected = model(x)
+    fresh = with_sac(MODELS["resnet18"](), ["layer3"], (0.3, 0.7), num_classes=10, pool="flex-softmax").eval()
+    fresh.load_state_dict(model.state_dict())
+    for a, b in zip(fresh(x), expected):
+        torch.testing.assert_close(a, b)
+
+
+def test_sac_with_average_pool_heads():
+    model = with_sac(MODELS["resnet18"](), ["layer1"], (0.5, 0.5), num_classes=10, pool="avg")
+    outputs = model(torch.randn(2, 3, 64, 64))
+    assert [o.shape for o in outputs] == [(2, 10), (2, 10)] and not flexpools(model)
+
+
+@pytest.mark.parametrize("stages, weights, message", [
+    (["layer9"], (0.5, 0.5), r"no module 'layer9' in ResNet; .*e\.g\. conv1, bn1, .*layer4"),
+    (["layer2", "layer3"], (0.3, 0.7), r"2 stages need 3 loss weights"),
+])
+def test_sac_bad_stages_or_weights_get_one_line(stages, weights, message):
+    with pytest.raises(ValueError, match=message) as error:
+        with_sac(MODELS["resnet18"](), stages, weights, num_classes=10)
+    assert "\n" not in str(error.value)
+
+
+# --- LazyFlexPool2d ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("softmax", [False, True])
+@pytest.mark.parametrize("keepdim", [False, True])
+def test_lazy_flexpool_takes_its_shape_from_the_first_input_and_becomes_a_flexpool(softmax, keepdim):
+    pool = LazyFlexPool2d(softmax=softmax, keepdim=keepdim)
+    assert "softmax" in repr(pool)
+    x = torch.randn(2, 5, 3, 4)
+    torch.testing.assert_close(pool(x), x.mean(dim=(2, 3), keepdim=keepdim))
+    assert type(pool) is FlexPool2d
+    torch.testing.assert_close(pool.weight, FlexPool2d(5, 3, 4, softmax=softmax).weight)
+    assert regularization(nn.Sequential(pool)).item() == pytest.approx(0.0, abs=1e-6)
+    torch.optim.SGD(pool.parameters(), lr=0.1)  # the optimizer comes after the dry forward
+
+
+def test_lazy_flexpool_state_dict_round_trips_also_into_an_uninitialised_one():
+    trained = LazyFlexPool2d(keepdim=True)
+    x = torch.randn(2, 5, 3, 4)
+    trained(x)
+    with torch.no_grad():
+        trained.weight.uniform_()
+    expected = trained(x)
+    fresh = LazyFlexPool2d(keepdim=True)
+    fresh.load_state_dict(trained.state_dict())
+    torch.testing.assert_close(fresh(x), expected)  # the loaded weights, not reset by the first forward
+    sized = FlexPool2d(5, 3, 4, keepdim=True)
+    sized.load_state_dict(fresh.state_dict())
+    torch.testing.assert_close(sized(x), expected)
+
+
+def test_lazy_flexpool_refuses_a_later_input_of_another_shape():
+    pool = LazyFlexPool2d()
+    pool(torch.randn(2, 5, 3, 4))
+    with pytest.raises(ValueError, match=r"\(N, 5, 3, 4\).*\(2, 5, 4, 4\)"):
+        pool(torch.randn(2, 5, 4, 4))
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\), got \(2, 5\)"):
+        LazyFlexPool2d()(torch.randn(2, 5))
