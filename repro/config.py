@@ -64,6 +64,24 @@ class RunConfig:
     wandb_group: str = knob("", "W&B group ('' = the cell name)", id=False)
 
     def __post_init__(self):
+        for f in dataclasses.fields(self):  # types first: values from YAML, JSON or a sweep may be anything
+            value, default = getattr(self, f.name), f.default
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if isinstance(default, bool):
+                ok, kind = isinstance(value, bool), "true or false"
+            elif isinstance(default, int):
+                ok, kind = number and isinstance(value, int), "an integer"
+            elif isinstance(default, float):
+                ok, kind = number, "a number"
+            elif isinstance(default, tuple):
+                ok = isinstance(value, (tuple, list)) and len(value) == len(default) and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+                kind = f"a list of {len(default)} numbers"
+            else:
+                ok, kind = isinstance(value, str), "a string"
+            check(ok, f"{f.name} must be {kind}, got {value!r}")
+            if isinstance(default, float):  # 1 and 1.0 are one setting: one run id
+                object.__setattr__(self, f.name, float(value))
         check(self.dataset in DATASETS, f"unknown dataset {self.dataset!r}; choose from {', '.join(DATASETS)}")
         check(self.pool in POOLS, f"unknown pool {self.pool!r}; choose from {', '.join(POOLS)}")
         check(self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r}; choose from {OPTIMIZERS}")
@@ -78,12 +96,21 @@ class RunConfig:
         check(0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}")
         check(self.reg >= 0, f"regulariser weight must be non-negative, got {self.reg}")
         check(0 <= self.val_fraction < 1, f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        check(len(self.sac_weights) == 3, f"sac_weights needs 3 values, got {self.sac_weights}")
+        check(self.train_subset >= 0, f"train_subset must be 0 (all) or a number of images, got {self.train_subset}")
+        check(self.test_subset >= 0, f"test_subset must be 0 (all) or a number of images, got {self.test_subset}")
+        check(self.weight_decay >= 0, f"weight_decay must be non-negative, got {self.weight_decay}")
+        check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
+        check(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        check(min(self.sac_weights) >= 0 and self.sac_weights[-1] > 0,
+              f"sac_weights must be non-negative with the last (the prediction's head) positive, "
+              f"got {list(self.sac_weights)}")
         object.__setattr__(self, "sac_weights", tuple(float(w) for w in self.sac_weights))
 
     @property
     def run_id(self) -> str:
-        """Hash of every field that changes the result: same config and seed, same id, same record path."""
+        """Hash of every field that says what is computed: same config and seed, same id, same record path.
+        Where it runs is left out, although the device (GPU model, CPU) and the number of CPU threads change
+        the result in its last digits; the record's env names the device."""
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("id", True)}
         return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 

@@ -11,6 +11,7 @@ import gzip
 import multiprocessing
 import os
 import shutil
+import urllib.error
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,6 +106,9 @@ def torchvision_dataset(name: str, root: Path, split: str, download: bool):
     try:
         ds = cls(str(root), train=split == "train", download=download)
     except Exception as e:  # noqa: BLE001 - a truncated pickle or IDX file fails deep in numpy or pickle
+        if download and download_failed(e):
+            raise DataError(f"{name}: the download into {root / folder} failed ({one_line(e)}); check the "
+                            f"network, or put the files there by hand") from None
         if "not found" in str(e):  # torchvision's "Dataset not found or corrupted": its md5 check failed
             raise DataError(f"{name}: no usable data under {root / folder} (missing, or failing its md5 "
                             f"check). Download it with `python -m repro.train --dataset {name} --download` or "
@@ -114,6 +118,16 @@ def torchvision_dataset(name: str, root: Path, split: str, download: bool):
     images = torch.as_tensor(np.asarray(ds.data))
     images = images[:, None] if images.dim() == 3 else images.permute(0, 3, 1, 2)  # MNIST N,H,W; CIFAR N,H,W,C
     return images.contiguous(), torch.as_tensor(ds.targets, dtype=torch.int64)
+
+
+def download_failed(error: Exception) -> bool:
+    """torchvision's download gave up: no network, an HTTP error, or every mirror failed (FashionMNIST)."""
+    return isinstance(error, (urllib.error.URLError, ConnectionError, TimeoutError)) or \
+        str(error).startswith("Error downloading")
+
+
+def one_line(error: Exception) -> str:
+    return " ".join(f"{type(error).__name__}: {error}".split())[:300]
 
 
 def _unpack_mnist_gz(cls, raw: Path) -> None:
@@ -150,7 +164,11 @@ def tiny_imagenet(root: Path, split: str, download: bool):
             raise DataError(f"tiny_imagenet: {base}/wnids.txt not found. Download it with "
                             f"`python -m repro.train --dataset tiny_imagenet --download` or unpack "
                             f"tiny-imagenet-200.zip into {root}")
-        download_and_extract_archive(TINY_IMAGENET_URL, str(root), md5=TINY_IMAGENET_MD5)
+        try:
+            download_and_extract_archive(TINY_IMAGENET_URL, str(root), md5=TINY_IMAGENET_MD5)
+        except Exception as e:  # noqa: BLE001 - network, HTTP, checksum or zip errors
+            raise DataError(f"tiny_imagenet: the download into {root} failed ({one_line(e)}); check the network, "
+                            f"or unpack tiny-imagenet-200.zip there by hand") from None
     cache = base / "flexpool-cache" / f"{split}-32.npz"
     if cache.exists():
         try:
@@ -225,11 +243,14 @@ def normalize(images: torch.Tensor, info: DatasetInfo) -> torch.Tensor:
     return (images.float() - mean) / std
 
 
-def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+AUGMENT_DRAWS = 4  # uniform numbers per image: zoom, flip, horizontal and vertical position
+
+
+def augment(x: torch.Tensor, rand: torch.Tensor) -> torch.Tensor:
     """Random horizontal flip and random scaling (zoom in by 1..MAX_ZOOM, at a random position) for a whole
-    float batch in one affine resampling."""
+    float batch in one affine resampling. `rand` (N x AUGMENT_DRAWS, uniform in [0, 1)) is drawn by the caller,
+    so the same numbers can be drawn ahead for a whole epoch."""
     n = x.shape[0]
-    rand = torch.rand(n, 4, generator=generator, device=x.device)
     inv_zoom = 1 / (1 + rand[:, 0] * (MAX_ZOOM - 1))
     flip = torch.where(rand[:, 1] < 0.5, -1.0, 1.0)
     room = 1 - inv_zoom  # the window may move this far (normalised coordinates) and stay inside the image

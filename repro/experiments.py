@@ -9,8 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import yaml
-
+from repro import records
 from repro.config import ConfigError, RunConfig, check, field_names
 
 DATASETS = ("cifar10", "cifar100", "fashion_mnist", "tiny_imagenet")
@@ -86,19 +85,40 @@ def recipe_of(config: RunConfig) -> str:
 
 
 def load_params(path: str | Path) -> dict:
-    """Tuned hyper-parameters (JSON or YAML mapping of RunConfig field -> value), e.g. from `repro.sweep --report`."""
+    """Tuned hyper-parameters (JSON or YAML mapping of RunConfig field -> value), e.g. from `repro.sweep --report`;
+    each value checked against its field here, so a bad one fails in one line before anything is planned."""
     path = Path(path)
     check(path.is_file(), f"params file {path} does not exist")
-    try:
-        params = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"params file {path} is not valid YAML/JSON: {e}") from None
+    params = records.load_file(path, "params file")
     if isinstance(params, dict) and "params" in params:  # a sweep report: the values sit under "params"
         params = params["params"]
     check(isinstance(params, dict), f"params file {path} must hold a mapping of field -> value")
     unknown = sorted(set(params) - set(field_names()))
     check(not unknown, f"params file {path}: unknown field(s) {', '.join(unknown)}")
+    try:
+        RunConfig().replace(**params)
+    except ConfigError as e:
+        raise ConfigError(f"params file {path}: {e}") from None
     return params
+
+
+def check_cell(config: RunConfig) -> None:
+    """A run named after a table cell must be a run of that cell: the table's SAC setting, the data set, the
+    column's pool, and its regulariser and dropout on or off (their values may be tuned). Other names (ad hoc
+    runs, sweep trials) are free."""
+    parts = config.cell.split("/")
+    if parts[0] not in TABLES:
+        return
+    check(len(parts) == 3 and parts[2] in COLUMNS,
+          f"cell {config.cell!r} is not a table cell: TABLE/DATASET/COLUMN, the column one of {', '.join(COLUMNS)}")
+    table, dataset, column = parts
+    on = {True: "on", False: "off"}
+    have = {"dataset": config.dataset, "SAC": on[config.sac], "pool": "avg" if config.pool == "avg" else "flex",
+            "reg": on[config.reg > 0], "dropout": on[config.dropout > 0]}
+    want = {"dataset": dataset, "SAC": on[TABLES[table]["sac"]], "pool": COLUMNS[column]["pool"],
+            "reg": on["reg" in COLUMNS[column]], "dropout": on["dropout" in COLUMNS[column]]}
+    wrong = [f"{k} {have[k]} (the cell's: {want[k]})" for k in want if have[k] != want[k]]
+    check(not wrong, f"cell {config.cell} does not match the run: {', '.join(wrong)}")
 
 
 def cell_config(table: str, dataset: str, column: str, profile: str = "full", params: dict | None = None,

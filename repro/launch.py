@@ -8,7 +8,9 @@ whose tasks each train a pack of runs side by side, --runs-per-gpu on each GPU t
   debug  that job inside this process (submitit's DebugExecutor), to step through the launcher
 Each run trains in a process of its own (a crash takes only that run down) that logs to
 <results>/slurm-logs/runs/<cell>/seed<k>-<run id>.log. Runs checkpoint every epoch; a task that is preempted
-or reaches its time limit is requeued by submitit (RunPack is Checkpointable) and its runs resume.
+or reaches its time limit is requeued by submitit (RunPack is Checkpointable) and its runs resume. SIGTERM
+(scontrol requeue, PreemptMode=REQUEUE, scancel) stops the runs at once, their checkpoints kept, and the task
+ends without a result, so SLURM's requeue runs it again and --wait follows it to its end.
 Jobs run a snapshot of the code taken at submission (submitit's RsyncSnapshot: the git-tracked files as they
 are in the working tree), so editing the checkout never changes queued or running jobs.
 """
@@ -18,20 +20,22 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import io
 import multiprocessing
 import os
 import queue
 import shlex
 import shutil
 import signal
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import submitit
-import yaml
 from tqdm import tqdm
 
 from repro import records
@@ -57,23 +61,25 @@ PROFILE_FIELDS = {
 # A local job has no scheduler limit; submitit's local default (2 minutes) would interrupt every run.
 LOCAL_TIMEOUT_MIN = 30 * 24 * 60
 RUN_LOCKED = 3  # exit code of a run process whose run another process is training
+RUN_STOPPED = 128 + signal.SIGTERM  # exit code of a run process that SIGTERM stopped (train.Stopped)
+
+
+class SubmitError(OSError):
+    """The job could not be submitted (sbatch failed, the code snapshot failed): one line, exit 1."""
 
 
 def load_cluster(name: str) -> dict:
     """The profile slurm/NAME.yaml (or a path to a .yaml file), checked field by field."""
     path = Path(name) if name.endswith((".yaml", ".yml")) else SLURM_DIR / f"{name}.yaml"
     check(path.is_file(), f"cluster profile {path} does not exist")
-    try:
-        profile = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"cluster profile {path} is not valid YAML: {' '.join(str(e).split())}") from None
+    profile = records.load_file(path, "cluster profile")
     check(isinstance(profile, dict), f"cluster profile {path} must be a mapping of field: value")
     missing = [k for k in PROFILE_FIELDS if k not in profile]
     check(not missing, f"cluster profile {path} lacks field(s) {', '.join(missing)}; see slurm/example.yaml")
     unknown = sorted(set(profile) - set(PROFILE_FIELDS))
     check(not unknown, f"cluster profile {path}: unknown field(s) {', '.join(unknown)}")
     for key, least in (("gpus_per_node", 0), ("cpus_per_task", 1), ("timeout_min", 1), ("array_parallelism", 1)):
-        check(isinstance(profile[key], int) and profile[key] >= least,
+        check(isinstance(profile[key], int) and not isinstance(profile[key], bool) and profile[key] >= least,
               f"cluster profile {path}: {key} must be an integer >= {least}, got {profile[key]!r}")
     check(isinstance(profile["mem_gb"], (int, float)) and profile["mem_gb"] > 0,
           f"cluster profile {path}: mem_gb must be a positive number, got {profile['mem_gb']!r}")
@@ -87,8 +93,9 @@ def executor_kind(choice: str) -> str:
 
 
 def to_run(states: dict[RunConfig, str], force: bool, retry_failed: bool) -> list[RunConfig]:
-    """Pending runs, plus failed ones with --retry-failed, plus done ones with --force; never running ones."""
-    wanted = {"pending"} | ({"failed"} if retry_failed or force else set()) | ({"done"} if force else set())
+    """Pending and unusable runs (those resume from their checkpoint), plus failed ones with --retry-failed, plus
+    done ones with --force; never running ones."""
+    wanted = {"pending", "unusable"} | ({"failed"} if retry_failed or force else set()) | ({"done"} if force else set())
     return [c for c, state in states.items() if state in wanted]
 
 
@@ -109,6 +116,14 @@ def visible_gpus() -> list[str]:
     return [g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
 
 
+def cpu_threads(runs: int) -> int | None:
+    """Torch threads for each of `runs` runs side by side on a CPU: a share of the cores each, not all each.
+    None (torch's own choice) on GPUs, and where OMP_NUM_THREADS says how many: torch follows it."""
+    if visible_gpus() or os.environ.get("OMP_NUM_THREADS"):
+        return None
+    return max(1, len(os.sched_getaffinity(0)) // runs)
+
+
 def _train(config: dict, log: str, gpu: str | None, threads: int | None) -> None:
     """Entry of one run's process: its output goes to its own log, it sees one GPU (or a share of the CPU)."""
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -122,10 +137,15 @@ def _train(config: dict, log: str, gpu: str | None, threads: int | None) -> None
     from repro import train
 
     if threads:
-        train.torch.set_num_threads(threads)  # runs packed on a CPU: one share of the cores each, not all each
+        train.torch.set_num_threads(threads)
     print(f"== {config['cell']} seed {config['seed']}, {datetime.datetime.now():%Y-%m-%d %H:%M:%S}, "
           f"code from {Path(train.__file__).parent}", flush=True)
-    if train.run(RunConfig.from_dict(config)) is None:
+    try:
+        record = train.run(RunConfig.from_dict(config))
+    except train.Stopped as e:
+        print(f"stopped: {e}", flush=True)
+        sys.exit(RUN_STOPPED)
+    if record is None:
         print("another process holds this run's lock: it is trained there", flush=True)
         sys.exit(RUN_LOCKED)
 
@@ -145,13 +165,20 @@ class RunPack(submitit.helpers.Checkpointable):
         gpus = visible_gpus() or [None]
         for gpu in gpus * runs_per_gpu:
             slots.put(gpu)
-        self._threads = None if visible_gpus() else max(1, len(os.sched_getaffinity(0)) // runs_per_gpu)
+        self._threads = cpu_threads(runs_per_gpu)
         print(f"RunPack: {len(configs)} runs, {len(gpus) * runs_per_gpu} at a time, GPUs {gpus}, "
               f"code from {Path(__file__).parent}", flush=True)
         with ThreadPoolExecutor(len(gpus) * runs_per_gpu) as pool:
             outcomes = list(pool.map(lambda c: self._run(c, slots), configs))
         for outcome in outcomes:
             print(f"{outcome['state']:>12}  {outcome['cell']} seed {outcome['seed']}  log: {outcome['log']}")
+        if any(o["state"] in ("stopped", "interrupted") for o in outcomes):
+            # SIGTERM: SLURM requeues the job (scontrol requeue, preemption) or cancels it. The task must not end
+            # as finished. SystemExit, not an Exception: submitit would write any Exception as the job's result,
+            # and a result file, even an error, makes the job count as ended while its requeued run trains on.
+            print("RunPack: runs stopped by SIGTERM; they resume from their checkpoints when the task runs again",
+                  flush=True)
+            raise SystemExit(RUN_STOPPED)
         return outcomes
 
     def _run(self, config: RunConfig, slots: queue.SimpleQueue) -> dict:
@@ -172,7 +199,14 @@ class RunPack(submitit.helpers.Checkpointable):
             proc.join()
         finally:
             slots.put(gpu)
-        return {**outcome, "state": _state(config, proc.exitcode, self._stopping)}
+        state = _state(config, proc.exitcode, self._stopping)
+        if state == "stopped":
+            self._stopping = True  # the whole task is being stopped: start no more runs
+        if state not in ("done", "failed", "elsewhere"):  # the run could not say so itself (e.g. kill -9)
+            with open(outcome["log"], "a") as log:
+                log.write(f"== {datetime.datetime.now():%Y-%m-%d %H:%M:%S} run process ended without a record: "
+                          f"{state}\n")
+        return {**outcome, "state": state}
 
     def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
         """Preempted or out of time: stop the runs (each resumes from its last epoch's checkpoint) and requeue
@@ -192,7 +226,12 @@ def _state(config: RunConfig, exitcode: int | None, stopping: bool) -> str:
         return {"completed": "done", "failed": "failed"}[recorded]
     if exitcode == RUN_LOCKED:
         return "elsewhere"
-    return "interrupted" if stopping else f"crashed ({exitcode})"
+    if exitcode in (RUN_STOPPED, -signal.SIGTERM):  # -SIGTERM: it came before train.run could handle it
+        return "interrupted" if stopping else "stopped"
+    if stopping:
+        return "interrupted"
+    how = f"killed by {signal.Signals(-exitcode).name}" if exitcode and exitcode < 0 else f"exit code {exitcode}"
+    return f"crashed ({how})"
 
 
 # ---- submission ----------------------------------------------------------------------------------------------
@@ -238,18 +277,51 @@ def code_snapshot(folder: Path, kind: str, enabled: bool):
         print("note: no code snapshot (needs rsync and a git checkout): runs import the code as it is when they start")
         yield
         return
-    with submitit.helpers.RsyncSnapshot(folder / "code", root_dir=ROOT):
+    snapshot = submitit.helpers.RsyncSnapshot(folder / "code", root_dir=ROOT)
+    with tempfile.TemporaryFile() as output:
+        saved = os.dup(2)
+        os.dup2(output.fileno(), 2)  # git and rsync write to fd 2 themselves: keep their lines for one error
+        try:
+            snapshot.__enter__()
+        except subprocess.CalledProcessError as e:
+            output.seek(0)
+            lines = [line for line in output.read().decode(errors="replace").splitlines()
+                     if line.strip() and not line.startswith("Cloning into")]
+            raise SubmitError(f"the code snapshot into {folder / 'code'} failed: {lines[0] if lines else e}") from None
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+    try:
         yield
+    finally:
+        snapshot.__exit__()
 
 
 def submit(configs: list[RunConfig], kind: str, profile: dict | None, runs_per_gpu: int, folder: Path,
            name: str, snapshot: bool = True) -> list:
-    """Submit the runs as one job (an array on SLURM); returns submitit's jobs, one per task."""
+    """Submit the runs as one job (an array on SLURM); returns submitit's jobs, one per task. A submission
+    that fails (sbatch's error, no room for the job files) raises SubmitError or WriteError: one line."""
     per_task = max(1, profile["gpus_per_node"]) * runs_per_gpu if kind == "slurm" else len(configs)
     groups = packs(configs, per_task)
-    executor = make_executor(kind, folder, profile, name)
-    with code_snapshot(folder, kind, snapshot):
-        return executor.map_array(RunPack(), groups, [runs_per_gpu] * len(groups))
+    with submission(folder):
+        executor = make_executor(kind, folder, profile, name)
+        with code_snapshot(folder, kind, snapshot):
+            return executor.map_array(RunPack(), groups, [runs_per_gpu] * len(groups))
+
+
+@contextlib.contextmanager
+def submission(folder: Path):
+    """A failed submission as one line: sbatch's error (SubmitError) or the file system's (WriteError)."""
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # submitit prints sbatch's error output, then raises it
+            yield
+    except submitit.core.utils.FailedJobError as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()] or ["no message"]
+        raise SubmitError(f"sbatch failed: {lines[-1]} (job files: {folder})") from None
+    except (SubmitError, records.WriteError):
+        raise
+    except OSError as e:
+        raise records.write_error(Path(e.filename or folder), e) from None
 
 
 def follow(jobs: list, configs: list[RunConfig]) -> dict[RunConfig, str]:
@@ -329,6 +401,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the machine's fault, not the command's: disk, permissions, sbatch
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 def launch(args: argparse.Namespace) -> int:

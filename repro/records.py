@@ -8,19 +8,27 @@ never leaves half a record. Record fields (SCHEMA = 1):
   history [{epoch, train_loss, train_accuracy, eval_accuracy, head_accuracies, lr, images_per_s, seconds}],
   timing {wall_s, train_s, images_per_s}, env {device, torch, torchvision, python, git_commit, host, date},
   flexpool {"<module name>": {"shape", "channel_mean" (H x W), "channels" (first few, C' x H x W), "sums"}}.
-Accuracies are fractions in [0, 1]. No torch at import time: analysis reads records without it.
+Accuracies are fractions in [0, 1]. `verdict` is the one reading of a record that status, launch and analysis
+share. Input files (--params, studies, cluster profiles) are read here too, so all read numbers alike.
+No torch at import time: analysis reads records without it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import io
 import json
+import math
 import os
+import re
 import tempfile
 from pathlib import Path
 
-from repro.config import RunConfig
+import yaml
+
+from repro.config import ConfigError, RunConfig
 
 SCHEMA = 1
 _UMASK = os.umask(0o022)
@@ -29,6 +37,34 @@ os.umask(_UMASK)
 
 class RecordError(ValueError):
     """A record or checkpoint file that cannot be read (truncated, not JSON, wrong schema)."""
+
+
+class WriteError(OSError):
+    """A file that could not be written (disk full, read-only folder, ...): the message names the path and the
+    cause, for a one-line error."""
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML with numbers as YAML 1.2 and JSON read them: PyYAML follows YAML 1.1, where 1e-4 and 1.0e9 (no dot,
+    or no exponent sign) are strings, and `repro.sweep --report` writes numbers like 1e-05."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def load_file(path: Path, what: str):
+    """A JSON (.json) or YAML file's content; ConfigError naming `what` and the path when it does not parse."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+        return json.loads(text) if path.suffix == ".json" else yaml.load(text, Loader=_Loader)
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{what} {path} cannot be read: {e}") from None
+    except (ValueError, yaml.YAMLError) as e:
+        kind = "JSON" if path.suffix == ".json" else "YAML"
+        raise ConfigError(f"{what} {path} is not valid {kind}: {' '.join(str(e).split())}") from None
 
 
 def record_path(config: RunConfig) -> Path:
@@ -46,20 +82,31 @@ def lock_path(config: RunConfig) -> Path:
 
 
 def atomic_write(path: Path, write) -> None:
-    """`write(binary file)` into a temp file beside `path`, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes files private; records are shared with the team as usual
+    """`write(binary file)` into a temp file beside `path`, then rename: readers never see half a file.
+    A failing file system (disk full, read-only) raises WriteError naming the path and the cause."""
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes files private; records are shared with the team as usual
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    except BaseException as e:
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        if isinstance(e, OSError) and not isinstance(e, WriteError):
+            raise write_error(path, e) from None
         raise
+
+
+def write_error(path: Path, error: OSError) -> WriteError:
+    """'cannot write PATH: No space left on device (ENOSPC)'."""
+    cause = f"{error.strerror} ({errno.errorcode.get(error.errno, error.errno)})" if error.errno else str(error)
+    return WriteError(f"cannot write {path}: {cause}")
 
 
 def write_record(record: dict, path: Path) -> None:
@@ -76,21 +123,53 @@ def read_record(path: Path) -> dict:
     return record
 
 
-def run_status(config: RunConfig) -> str:
-    """'completed', 'failed', 'corrupt' or 'missing': what the record on disk says about this run."""
+def verdict(record: dict) -> tuple[str, str]:
+    """(state, reason): 'completed' (usable: a valid config and a main accuracy in [0, 1]; no reason), 'failed'
+    or 'pruned' (a sweep stopped it; the reason is the record's error), or 'unusable' (partial or malformed: it
+    counts as neither done nor failed, and a launch trains it again from its checkpoint). Status, launch and
+    analysis all judge a record by this."""
+    status = record.get("status")
+    if status in ("failed", "pruned"):
+        lines = str(record.get("error") or "no error message").strip().splitlines() or ["?"]
+        return status, lines[-1][:200]  # a traceback ends with the exception
+    if status != "completed":
+        return "unusable", f"status {status!r}"
+    try:
+        RunConfig.from_dict(record["config"])
+        accuracy = (record.get("metrics") or {}).get("accuracy")
+    except (ConfigError, KeyError, TypeError) as e:
+        return "unusable", f"bad config ({e})"
+    except (AttributeError, ValueError) as e:
+        return "unusable", f"malformed record ({type(e).__name__}: {e})"
+    if isinstance(accuracy, bool) or not isinstance(accuracy, (int, float)) or math.isnan(accuracy) \
+            or not 0 <= accuracy <= 1:
+        return "unusable", f"partial record: metrics.accuracy is {accuracy!r}, not a fraction in [0, 1]"
+    return "completed", ""
+
+
+def run_verdict(config: RunConfig) -> tuple[str, str]:
+    """The verdict on the run's record on disk; ('missing', '') when there is none."""
     path = record_path(config)
     if not path.exists():
-        return "missing"
+        return "missing", ""
     try:
-        return read_record(path)["status"]
-    except (RecordError, KeyError):
-        return "corrupt"
+        return verdict(read_record(path))
+    except RecordError as e:
+        return "unusable", str(e)
+
+
+def run_status(config: RunConfig) -> str:
+    """'completed', 'failed', 'pruned', 'unusable' or 'missing': the state of run_verdict."""
+    return run_verdict(config)[0]
 
 
 def save_checkpoint(state: dict, path: Path) -> None:
     import torch
 
-    atomic_write(Path(path), lambda f: torch.save(state, f))
+    # Serialised in memory first: a full disk then fails as an OSError naming ENOSPC, not deep in torch's writer.
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write(Path(path), lambda f: f.write(buffer.getbuffer()))
 
 
 def load_checkpoint(path: Path) -> dict | None:
@@ -113,8 +192,12 @@ def exclusive(config: RunConfig):
     Two launches of one target can then never train the same run at once or race on its record.
     """
     path = lock_path(config)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(path, "a")  # noqa: SIM115 - the with below closes it; opening may fail on a read-only disk
+    except OSError as e:
+        raise write_error(path, e) from None
+    with f:
         try:
             fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

@@ -1,13 +1,16 @@
-"""`python -m repro.status TARGET --seeds N`: per table cell, how many runs are done / running / failed / pending.
+"""`python -m repro.status TARGET --seeds N`: per table cell, how many runs are done / running / failed /
+unusable / pending.
 
-Everything comes from disk, so it works from any shell and for any executor: a run is done or failed when its
-record says so, running while a process holds its lock (records.exclusive), pending otherwise. The launcher
-prints its plan with the same functions. No torch and no submitit here.
+Everything comes from disk, so it works from any shell and for any executor: a run is running while a process
+holds its lock (records.exclusive), pending without a record, else what records.verdict says of its record:
+done, failed, or unusable (partial or corrupt: a launch trains it again from its checkpoint). The launcher prints
+its plan with the same functions. No torch and no submitit here.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import os
 import struct
@@ -19,7 +22,7 @@ from repro import records
 from repro.config import ConfigError, RunConfig
 from repro.experiments import COLUMNS, DATASETS, PROFILES, RECIPES, TARGETS, load_params, plan
 
-STATES = ("done", "running", "failed", "pending")
+STATES = ("done", "running", "failed", "unusable", "pending")
 
 # struct flock on 64-bit Linux: l_type, l_whence (short), l_start, l_len (off_t), l_pid (int), padding.
 _FLOCK = "hhqqi4x"
@@ -70,7 +73,7 @@ def lock_holder(config: RunConfig) -> int | None:
 def run_state(config: RunConfig) -> str:
     if lock_holder(config) is not None:
         return "running"
-    return {"completed": "done", "failed": "failed"}.get(records.run_status(config), "pending")
+    return {"completed": "done", "failed": "failed", "missing": "pending"}.get(records.run_status(config), "unusable")
 
 
 def survey(configs: list[RunConfig]) -> dict[RunConfig, str]:
@@ -78,12 +81,16 @@ def survey(configs: list[RunConfig]) -> dict[RunConfig, str]:
 
 
 def summary(states: dict[RunConfig, str]) -> str:
-    """'16 cells x 5 seeds = 80 runs: 10 done, 0 running, 2 failed, 68 pending'."""
+    """'16 cells x 5 seeds = 80 runs: 10 done, 0 running, 2 failed, 0 unusable, 68 pending'; when not every cell
+    has every seed (a relaunch of some runs), '10 runs in 4 cells, seeds 0-2: ...'."""
     cells = {c.cell for c in states}
-    seeds = {c.seed for c in states}
+    seeds = sorted({c.seed for c in states})
     n = Counter(states.values())
-    return (f"{len(cells)} cells x {len(seeds)} seeds = {len(states)} runs: "
-            + ", ".join(f"{n[s]} {s}" for s in STATES))
+    counts = ", ".join(f"{n[s]} {s}" for s in STATES)
+    if len(states) == len(cells) * len(seeds):
+        return f"{len(cells)} cells x {len(seeds)} seeds = {len(states)} runs: {counts}"
+    seed_range = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {seeds[0]}-{seeds[-1]}"
+    return f"{len(states)} runs in {len(cells)} cells, {seed_range}: {counts}"
 
 
 def cell_table(states: dict[RunConfig, str]) -> str:
@@ -97,18 +104,30 @@ def cell_table(states: dict[RunConfig, str]) -> str:
 
 
 def failure_lines(states: dict[RunConfig, str]) -> list[str]:
-    """One line per failed run: its cell, seed, the error from its record and where its log is."""
-    return [f"FAILED {c.cell} seed {c.seed}: {_error(c)} (log: {run_log_path(c)})"
-            for c, state in states.items() if state == "failed"]
+    """One line per failed or unusable run: its cell, seed, what went wrong (records.verdict) and its log."""
+    return [f"{state.upper()} {c.cell} seed {c.seed}: {records.run_verdict(c)[1]} (log: {run_log_path(c)})"
+            for c, state in states.items() if state in ("failed", "unusable")]
 
 
-def _error(config: RunConfig) -> str:
-    try:
-        error = records.read_record(records.record_path(config)).get("error") or ""
-    except records.RecordError as e:
-        error = str(e)
-    lines = str(error).strip().splitlines()
-    return lines[-1] if lines else "no error message in the record"  # a traceback ends with the exception
+def other_records(configs: list[RunConfig], profile: str, recipe: str) -> list[str]:
+    """Lines on records in the planned cells and seeds that are not the planned runs: another profile or recipe
+    (a smoke run does not count for the full profile), or other tuned --params."""
+    planned = {records.record_path(c) for c in configs}
+    found: Counter = Counter()
+    for results_dir, cell, seed in {(c.results_dir, c.cell, c.seed) for c in configs}:
+        for path in (Path(results_dir) / "runs" / cell).glob(f"seed{seed}-*.json"):
+            if path not in planned:
+                with contextlib.suppress(records.RecordError):
+                    record = records.read_record(path)
+                    found[(record.get("profile") or "custom", record.get("recipe") or "custom")] += 1
+    lines = []
+    for (other_profile, other_recipe), n in sorted(found.items()):
+        if (other_profile, other_recipe) == (profile, recipe):
+            lines.append(f"also here: {n} record(s) of this profile and recipe with other --params")
+        else:
+            lines.append(f"also here: {n} record(s) of profile {other_profile}, recipe {other_recipe} "
+                         f"(see them with --profile {other_profile} --recipe {other_recipe})")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(cell_table(states))
     print(summary(states))
-    for line in failure_lines(states):
+    for line in failure_lines(states) + other_records(list(states), args.profile, args.recipe):
         print(line)
     return 0
 

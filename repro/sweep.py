@@ -37,6 +37,7 @@ from optuna.storages._heartbeat import BaseHeartbeat  # optuna's heartbeat inter
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 
+from repro import records
 from repro.config import WANDB_MODES, ConfigError, RunConfig, check
 
 SWEEPS_DIR = Path(__file__).resolve().parents[1] / "sweeps"
@@ -84,10 +85,7 @@ def study_path(name: str, sweeps_dir: Path = SWEEPS_DIR) -> Path:
 
 def load_study(name: str, sweeps_dir: Path = SWEEPS_DIR) -> Study:
     path = study_path(name, sweeps_dir)
-    try:
-        spec = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from None
+    spec = records.load_file(path, "study")
     check(isinstance(spec, dict), f"{path} must be a mapping with keys {', '.join(sorted(STUDY_KEYS))}")
     unknown = sorted(set(spec) - STUDY_KEYS)
     check(not unknown, f"{path}: unknown key(s) {', '.join(unknown)}; a study has {', '.join(sorted(STUDY_KEYS))}")
@@ -366,8 +364,9 @@ def describe(params: dict) -> str:
 
 
 def progress(optuna_study: optuna.Study, trial, budget: int) -> str:
+    """A finished trial's line; its count is of the trials finished by then, so lines printed together differ."""
     trials = optuna_study.get_trials(deepcopy=False)
-    done = sum(t.state in FINISHED for t in trials)
+    done = sum(t.state in FINISHED and t.datetime_complete <= trial.datetime_complete for t in trials)
     if trial.state == TrialState.COMPLETE:
         outcome = f"{trial.value:.2%}" + (" (diverged)" if "diverged" in trial.user_attrs else "")
     elif trial.state == TrialState.PRUNED:
@@ -379,25 +378,25 @@ def progress(optuna_study: optuna.Study, trial, budget: int) -> str:
 
 # ---- launching workers ---------------------------------------------------------------------------------------
 
-def submit(study: Study, runtime: Runtime, workers: int, kind: str, cluster: str, snapshot: bool) -> list:
-    from repro import launch  # the launcher's executors, cluster profiles and code snapshots
+def submit(study: Study, runtime: Runtime, workers: int, kind: str, profile: dict | None, snapshot: bool) -> list:
+    from repro import launch  # the launcher's executors and code snapshots
 
     folder = launch.launch_folder(runtime.fields["results_dir"], f"sweep-{study.name}")
-    profile = launch.load_cluster(cluster) if kind == "slurm" else None
     if profile is not None:  # a worker trains one trial at a time: one GPU each
         profile = {**profile, "gpus_per_node": min(profile["gpus_per_node"], 1)}
-    executor = launch.make_executor(kind, folder, profile, f"sweep-{study.name}")
-    with launch.code_snapshot(folder, kind, snapshot):
-        if kind == "slurm":
-            return executor.map_array(Worker(), [study] * workers, [runtime] * workers)
-        available = launch.local_gpus() if kind == "local" else {"gpus_per_node": 0}
-        gpus = list(available.get("visible_gpus", range(available["gpus_per_node"])))
-        jobs = []
-        for i in range(workers):
-            if gpus:  # spread local workers over the GPUs, not all on the first
-                executor.update_parameters(gpus_per_node=1, visible_gpus=(gpus[i % len(gpus)],))
-            jobs.append(executor.submit(Worker(), study, runtime))
-        return jobs
+    with launch.submission(folder):
+        executor = launch.make_executor(kind, folder, profile, f"sweep-{study.name}")
+        with launch.code_snapshot(folder, kind, snapshot):
+            if kind == "slurm":
+                return executor.map_array(Worker(), [study] * workers, [runtime] * workers)
+            available = launch.local_gpus() if kind == "local" else {"gpus_per_node": 0}
+            gpus = list(available.get("visible_gpus", range(available["gpus_per_node"])))
+            jobs = []
+            for i in range(workers):
+                if gpus:  # spread local workers over the GPUs, not all on the first
+                    executor.update_parameters(gpus_per_node=1, visible_gpus=(gpus[i % len(gpus)],))
+                jobs.append(executor.submit(Worker(), study, runtime))
+            return jobs
 
 
 def follow(jobs: list, optuna_study: optuna.Study, budget: int) -> int:
@@ -409,7 +408,8 @@ def follow(jobs: list, optuna_study: optuna.Study, budget: int) -> int:
     seen: set[int] = set()
     while True:
         ended = all(job.done() for job in jobs)
-        for trial in optuna_study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.FAIL)):
+        finished = optuna_study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.FAIL))
+        for trial in sorted(finished, key=lambda t: t.datetime_complete):
             if trial.number not in seen:
                 seen.add(trial.number)
                 print(progress(optuna_study, trial, budget), flush=True)
@@ -428,17 +428,21 @@ def run_study(study: Study, args: argparse.Namespace, runtime_fields: dict) -> i
 
     check(args.workers >= 1, f"--workers must be at least 1, got {args.workers}")
     kind = launch.executor_kind(args.executor)
+    profile = launch.load_cluster(args.cluster) if kind == "slurm" else None  # before anything is created
     url = storage_url(args.storage, Path(runtime_fields["results_dir"]), study.name, kind)
     check(not (kind == "slurm" and url.startswith("sqlite")),
           f"SQLite ({url}) is for one machine and breaks on NFS: give SLURM workers a journal file "
           f"(--storage results/sweeps/{study.name}.log) or a database server URL")
     runtime = Runtime(url, args.heartbeat, runtime_fields)
-    optuna_study = create(study, open_storage(url, args.heartbeat))
+    try:
+        optuna_study = create(study, open_storage(url, args.heartbeat))
+    except OSError as e:  # a journal file on a full or read-only disk
+        raise records.write_error(Path(e.filename or url), e) from None
     print(f"study {study.name}: {counts(optuna_study)}, budget {study.trials}; storage {url}")
     if not wanted(optuna_study, study.trials):
         print(f"nothing to do: the study holds its budget (raise trials: in {study.path} to add more)")
         return 0
-    jobs = submit(study, runtime, args.workers, kind, args.cluster, not args.no_snapshot)
+    jobs = submit(study, runtime, args.workers, kind, profile, not args.no_snapshot)
     print(f"started {len(jobs)} worker(s) ({kind}): job(s) {' '.join(str(j.job_id) for j in jobs)}; logs in "
           f"{jobs[0].paths.folder}; trial records under {Path(runtime_fields['results_dir']) / 'sweeps' / study.name}")
     if kind == "debug" or args.wait:
@@ -474,8 +478,7 @@ def report(study: Study, optuna_study: optuna.Study, out: Path, top: int) -> dic
               "value": best.value, "trial": best.number, "run_id": best.user_attrs.get("run_id"),
               "finished_trials": sum(t.state in FINISHED for t in optuna_study.get_trials(deepcopy=False)),
               "params": sample(study.space, lambda name, spec: best.params[name])}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    records.atomic_write(out, lambda f: f.write((json.dumps(result, indent=1) + "\n").encode()))
     print(f"best parameters: {out}\nrun the tables with them: python -m repro.launch TARGET --params {out}")
     return result
 
@@ -601,6 +604,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the machine's fault, not the command's: disk, permissions, sbatch
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

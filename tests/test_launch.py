@@ -63,7 +63,7 @@ def training_starts(config) -> int:
 def test_plan_sizes(capsys, tmp_path, target, runs, cells):
     code, out, _ = main(capsys, launch, target, "--seeds", 5, "--results-dir", tmp_path, "--dry-run")
     assert code == 0
-    assert f"{cells} cells x 5 seeds = {runs} runs: 0 done, 0 running, 0 failed, {runs} pending" in out
+    assert f"{cells} cells x 5 seeds = {runs} runs: 0 done, 0 running, 0 failed, 0 unusable, {runs} pending" in out
     assert f"would submit {runs} runs" in out
     assert not (tmp_path / "slurm-logs").exists()  # a dry run submits nothing and writes nothing
 
@@ -122,7 +122,7 @@ def test_smoke_matrix_end_to_end_then_nothing_to_do(capsys, tmp_path, data_root,
     snapshot; a second launch finds everything done and submits nothing."""
     code, out, _ = main(capsys, launch, "all", *smoke(tmp_path, data_root, "--runs-per-gpu", 2, "--wait"))
     assert code == 0, out
-    assert "finished: 8 cells x 1 seeds = 8 runs: 8 done, 0 running, 0 failed, 0 pending" in out
+    assert "finished: 8 cells x 1 seeds = 8 runs: 8 done, 0 running, 0 failed, 0 unusable, 0 pending" in out
     runs = configs(tmp_path, data_root, "all")
     for config in runs:
         record = records.read_record(records.record_path(config))
@@ -185,7 +185,7 @@ def test_failing_run_is_reported_with_cell_seed_and_log(capsys, tmp_path, data_r
         assert line in out and f"(log: {status.run_log_path(config)})" in out
         assert "Traceback" in status.run_log_path(config).read_text()
     code, out, _ = main(capsys, status, "table1", *selection(tmp_path, data_root, *select))
-    assert "2 runs: 0 done, 0 running, 2 failed, 0 pending" in out and out.count("FAILED ") == 2
+    assert "2 runs: 0 done, 0 running, 2 failed, 0 unusable, 0 pending" in out and out.count("FAILED ") == 2
     code, out, _ = main(capsys, launch, "table1", *smoke(tmp_path, data_root, *select))
     assert "nothing to submit" in out  # a failed run has a record: only --retry-failed or --force run it again
     code, out, _ = main(capsys, launch, "table1", "--retry-failed", "--dry-run", *smoke(tmp_path, data_root, *select))
