@@ -43,17 +43,17 @@ def measure(config: RunConfig, epochs: int, warmup: int, barrier=None) -> float:
     model = train.make_model(config, device)
     optimizer = train.make_optimizer(config, model)
     steps = train.steps_per_epoch(len(labels), config.batch_size)
-    scheduler = train.make_scheduler(config, optimizer, (warmup + epochs) * steps)
-    step_model = torch.compile(model) if config.compile != "off" and device.type == "cuda" else model
+    lrs = train.lr_schedule(config, (warmup + epochs) * steps, device)
+    step = train.make_step(config, model, optimizer, images, labels)
     for epoch in range(warmup):
-        train.train_epoch(step_model, optimizer, scheduler, images, labels, config, epoch)
+        train.train_epoch(step, model, lrs, config, epoch, len(labels), device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     sync()
     if barrier is not None:
         barrier.wait()  # packed runs start timing together
     start = time.perf_counter()
     for epoch in range(warmup, warmup + epochs):
-        loss, _ = train.train_epoch(step_model, optimizer, scheduler, images, labels, config, epoch)
+        loss, _ = train.train_epoch(step, model, lrs, config, epoch, len(labels), device)
     loss.item()
     sync()
     return epochs * steps * config.batch_size / (time.perf_counter() - start)

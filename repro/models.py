@@ -68,8 +68,10 @@ class ResNet20(nn.Module):
     def __init__(self, num_classes: int, in_channels: int = 3, input_size: int = 32, pool: str = "avg",
                  sac: bool = False, dropout: float = 0.0):
         super().__init__()
+        # The backbone (stem, stages, classifier) is built and initialised before anything else draws random
+        # numbers, so at one seed it starts identical in all eight columns of both tables: paired comparisons
+        # across columns then differ only by the pool, the dropout and the SAC heads.
         self.stem = nn.Sequential(nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
-        sizes = [input_size, (input_size + 1) // 2, (input_size + 3) // 4]  # 3x3 stride-2 convs round up
         stages, channels = [], 16
         for i, width in enumerate(STAGE_CHANNELS):
             blocks = [BasicBlock(channels if j == 0 else width, width, 2 if (i > 0 and j == 0) else 1)
@@ -77,25 +79,38 @@ class ResNet20(nn.Module):
             stages.append(nn.Sequential(*blocks))
             channels = width
         self.stages = nn.ModuleList(stages)
+        self.fc = nn.Linear(STAGE_CHANNELS[-1], num_classes)
+        init_weights(self)
+        sizes = [input_size, (input_size + 1) // 2, (input_size + 3) // 4]  # 3x3 stride-2 convs round up
         self.pool = make_pool(pool, STAGE_CHANNELS[-1], sizes[-1])
         self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(STAGE_CHANNELS[-1], num_classes)
         self.heads = nn.ModuleList(
             SimpleAuxiliaryClassifier(pool, STAGE_CHANNELS[i], sizes[i], num_classes) for i in range(2)
         ) if sac else None
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        if self.heads is not None:
+            init_weights(self.heads)
 
-    def forward(self, x: torch.Tensor):
+    def forward(self, x: torch.Tensor, dropout_mask: torch.Tensor | None = None):
+        """`dropout_mask` (N x 64, already scaled by 1/(1-p)) replaces the dropout layer's own random draw:
+        the training loop draws masks from a stream of their own, so a compiled step trains like eager."""
         x = self.stem(x)
         aux = []
         for i, stage in enumerate(self.stages):
             x = stage(x)
             if self.heads is not None and i < len(self.heads):
                 aux.append(self.heads[i](x))
-        logits = self.fc(self.dropout(self.pool(x)))
+        features = self.pool(x)
+        features = self.dropout(features) if dropout_mask is None else features * dropout_mask
+        logits = self.fc(features)
         return (*aux, logits) if self.heads is not None else logits
+
+
+def init_weights(module: nn.Module) -> None:
+    """He et al.'s initialisation as in the standard CIFAR ResNet20 (akamaster/pytorch_resnet_cifar10):
+    kaiming normal, fan_in, on every conv and linear weight."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight)
 
 
 def resnet20(num_classes: int, in_channels: int = 3, input_size: int = 32, pool: str = "avg", sac: bool = False,

@@ -8,28 +8,36 @@ host synchronises once per epoch, never per step.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import math
 import os
 import platform
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.optim.adam import adam as functional_adam
+from torch.optim.sgd import sgd as functional_sgd
 from tqdm import tqdm
 
 from repro import data, experiments, pooling, records
 from repro.config import ConfigError, RunConfig
-from repro.models import resnet20
+from repro.models import STAGE_CHANNELS, resnet20
 from repro.tracking import Tracker
 
 EVAL_BATCH = 2000
 FLEXPOOL_CHANNELS_KEPT = 4  # single channels of each FlexPool kept in the record for the heatmap figures
+FEATURES = STAGE_CHANNELS[-1]  # width of the pooled features that dropout acts on
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # compile modes that replay the step as a CUDA graph
 
 
 class TrainingError(RuntimeError):
@@ -66,6 +74,10 @@ def load_data(config: RunConfig, device: torch.device):
     return [t.to(device) for t in (images, labels, eval_images, eval_labels)]
 
 
+def uses_bf16(config: RunConfig, device: torch.device) -> bool:
+    return config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
+
+
 def make_model(config: RunConfig, device: torch.device) -> torch.nn.Module:
     info = data.INFO[config.dataset]
     torch.manual_seed(config.seed)
@@ -75,23 +87,42 @@ def make_model(config: RunConfig, device: torch.device) -> torch.nn.Module:
 
 
 def make_optimizer(config: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """Weight decay on conv and linear weights only: not on BatchNorm, biases, or FlexPool weights (which the
-    paper's own regulariser, Eq. 2, governs)."""
-    flex = {id(p) for m in model.modules() if isinstance(m, pooling.FlexPool2d) for p in m.parameters()}
-    decay = [p for p in model.parameters() if p.dim() > 1 and id(p) not in flex]
-    rest = [p for p in model.parameters() if not (p.dim() > 1 and id(p) not in flex)]
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": rest, "weight_decay": 0.0}]
-    fused = next(model.parameters()).device.type == "cuda"
+    """Three parameter groups: conv and linear weights (weight decay), BatchNorm parameters and biases (none),
+    FlexPool weights (none: the paper's own regulariser, Eq. 2, governs them; learning rate x flex_lr_scale).
+    The state is made up front, so a compiled step sees the same tensors from its first call on."""
+    flex = [p for m in model.modules() if isinstance(m, pooling.FlexPool2d) for p in m.parameters()]
+    is_flex = {id(p) for p in flex}
+    decay = [p for p in model.parameters() if p.dim() > 1 and id(p) not in is_flex]
+    rest = [p for p in model.parameters() if p.dim() <= 1]
+    groups = [{"params": decay, "weight_decay": config.weight_decay, "lr_scale": 1.0},
+              {"params": rest, "weight_decay": 0.0, "lr_scale": 1.0},
+              {"params": flex, "weight_decay": 0.0, "lr_scale": config.flex_lr_scale}]
+    groups = [g for g in groups if g["params"]]
     if config.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=config.lr, betas=(config.momentum, 0.999), fused=fused)
-    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True, fused=fused)
+        optimizer = torch.optim.Adam(groups, lr=config.lr, betas=(config.momentum, 0.999), capturable=True)
+        for p in model.parameters():
+            optimizer.state[p] = {"step": torch.zeros((), device=p.device), "exp_avg": torch.zeros_like(p),
+                                  "exp_avg_sq": torch.zeros_like(p)}
+    else:
+        optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
+        for p in model.parameters():  # a zero buffer's first step equals torch's clone of the first gradient
+            optimizer.state[p] = {"momentum_buffer": torch.zeros_like(p)}
+    return optimizer
 
 
-def make_scheduler(config: RunConfig, optimizer, total_steps: int):
-    """The one-cycle LR schedule peaking at config.lr (torch's defaults: 30% warm-up, cosine annealing).
-    Momentum is not cycled: the paper names only a one-cycle learning rate, and --momentum keeps its meaning."""
-    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total_steps,
-                                               cycle_momentum=False)
+def lr_schedule(config: RunConfig, total_steps: int, device: torch.device) -> torch.Tensor:
+    """The learning rate of every step, as one tensor on the device: torch's OneCycleLR peaking at config.lr (30% warm-up, cosine annealing,
+    from peak/25 down to peak/25e4). Momentum is not cycled: the paper names only a one-cycle learning rate, and
+    --momentum keeps its meaning."""
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=config.lr)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total_steps,
+                                                   cycle_momentum=False)
+    rates = []
+    for _ in range(total_steps):
+        rates.append(schedule.get_last_lr()[0])
+        optimizer.step()
+        schedule.step()
+    return torch.tensor(rates, device=device)
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
@@ -99,12 +130,15 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return max(n // batch_size, 1)
 
 
-# --- one epoch ---------------------------------------------------------------------------------------------
+# --- one step, one epoch -----------------------------------------------------------------------------------
 
 def loss_fn(outputs, labels: torch.Tensor, model: torch.nn.Module, config: RunConfig) -> torch.Tensor:
     """Eq. 3 (lambda-weighted cross-entropy of each SAC head; one head without SAC) + reg * Eq. 2."""
     heads = outputs if isinstance(outputs, tuple) else (outputs,)
     weights = config.sac_weights if config.sac else (1.0,)
+    if len(heads) != len(weights):
+        raise ValueError(f"the model gives {len(heads)} head(s) but the loss has {len(weights)} weight(s) "
+                         f"(sac={config.sac}): every head must be trained")
     loss = sum(w * F.cross_entropy(h.float(), labels, label_smoothing=config.label_smoothing)
                for w, h in zip(weights, heads))
     if config.reg:
@@ -112,37 +146,105 @@ def loss_fn(outputs, labels: torch.Tensor, model: torch.nn.Module, config: RunCo
     return loss
 
 
-def train_epoch(model, optimizer, scheduler, images, labels, config: RunConfig, epoch: int):
-    """One pass in a seeded order; returns (mean loss, accuracy) as device tensors (no host sync here)."""
-    device = images.device
+def make_update(optimizer: torch.optim.Optimizer):
+    """update(lr, grads): one step of the optimizer's algorithm through torch.optim's functional API, with the
+    learning rate a tensor. Optimizer.step() breaks a compiled graph on purpose, and a float learning rate
+    would be baked into the graph; fused kernels in eager mode on CUDA, what inductor makes of it when compiled."""
+    groups = [(g, [optimizer.state[p] for p in g["params"]]) for g in optimizer.param_groups]
+    adam = isinstance(optimizer, torch.optim.Adam)
+
+    def update(lr: torch.Tensor, grads) -> None:
+        grads = iter(grads)
+        for group, state in groups:
+            params = group["params"]
+            group_grads = [next(grads) for _ in params]
+            fused = params[0].is_cuda and not torch.compiler.is_compiling()
+            kwargs = {"lr": lr * group["lr_scale"], "weight_decay": group["weight_decay"], "maximize": False,
+                      "fused": fused or None}
+            if adam:
+                beta1, beta2 = group["betas"]
+                functional_adam(params, group_grads, [s["exp_avg"] for s in state],
+                                [s["exp_avg_sq"] for s in state], [], [s["step"] for s in state],
+                                amsgrad=False, beta1=beta1, beta2=beta2, eps=group["eps"], capturable=True,
+                                **kwargs)
+            else:
+                functional_sgd(params, group_grads, [s["momentum_buffer"] for s in state],
+                               momentum=group["momentum"], dampening=0.0, nesterov=True, **kwargs)
+    return update
+
+
+def make_step(config: RunConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+              images: torch.Tensor, labels: torch.Tensor):
+    """step(idx, aug, mask, lr) -> (loss, correct): one whole training step (batch by index, normalisation,
+    augmentation, forward, Eq. 3 + Eq. 2 loss, backward, optimizer step at learning rate `lr`) as a function of
+    tensors only, so torch.compile(fullgraph=True) takes it whole and nothing in it waits for the host. The
+    random numbers it uses (aug, mask) are drawn per epoch by epoch_draws."""
     info = data.INFO[config.dataset]
-    # Seeding per epoch (not once per run) makes a run resumed from any checkpoint identical to an unbroken one.
-    torch.manual_seed(config.seed * 1_000_003 + epoch)
-    generator = torch.Generator(device).manual_seed(config.seed * 1_000_003 + epoch)
-    batch = min(config.batch_size, len(labels))
-    steps = steps_per_epoch(len(labels), config.batch_size)
-    order = torch.randperm(len(labels), device=device, generator=generator)
+    device = images.device
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    update = make_update(optimizer)
+    bf16 = uses_bf16(config, device)
+
+    def step(idx, aug, mask, lr):
+        x, y = data.normalize(images[idx], info), labels[idx]
+        if aug is not None:
+            x = data.augment(x, aug)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            outputs = model(x, mask)
+            loss = loss_fn(outputs, y, model, config)
+        grads = torch.autograd.grad(loss, params)
+        with torch.no_grad():
+            update(lr, grads)
+        final = outputs[-1] if isinstance(outputs, tuple) else outputs
+        return loss.detach(), (final.argmax(1) == y).sum()
+
+    if config.compile == "off":
+        return step
+    torch._dynamo.reset()  # a new run's model and optimizer: compile afresh, not against the last run's guards
+    torch._dynamo.config.trace_autograd_ops = True  # the backward inside the step joins the graph
+    return torch.compile(step, mode=None if config.compile == "default" else config.compile, fullgraph=True)
+
+
+def _generator(config: RunConfig, epoch: int, stream: int, device: torch.device) -> torch.Generator:
+    seed = int(np.random.SeedSequence((config.seed, epoch, stream)).generate_state(1)[0])
+    return torch.Generator(device).manual_seed(seed)
+
+
+def epoch_draws(config: RunConfig, epoch: int, n: int, device: torch.device):
+    """(order, aug, masks): the epoch's batches of indices (steps x batch), augmentation numbers and dropout
+    masks (None when unused), drawn before the epoch. Each comes from a generator of its own seeded by
+    (seed, epoch, stream): the data order and augmentation of a seed are the same in every column, the dropout
+    masks draw from neither's stream, and a resumed run draws exactly what an unbroken one would."""
+    batch, steps = min(config.batch_size, n), steps_per_epoch(n, config.batch_size)
+    order = torch.randperm(n, device=device, generator=_generator(config, epoch, 0, device))
+    order = order[:steps * batch].view(steps, batch)
+    aug = masks = None
+    if config.augment:
+        aug = torch.rand(steps, batch, data.AUGMENT_DRAWS, device=device,
+                         generator=_generator(config, epoch, 1, device))
+    if config.dropout:
+        keep = torch.rand(steps, batch, FEATURES, device=device, generator=_generator(config, epoch, 2, device))
+        masks = (keep >= config.dropout).float() / (1 - config.dropout)
+    return order, aug, masks
+
+
+def train_epoch(step, model, lrs: torch.Tensor, config: RunConfig, epoch: int, n: int, device: torch.device):
+    """One pass in the epoch's seeded order; returns (mean loss, accuracy) as device tensors (no host sync)."""
+    order, aug, masks = epoch_draws(config, epoch, n, device)
+    steps = order.shape[0]
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     model.train()
-    for step in range(steps):
-        idx = order[step * batch:(step + 1) * batch]
-        x, y = data.normalize(images[idx], info), labels[idx]
-        if config.augment:
-            x = data.augment(x, generator)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            outputs = model(x)
-            loss = loss_fn(outputs, y, model, config)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        final = outputs[-1] if isinstance(outputs, tuple) else outputs
-        loss_sum += loss.detach()
-        correct += (final.argmax(1) == y).sum()
-    return loss_sum / steps, correct / (steps * batch)
+    for k in range(steps):
+        if config.compile in CUDA_GRAPH_MODES:
+            torch.compiler.cudagraph_mark_step_begin()  # the last step's outputs are consumed: replay freely
+        loss, hits = step(order[k], None if aug is None else aug[k], None if masks is None else masks[k],
+                          lrs[epoch * steps + k])
+        loss_sum += loss
+        correct += hits
+    return loss_sum / steps, correct / order.numel()
 
 
 @torch.no_grad()
@@ -156,7 +258,7 @@ def evaluate(model, images, labels, config: RunConfig) -> list[float]:
         x = data.normalize(images[start:start + EVAL_BATCH], info)
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(config, device)):
             outputs = model(x)
         heads = outputs if isinstance(outputs, tuple) else (outputs,)
         hits = torch.stack([(h.argmax(1) == labels[start:start + EVAL_BATCH]).sum() for h in heads])
@@ -228,6 +330,7 @@ def make_record(config: RunConfig, status: str, history: list, started: float, d
         "metrics": {"accuracy": last.get("eval_accuracy"), "head_accuracies": last.get("head_accuracies"),
                     "train_loss": last.get("train_loss")},
         "history": history,
+        # `started` is moved back by the wall time of the run's earlier attempts (see _run_locked)
         "timing": {"wall_s": time.time() - started, "train_s": train_s,
                    "images_per_s": images / train_s if train_s else None},
         "env": environment(device),
@@ -237,22 +340,71 @@ def make_record(config: RunConfig, status: str, history: list, started: float, d
 
 # --- the run -----------------------------------------------------------------------------------------------
 
+STOPPED_EXIT = 128 + signal.SIGTERM  # exit code of `python -m repro.train` stopped by SIGTERM, as a shell says
+
+
+class Stopped(BaseException):
+    """SIGTERM (scancel, SLURM's requeue or preemption, RunPack stopping its runs) stopped the run: its last
+    epoch's checkpoint stays, no record is written, and running it again resumes. A BaseException, like
+    KeyboardInterrupt, so that no `except Exception` on the way takes it for a failed run."""
+
+
+class _StopOnSigterm:
+    """The SIGTERM handler while a run trains: raise Stopped at once, except inside `held()` (an epoch's
+    checkpoint and its W&B entry), where it waits for the end of the block, so the two hold the same epochs.
+    Later signals are ignored: W&B must be allowed to finish."""
+
+    def __init__(self):
+        self.holding = self.pending = self.stopped = False
+
+    def __call__(self, signum, frame) -> None:
+        if self.holding or self.stopped:
+            self.pending = True
+        else:
+            self.stop()
+
+    def stop(self) -> None:
+        self.stopped = True
+        raise Stopped("SIGTERM; the checkpoint of its last finished epoch stays, running it again resumes")
+
+    @contextlib.contextmanager
+    def held(self):
+        self.holding = True
+        try:
+            yield
+        finally:
+            self.holding = False
+        if self.pending and not self.stopped:
+            self.stop()
+
+
 def run(config: RunConfig, on_epoch=None) -> dict | None:
     """Train one run (resuming from its checkpoint), write its record and return it.
 
     Returns the existing record if the run is already completed, and None if another process is training it.
     `on_epoch(entry) -> bool` sees each epoch's history entry; True stops the run early as "pruned" (sweeps).
+    SIGTERM stops it with Stopped (W&B finished, checkpoint kept, no record).
     """
-    with records.exclusive(config) as mine:
-        if not mine:
-            print(f"run {config.run_id} ({config.cell or config.dataset}) is being trained by another process")
-            return None
-        if records.run_status(config) == "completed":
-            return records.read_record(records.record_path(config))
-        return _run_locked(config, on_epoch)
+    experiments.check_cell(config)
+    stop = _StopOnSigterm()
+    main_thread = threading.current_thread() is threading.main_thread()  # only it may set signal handlers
+    previous = signal.getsignal(signal.SIGTERM)
+    if main_thread:
+        signal.signal(signal.SIGTERM, stop)
+    try:
+        with records.exclusive(config) as mine:
+            if not mine:
+                print(f"run {config.run_id} ({config.cell or config.dataset}) is being trained by another process")
+                return None
+            if records.run_status(config) == "completed":
+                return records.read_record(records.record_path(config))
+            return _run_locked(config, on_epoch, stop)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
-def _run_locked(config: RunConfig, on_epoch) -> dict:
+def _run_locked(config: RunConfig, on_epoch, stop: _StopOnSigterm) -> dict:
     started = time.time()
     device = resolve_device(config.device)
     history: list[dict] = []
@@ -262,56 +414,59 @@ def _run_locked(config: RunConfig, on_epoch) -> dict:
         images, labels, eval_images, eval_labels = load_data(config, device)
         model = make_model(config, device)
         optimizer = make_optimizer(config, model)
-        total_steps = config.epochs * steps_per_epoch(len(labels), config.batch_size)
-        scheduler = make_scheduler(config, optimizer, total_steps)
-        history = resume(config, model, optimizer, scheduler)
-        step_model = torch.compile(model) if config.compile != "off" and device.type == "cuda" else model
+        lrs = lr_schedule(config, config.epochs * steps_per_epoch(len(labels), config.batch_size), device)
+        history = resume(config, model, optimizer)
+        started -= history[-1].get("wall_s", 0.0) if history else 0.0  # wall time counts every attempt's epochs
+        step = make_step(config, model, optimizer, images, labels)  # after resume: it holds the state tensors
         status = "completed"
         bar = tqdm(range(len(history), config.epochs), initial=len(history), total=config.epochs,
                    desc=config.cell or config.dataset, unit="epoch", disable=not sys.stderr.isatty())
         for epoch in bar:
-            entry = run_epoch(config, step_model, model, optimizer, scheduler, images, labels, eval_images,
-                              eval_labels, epoch)
+            entry = run_epoch(config, step, model, lrs, len(labels), eval_images, eval_labels, epoch)
+            entry["wall_s"] = time.time() - started  # the run's wall time so far, across resumes
             history.append(entry)
-            save(config, model, optimizer, scheduler, history)
-            tracker.log({k: v for k, v in entry.items() if k != "head_accuracies"}
-                        | {f"head{i + 1}_accuracy": a for i, a in enumerate(entry["head_accuracies"])}
-                        | flexpool_stats(model), step=entry["epoch"])
+            with stop.held():  # an epoch's checkpoint and its W&B entry: both or neither
+                save(config, model, optimizer, history)
+                tracker.log({k: v for k, v in entry.items() if k != "head_accuracies"}
+                            | {f"head{i + 1}_accuracy": a for i, a in enumerate(entry["head_accuracies"])}
+                            | flexpool_stats(model), step=entry["epoch"])
             report(bar, entry, config)
             if on_epoch is not None and on_epoch(entry):
                 status = "pruned"
                 break
         bar.close()
         record = make_record(config, status, history, started, device, model=model)
-    except (KeyboardInterrupt, SystemExit):
-        tracker.finish(exit_code=1)  # preempted or stopped: the checkpoint stays, no record yet
-        raise
-    except Exception as e:
-        record = make_record(config, "failed", history, started, device, error=f"{type(e).__name__}: {e}",
-                             model=model)
         records.write_record(record, records.record_path(config))
+    except Exception as e:
+        failed = make_record(config, "failed", history, started, device, error=f"{type(e).__name__}: {e}",
+                             model=model)
+        with contextlib.suppress(OSError):  # a full or read-only disk: the error raised below says so
+            records.write_record(failed, records.record_path(config))
         tracker.finish(exit_code=1)
         raise
-    records.write_record(record, records.record_path(config))
+    except BaseException:  # Stopped (SIGTERM), KeyboardInterrupt: the checkpoint stays, no record yet
+        tracker.finish(exit_code=1)
+        raise
     tracker.finish({"accuracy": record["metrics"]["accuracy"], "status": status,
                     "images_per_s": record["timing"]["images_per_s"]})
     return record
 
 
-def run_epoch(config, step_model, model, optimizer, scheduler, images, labels, eval_images, eval_labels,
-              epoch: int) -> dict:
-    if images.device.type == "cuda":
+def run_epoch(config, step, model, lrs: torch.Tensor, n: int, eval_images, eval_labels, epoch: int) -> dict:
+    device = eval_images.device
+    if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    loss, accuracy = train_epoch(step_model, optimizer, scheduler, images, labels, config, epoch)
+    loss, accuracy = train_epoch(step, model, lrs, config, epoch, n, device)
     loss, accuracy = loss.item(), accuracy.item()  # the one host sync of the epoch
     seconds = time.perf_counter() - start
     if not math.isfinite(loss):
         raise TrainingError(f"non-finite training loss ({loss}) in epoch {epoch + 1}; lower --lr or check the data")
-    heads = evaluate(step_model, eval_images, eval_labels, config)
-    trained = steps_per_epoch(len(labels), config.batch_size) * min(config.batch_size, len(labels))
+    heads = evaluate(model, eval_images, eval_labels, config)
+    steps = steps_per_epoch(n, config.batch_size)
+    trained = steps * min(config.batch_size, n)
     return {"epoch": epoch + 1, "train_loss": loss, "train_accuracy": accuracy, "eval_accuracy": heads[-1],
-            "head_accuracies": heads, "lr": scheduler.get_last_lr()[0], "images": trained,
+            "head_accuracies": heads, "lr": lrs[(epoch + 1) * steps - 1].item(), "images": trained,
             "images_per_s": trained / seconds, "seconds": seconds}
 
 
@@ -325,14 +480,15 @@ def report(bar, entry: dict, config: RunConfig) -> None:
         bar.set_postfix_str(text)
 
 
-def save(config, model, optimizer, scheduler, history) -> None:
+def save(config, model, optimizer, history) -> None:
     records.save_checkpoint({"run_id": config.run_id, "model": model.state_dict(),
-                             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                             "history": history}, records.checkpoint_path(config))
+                             "optimizer": optimizer.state_dict(), "history": history},
+                            records.checkpoint_path(config))
 
 
-def resume(config, model, optimizer, scheduler) -> list[dict]:
-    """The history so far, with model, optimizer and schedule restored; [] when starting fresh."""
+def resume(config, model, optimizer) -> list[dict]:
+    """The history so far, with model and optimizer restored (the schedule follows from the epoch); [] when
+    starting fresh."""
     path = records.checkpoint_path(config)
     try:
         state = records.load_checkpoint(path)
@@ -343,7 +499,6 @@ def resume(config, model, optimizer, scheduler) -> list[dict]:
         return []
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
     print(f"resuming run {config.run_id} after epoch {len(state['history'])} from {path}")
     return state["history"]
 
@@ -385,10 +540,18 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         config = config_from_args(args)
+        # the record names the data folder used, not '' (the launcher and sweeps resolve it the same way)
+        config = config.replace(data_root=str(Path(config.data_root or data.default_root()).resolve()))
         record = run(config)
     except (ConfigError, data.DataError, TrainingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the machine's fault, not the command's: a full disk, a read-only results folder
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except Stopped as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        return STOPPED_EXIT
     if record is None:
         return 1
     m = record["metrics"]
