@@ -6,10 +6,12 @@ reported as (file, cell, reason) and left out.
 
 Which runs go into a table (`select`):
 - eval_split "test" only (val records come from tuning);
-- one profile (experiments.PROFILES; default "full", the paper's recipe): a record's profile is the one whose
+- one profile (experiments.PROFILES; default "full", the paper's 100 epochs): a record's profile is the one whose
   fields its config matches, so smoke and full runs are never averaged together;
-- per cell one config "variant" (the run id without the seed): if a cell holds runs of two configs (e.g. before
-  and after tuned --params), the one with more seeds is kept (newest on a tie) and the other is reported.
+- one recipe (experiments.RECIPES; default "suite"), or each recipe apart ("both"), derived from the config in the
+  same way: runs of two recipes never share a cell, a mean or a paired comparison;
+- per cell and recipe one config "variant" (the run id without the seed): if a cell holds runs of two configs
+  (e.g. before and after tuned --params), the one with more seeds is kept (newest on a tie), the other reported.
 """
 
 from __future__ import annotations
@@ -22,16 +24,19 @@ from pathlib import Path
 
 import pandas as pd
 
-from repro.config import ConfigError, RunConfig, field_names
-from repro.experiments import PROFILES, TABLES, parse_cell, profile_of
-from repro.records import RecordError, read_record
+from repro.config import RunConfig, field_names
+from repro.experiments import PROFILES, RECIPES, TABLES, parse_cell, profile_of, recipe_of
+from repro.records import RecordError, read_record, verdict
 
 DEFAULT_RUNS = Path("results/runs")
 PAPER_DIR = Path(__file__).resolve().parent.parent / "results" / "paper"
 PROFILE_CHOICES = (*PROFILES, "any")
-ROW_COLUMNS = [  # record_row's keys, so an empty DataFrame still has them
+RECIPE_CHOICES = (*RECIPES, "both")
+MAIN_POOL = "pool"  # the final FlexPool's module name in a record's "flexpool"
+ROW_COLUMNS = [  # the keys of _row (record_row's and its own), so an empty DataFrame still has them
     "file", "run_id", "cell", "table", "dataset", "column", "seed", "accuracy", "head_accuracies", "train_loss",
     "eval_split", "profile", "variant", "wall_s", "images_per_s", "date", "git_commit", "config", "flexpool",
+    "recipe", "sum_dev",
 ]
 
 
@@ -41,18 +46,12 @@ class AnalysisError(Exception):
 
 def record_row(record: dict, name: str) -> dict:
     """One DataFrame row from a record; raises RecordError saying why the record cannot count."""
-    status = record.get("status")
-    if status != "completed":
-        error = str(record.get("error") or "no error message").strip().splitlines() or ["?"]
-        raise RecordError(f"status {status!r}: {error[-1][:200]}")
-    try:
-        config = RunConfig.from_dict(record["config"])
-    except (ConfigError, KeyError, TypeError) as e:
-        raise RecordError(f"bad config ({e})") from None
-    metrics = record.get("metrics") or {}
-    accuracy = metrics.get("accuracy")
-    if not isinstance(accuracy, (int, float)) or not 0 <= accuracy <= 1 or math.isnan(accuracy):
-        raise RecordError(f"partial record: metrics.accuracy is {accuracy!r}, not a fraction in [0, 1]")
+    state, reason = verdict(record)  # the launcher's and status's reading of a record too
+    if state != "completed":
+        raise RecordError(reason if state == "unusable" else f"status {state!r}: {reason}")
+    config = RunConfig.from_dict(record["config"])
+    metrics = record["metrics"]
+    accuracy = metrics["accuracy"]
     cell = str(record.get("cell") or config.cell)
     where = parse_cell(cell) if cell.count("/") == 2 else {"table": None, "dataset": config.dataset, "column": None}
     env, timing = record.get("env") or {}, record.get("timing") or {}
@@ -69,14 +68,35 @@ def record_row(record: dict, name: str) -> dict:
     }
 
 
+def recipes(choice: str) -> list[str]:
+    """The recipes a --recipe choice shows, each on its own."""
+    return list(RECIPES) if choice == "both" else [choice]
+
+
+def sum_dev(flexpool: dict) -> float:
+    """Mean over channels of |sum of a channel's final FlexPool weights - 1|: how far the run is from Eq. 2's
+    weighted average (0: exactly). NaN without a final FlexPool (AvgPool, or a record without weights)."""
+    sums = pd.Series((flexpool.get(MAIN_POOL) or {}).get("sums", []), dtype=float)
+    return float((sums - 1).abs().mean()) if len(sums) else math.nan
+
+
+def _row(record: dict, name: str) -> dict:
+    """record_row plus the run's recipe, derived from the config like its profile (older records lack the key),
+    and the final FlexPool's sum deviation."""
+    row = record_row(record, name)
+    return {**row, "recipe": recipe_of(RunConfig.from_dict(row["config"])), "sum_dev": sum_dev(row["flexpool"])}
+
+
 def _skip(name: str, record, reason: str) -> dict:
-    """A skipped record's entry; its cell and profile when still readable, so the right table cell shows it."""
+    """A skipped record's entry; its cell, profile and recipe when still readable, so the right cell shows it."""
     cell = record.get("cell") if isinstance(record, dict) else ""
     try:
-        profile = profile_of(RunConfig.from_dict(record["config"]))
+        config = RunConfig.from_dict(record["config"])
+        profile, recipe = profile_of(config), recipe_of(config)
     except Exception:  # noqa: BLE001 - whatever is wrong with it, the reason is already known
-        profile = None
-    return {"file": name, "cell": cell if isinstance(cell, str) else "", "profile": profile, "reason": reason}
+        profile = recipe = None
+    return {"file": name, "cell": cell if isinstance(cell, str) else "", "profile": profile, "recipe": recipe,
+            "reason": reason}
 
 
 def load_runs(runs_dir: str | Path) -> tuple[pd.DataFrame, list[dict]]:
@@ -96,7 +116,7 @@ def load_runs(runs_dir: str | Path) -> tuple[pd.DataFrame, list[dict]]:
         record = None
         try:
             record = read_record(path)
-            rows.append(record_row(record, name))
+            rows.append(_row(record, name))
         except RecordError as e:
             skipped.append(_skip(name, record, str(e).removeprefix(f"{path}: ")))
         except (AttributeError, TypeError, ValueError) as e:  # a field of the wrong type: skip it, never crash
@@ -127,7 +147,7 @@ def load_wandb(path: str) -> tuple[pd.DataFrame, list[dict]]:
             "metrics": {k: summary.get(k) for k in ("accuracy", "head_accuracies", "train_loss")},
         }
         try:
-            rows.append(record_row(record, f"wandb:{run.id}"))
+            rows.append(_row(record, f"wandb:{run.id}"))
         except RecordError as e:
             skipped.append(_skip(f"wandb:{run.id}", record, str(e)))
     if not rows and not skipped:
@@ -135,10 +155,12 @@ def load_wandb(path: str) -> tuple[pd.DataFrame, list[dict]]:
     return pd.DataFrame(rows, columns=ROW_COLUMNS), skipped
 
 
-def select(runs: pd.DataFrame, profile: str = "full") -> tuple[pd.DataFrame, list[str]]:
+def select(runs: pd.DataFrame, profile: str = "full", recipe: str = "suite") -> tuple[pd.DataFrame, list[str]]:
     """Runs that go into Tables 1 and 2 (see module docstring), and notes on what was left out and why."""
     if profile not in PROFILE_CHOICES:
         raise AnalysisError(f"unknown profile {profile!r}; choose from {', '.join(PROFILE_CHOICES)}")
+    if recipe not in RECIPE_CHOICES:
+        raise AnalysisError(f"unknown recipe {recipe!r}; choose from {', '.join(RECIPE_CHOICES)}")
     notes = []
     table_runs = runs[runs["table"].isin(list(TABLES)) & (runs["eval_split"] == "test")]
     if len(table_runs) < len(runs):
@@ -148,7 +170,11 @@ def select(runs: pd.DataFrame, profile: str = "full") -> tuple[pd.DataFrame, lis
         for name, count in other["profile"].value_counts().items():
             notes.append(f"{count} test run(s) of profile {name!r} left out (use --profile {name} or any)")
         table_runs = table_runs[table_runs["profile"] == profile]
-    kept = [_one_variant(cell_runs, notes) for _, cell_runs in table_runs.groupby("cell", sort=True)]
+    other = table_runs[~table_runs["recipe"].isin(recipes(recipe))]
+    for name, count in other["recipe"].value_counts().items():
+        notes.append(f"{count} test run(s) of recipe {name!r} left out (use --recipe {name} or both)")
+    table_runs = table_runs[table_runs["recipe"].isin(recipes(recipe))]
+    kept = [_one_variant(cell_runs, notes) for _, cell_runs in table_runs.groupby(["recipe", "cell"], sort=True)]
     chosen = pd.concat(kept) if kept else table_runs.iloc[0:0]
     return chosen.reset_index(drop=True), notes
 
@@ -162,7 +188,7 @@ def _one_variant(cell_runs: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
     for variant, row in stats.drop(best).iterrows():
         profile = cell_runs.loc[cell_runs["variant"] == variant, "profile"].iloc[0]
         notes.append(f"{cell_runs['cell'].iloc[0]}: {row['n']} run(s) of another config {variant} "
-                     f"({profile}) left out; kept {best}")
+                     f"({profile}, {cell_runs['recipe'].iloc[0]} recipe) left out; kept {best}")
     return cell_runs[cell_runs["variant"] == best]
 
 
@@ -175,17 +201,19 @@ def load_paper(table: str, paper_dir: str | Path = PAPER_DIR) -> pd.Series:
 
 
 def skipped_counts(skipped: list[dict], profile: str = "any") -> pd.Series:
-    """How many skipped records (failed or partial) of this profile each cell has: the tables show them beside n."""
-    cells = [s["cell"] for s in skipped if s["cell"] and profile in ("any", s["profile"])]
-    return pd.Series(cells, dtype=object).value_counts()
+    """How many skipped records (failed or partial) of this profile each (recipe, cell) has: the tables show them
+    beside n."""
+    entries = [(s["recipe"], s["cell"]) for s in skipped if s["cell"] and profile in ("any", s["profile"])]
+    return pd.DataFrame(entries, columns=["recipe", "cell"]).value_counts()
 
 
 # Command-line plumbing shared by make_tables and make_figures.
 
 SELECTION_HELP = """which runs count:
   completed records of a table cell evaluated on the test split (val records come from tuning), whose config
-  matches --profile; if a cell holds runs of two configs (e.g. before and after tuned --params), the one with
-  more seeds is kept and the other is named on stderr. Failed, partial or unreadable records are listed on
+  matches --profile and --recipe (each recipe apart with both: never averaged or paired across recipes); if a
+  cell holds runs of two configs (e.g. before and after tuned --params), the one with more seeds is kept and the
+  other is named on stderr. Failed, partial or unreadable records are listed on
   stderr (file and reason) and never counted; the tables show their number beside n."""
 
 class Parser(argparse.ArgumentParser):
@@ -205,6 +233,9 @@ def add_input_args(parser: argparse.ArgumentParser) -> None:
                         help="which runs count: those whose config matches this profile of experiments.PROFILES "
                              "(full = the paper's 100 epochs, batch 1000; smoke = the quick CPU check); 'any' "
                              "takes every profile but still one config per cell, so no mixing (default: full)")
+    parser.add_argument("--recipe", default="suite", choices=RECIPE_CHOICES,
+                        help="which runs count: suite = SGD + Nesterov, weight decay 5e-4 (default); paper = the "
+                             "paper's literal Adam, no weight decay; both = each recipe apart, side by side")
     parser.add_argument("--paper", default=str(PAPER_DIR), help="folder of the paper's table1.csv/table2.csv")
 
 
@@ -213,7 +244,7 @@ def load_from_args(args) -> tuple[pd.DataFrame, list[dict], list[str]]:
     runs, skipped = load_wandb(args.from_wandb) if args.from_wandb else load_runs(args.runs)
     for s in skipped:
         print(f"skipped {s['file']}: {s['reason']}", file=sys.stderr)
-    chosen, notes = select(runs, args.profile)
+    chosen, notes = select(runs, args.profile, args.recipe)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     return chosen, skipped, notes

@@ -1,15 +1,18 @@
-"""Figures 2 and 4 (accuracy across the four columns, ours beside the paper's) and what FlexPool learned.
+"""Figures 2 and 4 (the trend across the four columns, ours beside the paper's) and what FlexPool learned.
 
-    python -m analysis.make_figures                      # results/runs -> results/figures/
-    python -m analysis.make_figures --profile smoke --out /tmp/figures
+    python -m analysis.make_figures                      # results/runs -> results/figures/full/suite/
+    python -m analysis.make_figures --profile smoke --recipe both
 
-Writes, as PNG and PDF:
-  figure2 / figure4: per dataset, our mean test accuracy with error bars over seeds and the paper's values
-      (Table 1 / Table 2), as trend lines over AvgPool -> FlexPool -> +Reg -> +Dropout;
-  flexpool-<table>-<dataset>: the learned FlexPool weights from the run records, scaled by H*W so that 1 is
-      plain average pooling (its initial value): per FlexPool column the mean over channels (averaged over
-      seeds), a few single channels (one seed: channel k of two seeds is not the same feature), the SAC heads'
-      channel means (Table 2) and a histogram of per-channel weight sums, which Eq. 2 pulls towards 1.
+Writes, as PNG and PDF, to results/figures/<profile>/<recipe>/ (or --out); every title names profile and recipe:
+  figure2 / figure4: per dataset, the change in test accuracy from AvgPool to each FlexPool column (Table 1 /
+      Table 2) in percentage points, ours (per recipe, paired by seed, with error bars over seeds) beside the
+      paper's; the panel title gives each AvgPool level. Gains, not raw accuracies, so that a trend reads even
+      when our level is far from the paper's (a short smoke run);
+  flexpool-<table>-<dataset>[-<recipe>]: the learned FlexPool weights from the run records, scaled by H*W so
+      that 1 is plain average pooling (its initial value): per FlexPool column the final pool's mean over
+      channels (averaged over seeds), a few single channels (one seed: channel k of two seeds is not the same
+      feature), the SAC heads' channel means (Table 2) and a histogram of the final pool's per-channel weight
+      sums, which Eq. 2 pulls towards 1, with their mean |sum - 1|.
 """
 
 from __future__ import annotations
@@ -23,41 +26,81 @@ from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure  # the object API needs no pyplot and no display: works headless
 
 from analysis import collect
-from analysis.make_tables import DATASET_LABELS, DATASET_ORDER, SPREADS, load_summary, output_parser
+from analysis.make_tables import DATASET_LABELS, DATASET_ORDER, SPREADS, load_summary, out_dir, output_parser
 from repro.experiments import COLUMN_LABELS, COLUMNS, TABLES
 from repro.records import atomic_write
 
 DPI = 100
 TREND_SIZE = (10.0, 7.5)  # inches: 1000 x 750 pixels at DPI
-PANEL_SIZE = (2.6, 2.4)  # inches per heatmap panel
+PANEL_SIZE = (3.0, 2.8)  # inches per heatmap panel
 FIGURE_NAMES = {"table1": "figure2", "table2": "figure4"}
 SHORT_LABELS = ["AvgPool", "FlexPool", "+ Reg", "+ Reg\n+ Dropout"]
 FLEX_COLUMNS = [c for c in COLUMNS if c != "avgpool"]
-MAIN_POOL, HEAD_POOLS = "pool", ("heads.0.pool", "heads.1.pool")
+MAIN_POOL, HEAD_POOLS = collect.MAIN_POOL, ("heads.0.pool", "heads.1.pool")
 SINGLE_CHANNELS = 3
+MAX_LABELLED = 64  # heatmaps with at most this many cells (ResNet20's last stage is 8x8) print their values
 
 
-def trend_figure(summary: pd.DataFrame, table: str, spread: str) -> Figure:
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def gains(cell_runs: pd.DataFrame) -> pd.DataFrame | None:
+    """Per column: mean, spread and n of (accuracy - AvgPool accuracy) in percentage points over the seeds
+    both have, like the claims' pairing; None without AvgPool runs."""
+    acc = cell_runs.pivot_table(index="seed", columns="column", values="accuracy") * 100
+    if "avgpool" not in acc:
+        return None
+    diff = acc.sub(acc["avgpool"], axis=0).reindex(columns=list(COLUMNS))
+    out = diff.agg(["mean", "std", "count"]).T
+    out["sem"] = out["std"] / out["count"].pow(0.5)
+    return out.rename(columns={"count": "n"})
+
+
+def trend_figure(runs: pd.DataFrame, summary: pd.DataFrame, table: str, spread: str, profile: str,
+                 recipes) -> Figure:
     fig = Figure(figsize=TREND_SIZE, dpi=DPI, layout="constrained")
     x = np.arange(len(COLUMNS))
+    part = runs[runs["table"] == table]
+    series = {(r, d): gains(part[(part["recipe"] == r) & (part["dataset"] == d)]) for r in recipes
+              for d in DATASET_ORDER}
+    series = {key: g[g["n"] > 0] for key, g in series.items() if g is not None}
     for ax, d in zip(fig.subplots(2, 2).flat, DATASET_ORDER):
-        cells = summary[(summary["table"] == table) & (summary["dataset"] == d)].set_index("column").loc[list(COLUMNS)]
-        ax.plot(x, cells["paper"], "s--", color="0.5", label="paper")
-        has = (cells["n"] > 0).to_numpy()
-        if has.any():
-            ax.errorbar(x[has], cells["mean"][has], yerr=cells[spread][has].fillna(0), fmt="o-", capsize=4,
-                        color="C0", label=f"ours (mean ± {spread})")
-            for xi, (mean, n) in zip(x[has], cells[["mean", "n"]][has].itertuples(index=False)):
-                ax.annotate(f"n={n}", (xi, mean), textcoords="offset points", xytext=(6, -12), fontsize=7)
-        else:
+        cells = summary[(summary["table"] == table) & (summary["dataset"] == d)].set_index(["recipe", "column"])
+        paper = cells.loc[recipes[0]].loc[list(COLUMNS), "paper"]
+        ax.plot(x, paper - paper["avgpool"], "s--", color="0.45", label="paper (published values)")
+        levels = [f"published {paper['avgpool']:.2f}"]
+        for i, recipe in enumerate(recipes):
+            name = f"{recipe} recipe" if len(recipes) > 1 else "ours"
+            if (recipe, d) not in series:
+                levels += [f"{name}: no AvgPool runs"] if (part["dataset"] == d).any() else []
+                continue
+            g = series[(recipe, d)]
+            ns = pd.concat([s["n"] for (r, _), s in series.items() if r == recipe]).astype(int)
+            seeds = f"n = {plural(ns.iloc[0], 'seed')}" if ns.nunique() == 1 else "n = seeds per point"
+            at = x[[list(COLUMNS).index(c) for c in g.index]]
+            ax.errorbar(at, g["mean"], yerr=g[spread].fillna(0), fmt="o-", capsize=4, color=f"C{i}",
+                        label=f"ours, {recipe} recipe: mean ± {spread} of the paired gain, {seeds}")
+            if ns.nunique() > 1:  # only then a point needs its own count
+                for xi, mean, n in zip(at, g["mean"], g["n"].astype(int)):
+                    ax.annotate(f"n={n}", (xi, mean), textcoords="offset points", xytext=(0, 10 if i else -16),
+                                ha="center", fontsize=7, color=f"C{i}")
+            levels.append(f"{name} {cells.loc[(recipe, 'avgpool'), 'mean']:.2f}")
+        if len(levels) == 1:
             ax.text(0.5, 0.08, "no runs yet", transform=ax.transAxes, ha="center", color="C3")
+        ax.axhline(0, color="0.7", linewidth=0.8)
         ax.set_xticks(x, SHORT_LABELS, fontsize=8)
-        ax.set_title(DATASET_LABELS[d] + (" (paper: ImageNet)" if d == "tiny_imagenet" else ""))
-        ax.set_ylabel("test accuracy (%)")
+        ax.set_xlim(-0.5, len(COLUMNS) - 0.5)
+        ax.margins(y=0.2)  # room for n= labels above and below the points
+        title = DATASET_LABELS[d] + (" (paper: ImageNet)" if d == "tiny_imagenet" else "")
+        ax.set_title(f"{title}\nAvgPool accuracy (%): {', '.join(levels)}", fontsize=9)
+        ax.set_ylabel("accuracy − AvgPool (pp)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
+    handles = {label: h for ax in fig.axes for h, label in zip(*ax.get_legend_handles_labels())}
+    fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=min(len(handles), 2), fontsize=8)
     title = "Figure 2: FlexPooling (Table 1)" if table == "table1" else "Figure 4: FlexPooling with SAC (Table 2)"
-    fig.suptitle(f"{title}; error bars: {SPREADS[spread]}", fontsize=10)
+    fig.suptitle(f"{title}: test accuracy gained over AvgPool; {profile} profile, {' and '.join(recipes)} recipe\n"
+                 f"error bars: {SPREADS[spread]} of the per-seed gain", fontsize=10)
     return fig
 
 
@@ -67,23 +110,32 @@ def _scaled(weights) -> np.ndarray:
     return w * w.shape[-1] * w.shape[-2]
 
 
+def _size(pool: dict) -> str:
+    return "x".join(map(str, pool["shape"][1:]))
+
+
 def flexpool_panels(cell_runs: pd.DataFrame) -> list[tuple[str, object]]:
-    """(title, data) panels for one cell: arrays become heatmaps, a ('sums', list) entry a histogram."""
+    """(title, data) panels for one cell: arrays become heatmaps, the list of weight sums a histogram."""
     has_weights = [MAIN_POOL in f for f in cell_runs["flexpool"]]
     runs = cell_runs[has_weights].sort_values("seed") if any(has_weights) else cell_runs.iloc[0:0]
     if runs.empty:
         return []
     shape = runs["flexpool"].iloc[0][MAIN_POOL]["shape"]
     same = [f for f in runs["flexpool"] if f[MAIN_POOL]["shape"] == shape]
-    panels = [(f"channel mean ({len(same)} seeds)", _scaled([f[MAIN_POOL]["channel_mean"] for f in same]).mean(0))]
     first = same[0][MAIN_POOL]
+    pool = f"final pool {_size(first)}"
+    panels = [(f"{pool}, channel mean\n({plural(len(same), 'seed')})",
+               _scaled([f[MAIN_POOL]["channel_mean"] for f in same]).mean(0))]
     for k, channel in enumerate(first.get("channels", [])[:SINGLE_CHANNELS]):
-        panels.append((f"channel {k} (seed {runs['seed'].iloc[0]})", _scaled(channel)))
-    for head in HEAD_POOLS:
-        maps = [f[head]["channel_mean"] for f in same if head in f]
+        panels.append((f"{pool}, channel {k}\n(seed {runs['seed'].iloc[0]})", _scaled(channel)))
+    for i, head in enumerate(HEAD_POOLS):
+        maps = [f[head] for f in same if head in f]
         if maps:
-            panels.append((f"SAC {head} channel mean", _scaled(maps).mean(0)))
-    panels.append(("sums", [s for f in same for s in f[MAIN_POOL].get("sums", [])]))
+            title = f"SAC head {i + 1} (stage {i + 1}, {_size(maps[0])})\nchannel mean ({plural(len(maps), 'seed')})"
+            panels.append((title, _scaled([m["channel_mean"] for m in maps]).mean(0)))
+    sums = [s for f in same for s in f[MAIN_POOL].get("sums", [])]
+    dev = np.abs(np.asarray(sums) - 1).mean()
+    panels.append((f"{pool}: per-channel weight sums\nmean |sum − 1| = {dev:.3f}", sums))
     return panels
 
 
@@ -91,19 +143,31 @@ def heatmap(ax, fig, data: np.ndarray, title: str) -> None:
     # Diverging around 1 (= average pooling): red pixels count more than in AvgPool, blue less.
     spread = max(float(np.abs(data - 1).max()), 1e-6)
     image = ax.imshow(data, cmap="RdBu_r", norm=TwoSlopeNorm(vcenter=1, vmin=1 - spread, vmax=1 + spread))
-    if data.size <= 64:  # ResNet20's last stage is 8x8: small enough to print the values
+    if data.size <= MAX_LABELLED:
         for (i, j), v in np.ndenumerate(data):
-            ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=5)
+            r, g, b, _ = image.cmap(image.norm(v))
+            dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5  # white text on dark cells, black on light ones
+            ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=6.5, color="white" if dark else "black")
     ax.set_title(title, fontsize=8)
     ax.set_xticks([])
     ax.set_yticks([])
     fig.colorbar(image, ax=ax, shrink=0.8)
 
 
-def flexpool_figure(runs: pd.DataFrame, table: str, dataset: str) -> Figure | None:
+def histogram(ax, sums: list[float], title: str) -> None:
+    ax.hist(sums, bins=20, color="C0")
+    ax.axvline(1, color="C3", linestyle="--", label="1 (Eq. 2)")
+    ax.set_title(title, fontsize=8)
+    ax.set_xlabel("sum of a channel's weights", fontsize=8)
+    ax.set_ylabel("channels (all seeds)", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=7)
+
+
+def flexpool_figure(runs: pd.DataFrame, table: str, dataset: str, profile: str, recipe: str) -> Figure | None:
     """One row per FlexPool column with weights in its records; None when no record holds any."""
-    rows = [(c, flexpool_panels(runs[(runs["table"] == table) & (runs["dataset"] == dataset)
-                                     & (runs["column"] == c)])) for c in FLEX_COLUMNS]
+    cells = runs[(runs["recipe"] == recipe) & (runs["table"] == table) & (runs["dataset"] == dataset)]
+    rows = [(c, flexpool_panels(cells[cells["column"] == c])) for c in FLEX_COLUMNS]
     rows = [(c, panels) for c, panels in rows if panels]
     if not rows:
         return None
@@ -112,17 +176,15 @@ def flexpool_figure(runs: pd.DataFrame, table: str, dataset: str) -> Figure | No
     axes = np.atleast_2d(fig.subplots(len(rows), ncols, squeeze=False))
     for (column, panels), ax_row in zip(rows, axes):
         for ax, (title, data) in zip(ax_row, panels):
-            if title == "sums":
-                ax.hist(data, bins=20, color="C0")
-                ax.axvline(1, color="C3", linestyle="--")
-                ax.set_title("per-channel weight sum\n(Eq. 2 pulls to 1)", fontsize=8)
+            if isinstance(data, list):
+                histogram(ax, data, title)
             else:
                 heatmap(ax, fig, data, title)
         for ax in ax_row[len(panels):]:
             ax.axis("off")
-        ax_row[0].set_ylabel(COLUMN_LABELS[column], fontsize=9)
+        ax_row[0].set_ylabel(COLUMN_LABELS[column], fontsize=10)
     fig.suptitle(f"Learned FlexPool weights x H*W (1 = average pooling): {DATASET_LABELS[dataset]}, "
-                 f"{table.replace('table', 'Table ')}", fontsize=10)
+                 f"{table.replace('table', 'Table ')}; {profile} profile, {recipe} recipe", fontsize=11)
     return fig
 
 
@@ -143,17 +205,21 @@ def parse_args(argv=None):
 def main(argv=None) -> None:
     args = parse_args(argv)
     runs, _, _, summary = load_summary(args)
+    recipes, out = collect.recipes(args.recipe), out_dir(args)
     written = []
     for table in TABLES:
-        written += save(trend_figure(summary, table, args.spread), Path(args.out), FIGURE_NAMES[table])
+        fig = trend_figure(runs, summary, table, args.spread, args.profile, recipes)
+        written += save(fig, out, FIGURE_NAMES[table])
         for dataset in DATASET_ORDER:
-            fig = flexpool_figure(runs, table, dataset)
-            if fig is not None:
-                written += save(fig, Path(args.out), f"flexpool-{table}-{dataset}")
+            for recipe in recipes:
+                fig = flexpool_figure(runs, table, dataset, args.profile, recipe)
+                if fig is not None:
+                    suffix = f"-{recipe}" if len(recipes) > 1 else ""
+                    written += save(fig, out, f"flexpool-{table}-{dataset}{suffix}")
     if runs.empty:
-        print(f"note: no completed test runs of profile {args.profile!r}: figures show the paper only",
-              file=sys.stderr)
-    print(f"wrote {len(written)} files to {args.out}/", file=sys.stderr)
+        print(f"note: no completed test runs of profile {args.profile!r}, recipe {args.recipe!r}: figures show "
+              "the paper only", file=sys.stderr)
+    print(f"wrote {len(written)} files to {out}/", file=sys.stderr)
 
 
 if __name__ == "__main__":

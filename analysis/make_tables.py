@@ -1,52 +1,83 @@
 """Tables 1 and 2 in the paper's layout, next to the paper's numbers, and a verdict on each of its claims.
 
-    python -m analysis.make_tables                       # results/runs -> terminal + results/tables/
-    python -m analysis.make_tables --profile smoke --format md --out /tmp/tables
+    python -m analysis.make_tables                       # results/runs -> terminal + results/tables/full/suite/
+    python -m analysis.make_tables --profile smoke --recipe both --format md
 
-Writes table1.*, table2.* and claims.* (md, tex, csv) to --out. Accuracies print in percent like the paper.
+Writes table1.*, table2.* and claims.* (md, tex, csv) to results/tables/<profile>/<recipe>/ (or --out), so runs of
+another profile or recipe never overwrite them; every caption names the profile and recipe too. Accuracies print
+in percent like the paper. The .tex files are booktabs tables that fit a portrait article page: \\input them.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 from pathlib import Path
 
 import pandas as pd
 
 from analysis import collect, stats
-from repro.experiments import COLUMN_LABELS, COLUMNS, TABLES
+from repro.experiments import COLUMN_LABELS, COLUMNS, PROFILES, RECIPES, TABLES
 from repro.records import atomic_write
 
 DATASET_ORDER = ("cifar10", "fashion_mnist", "cifar100", "tiny_imagenet")  # the paper's row order
 DATASET_LABELS = {"cifar10": "CIFAR10", "fashion_mnist": "Fashion-MNIST", "cifar100": "CIFAR100",
                   "tiny_imagenet": "Tiny ImageNet"}
-TABLE_TITLES = {"table1": "Table 1: FlexPooling (ResNet20, no SAC)",
-                "table2": "Table 2: FlexPooling with Simple Auxiliary Classifiers (SAC)"}
+TABLE_TITLES = {"table1": "FlexPooling (ResNet20, no SAC)",
+                "table2": "FlexPooling with Simple Auxiliary Classifiers (SAC)"}
 SPREADS = {"std": "the sample standard deviation over seeds (ddof=1)",
            "sem": "the standard error of the mean over seeds (std / sqrt(n))"}
 FORMATS = {"md": ".md", "latex": ".tex", "csv": ".csv"}
 VERDICTS = ("supported", "contradicted", "inconclusive")
+OPTIMIZERS = {"sgd": "SGD", "adam": "Adam"}
+KEYS = ["recipe", "table", "dataset", "column"]
+SUM_DEV = ("|Σw−1|: how far the final FlexPool's channels are from Eq. 2's weighted average, the mean over "
+           "channels and runs of the absolute difference between a channel's weight sum and 1")
+# Compact column names for the claims' LaTeX, where the paper's long ones do not fit a page.
+SHORT_COLUMNS = {"avgpool": "Avg", "flexpool": "Flex", "flexpool-reg": "+Reg", "flexpool-reg-dropout": "+Drop"}
 
 
-def summarize(runs: pd.DataFrame, paper: dict[str, pd.Series], skipped: pd.Series | None = None) -> pd.DataFrame:
-    """One row per (table, dataset, column), every cell of both tables, in percent: n, mean, std, sem, seeds,
-    paper, diff (= mean - paper), skipped (failed or partial records of the cell). Cells without runs: n = 0,
-    mean NaN."""
-    cells = pd.MultiIndex.from_product([list(TABLES), DATASET_ORDER, list(COLUMNS)],
-                                       names=["table", "dataset", "column"])
-    grouped = runs.assign(acc=runs["accuracy"] * 100).groupby(["table", "dataset", "column"])
-    out = grouped["acc"].agg(n="size", mean="mean", std="std").reindex(cells)
+def summarize(runs: pd.DataFrame, paper: dict[str, pd.Series], skipped: pd.Series | None = None,
+              recipes=("suite",)) -> pd.DataFrame:
+    """One row per (recipe, table, dataset, column), every cell of both tables per recipe, in percent: n, mean,
+    std, sem, seeds, paper, diff (= mean - paper), skipped (failed or partial records of the cell), sum_dev (mean
+    |sum - 1| of the final FlexPool, as a fraction). Cells without runs: n = 0, mean NaN."""
+    cells = pd.MultiIndex.from_product([list(recipes), list(TABLES), DATASET_ORDER, list(COLUMNS)], names=KEYS)
+    runs = runs.assign(acc=runs["accuracy"] * 100, sum_dev=runs["sum_dev"].astype(float))
+    grouped = runs.groupby(KEYS)
+    out = grouped.agg(n=("acc", "size"), mean=("acc", "mean"), std=("acc", "std"),
+                      sum_dev=("sum_dev", "mean")).reindex(cells)
     out["n"] = out["n"].fillna(0).astype(int)
     out["sem"] = out["std"] / out["n"].pow(0.5)
     seeds = grouped["seed"].agg(lambda s: " ".join(map(str, sorted(s))))
     out["seeds"] = [seeds.get(cell, "") for cell in cells]
-    out["paper"] = [paper[t].get((d, c), math.nan) for t, d, c in cells]
+    out["paper"] = [paper[t].get((d, c), math.nan) for _, t, d, c in cells]
     out["diff"] = out["mean"] - out["paper"]
     skipped = skipped if skipped is not None else pd.Series(dtype=int)
-    out["skipped"] = [int(skipped.get("/".join(cell), 0)) for cell in cells]
+    out["skipped"] = [int(skipped.get((r, f"{t}/{d}/{c}"), 0)) for r, t, d, c in cells]
     return out.reset_index()
+
+
+def without_runs(summary: pd.DataFrame, recipe: str) -> list[str]:
+    """Labels of the data sets that have no run of this recipe in either table."""
+    n = summary[summary["recipe"] == recipe].groupby("dataset")["n"].sum()
+    return [DATASET_LABELS[d] for d in DATASET_ORDER if n[d] == 0]
+
+
+def recipe_text(recipes) -> str:
+    """'suite recipe (sgd, weight decay 0.0005)', from experiments.RECIPES; 'custom' for any other config."""
+    def one(name):
+        fields = RECIPES.get(name)
+        return f"{name} recipe" + (f" ({OPTIMIZERS[fields['optimizer']]}, weight decay {fields['weight_decay']:g})"
+                                   if fields else "")
+    return " and ".join(map(one, recipes))
+
+
+def profile_text(profile: str) -> str:
+    fields = PROFILES.get(profile)
+    return f"{profile} profile" + (f" ({fields['epochs']} epochs)" if fields else " (all profiles)")
 
 
 def _fmt(x: float, sign: bool = False) -> str:
@@ -63,51 +94,92 @@ def md_cell(cell: dict, spread: str) -> str:
     if cell["n"] == 0:
         return f"missing ({_count(cell)}); {paper}"
     ours = f"{cell['mean']:.2f}" + (f" ± {cell[spread]:.2f}" if cell["n"] > 1 else "")
-    return f"{ours} ({_count(cell)}); {paper}; Δ {_fmt(cell['diff'], sign=True)}"
+    dev = "" if pd.isna(cell["sum_dev"]) else f"; |Σw−1| {cell['sum_dev']:.2f}"
+    return f"{ours} ({_count(cell)}); {paper}; Δ {_fmt(cell['diff'], sign=True)}{dev}"
 
 
-def latex_cell(cell: dict, spread: str) -> str:
-    paper = f"paper {_fmt(cell['paper'])}"
-    if cell["n"] == 0:
-        return f"-- {{\\scriptsize (missing, {_count(cell)}; {paper})}}"
-    ours = f"${cell['mean']:.2f}" + (f" \\pm {cell[spread]:.2f}$" if cell["n"] > 1 else "$")
-    return f"{ours} {{\\scriptsize ({_count(cell)}; {paper}, ${_fmt(cell['diff'], sign=True)}$)}}"
+def caption(summary: pd.DataFrame, table: str, spread: str, profile: str, recipes) -> str:
+    """The caption's text after the title, in Markdown; latex() turns it into TeX."""
+    part = summary[summary["table"] == table]
+    counts = []
+    for recipe in recipes:
+        n = part.loc[part["recipe"] == recipe, "n"]
+        counts.append(f"{recipe + ': ' if len(recipes) > 1 else ''}{n.sum()} runs in {(n > 0).sum()} of {len(n)} "
+                      "cells")
+    return (f"Test accuracy (%), {profile_text(profile)}, {recipe_text(recipes)}; {'; '.join(counts)}. "
+            f"Ours: mean ± {SPREADS[spread]} (n = runs averaged, skipped = failed or partial records); paper: the "
+            f"published value; Δ = ours − paper; {SUM_DEV}. The paper's \"ImageNet\" row is Tiny ImageNet at "
+            "32x32.")
 
 
-def grid(summary: pd.DataFrame, table: str, cell) -> list[list[str]]:
-    """The paper's layout: one row per dataset (label first), one entry per column, each made by cell(dict)."""
-    rows = []
-    for d in DATASET_ORDER:
-        part = summary[(summary["table"] == table) & (summary["dataset"] == d)].set_index("column")
-        rows.append([DATASET_LABELS[d]] + [cell(part.loc[c].to_dict()) for c in COLUMNS])
-    return rows
-
-
-def caption(summary: pd.DataFrame, table: str, spread: str, profile: str) -> str:
-    n = summary.loc[summary["table"] == table, "n"]
-    return (f"Test accuracy (%), {profile} profile, {n.sum()} runs in {(n > 0).sum()} of {len(n)} cells. "
-            f"Each cell: our mean ± spread (n = runs averaged, skipped = failed or partial records), where ± is "
-            f"{SPREADS[spread]}; the paper's value; Δ = ours − paper. "
-            f"The paper's 'ImageNet' row is Tiny ImageNet at 32x32.")
-
-
-def table_md(summary: pd.DataFrame, table: str, spread: str, profile: str) -> str:
+def table_md(summary: pd.DataFrame, table: str, spread: str, profile: str, recipes) -> str:
     header = ["Dataset"] + [COLUMN_LABELS[c] for c in COLUMNS]
-    lines = [f"## {TABLE_TITLES[table]}", "", caption(summary, table, spread, profile), "",
+    lines = [f"## Table {table[-1]}: {TABLE_TITLES[table]} ({profile} profile, {' and '.join(recipes)} recipe)",
+             "", caption(summary, table, spread, profile, recipes), "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in grid(summary, table, lambda c: md_cell(c, spread))]
+    for d in DATASET_ORDER:
+        for recipe in recipes:
+            part = summary[(summary["recipe"] == recipe) & (summary["table"] == table) & (summary["dataset"] == d)]
+            cells = [md_cell(cell, spread) for cell in part.set_index("column").loc[list(COLUMNS)].reset_index()
+                     .to_dict("records")]
+            label = DATASET_LABELS[d] + (f" ({recipe})" if len(recipes) > 1 else "")
+            lines.append("| " + " | ".join([label, *cells]) + " |")
     return "\n".join(lines) + "\n"
 
 
-def table_latex(summary: pd.DataFrame, table: str, spread: str, profile: str) -> str:
-    """A booktabs table, ready to paste (needs \\usepackage{booktabs})."""
-    text = caption(summary, table, spread, profile).replace("%", "\\%").replace("±", "$\\pm$")
-    text = text.replace("−", "$-$").replace("Δ", "$\\Delta$")
-    lines = ["\\begin{table}[t]", "\\centering", "\\small", f"\\caption{{{TABLE_TITLES[table]}. {text}}}",
-             f"\\label{{tab:repro-{table}}}", "\\begin{tabular}{l" + "c" * len(COLUMNS) + "}", "\\toprule",
-             " & ".join(["Dataset"] + [COLUMN_LABELS[c] for c in COLUMNS]) + " \\\\", "\\midrule"]
-    lines += [" & ".join(r) + " \\\\" for r in grid(summary, table, lambda c: latex_cell(c, spread))]
-    lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
+def latex(text: str) -> str:
+    """Markdown caption text -> TeX: escapes, a real minus, TeX quotes, math symbols."""
+    text = re.sub(r'"([^"]*)"', r"``\1''", text.replace("%", r"\%").replace("_", r"\_"))
+    for plain, tex in (("±", r"$\pm$"), ("|Σw−1|", r"$|\Sigma w-1|$"), ("−", "$-$"), ("Δ", r"$\Delta$"),
+                       ("32x32", r"$32\times32$")):
+        text = text.replace(plain, tex)
+    return text
+
+
+def _tex(x: float, sign: bool = False) -> str:
+    """A number for a TeX cell; signed ones in math mode so that a negative one gets a real minus sign."""
+    return "--" if pd.isna(x) else f"${x:+.2f}$" if sign else f"{x:.2f}"
+
+
+def _stack(label: str) -> str:
+    """'FlexPool + Reg + Dropout' as a column head of three short lines, so four columns fit a page."""
+    return r"\begin{tabular}[b]{@{}c@{}}" + label.replace(" + ", r"\\+ ") + r"\end{tabular}"
+
+
+def _tex_rows(cells: pd.DataFrame, spread: str, label: str) -> list[tuple[str, list[str]]]:
+    """(row label, one entry per column) rows for one recipe's cells of one dataset: ours, Δ, runs, |Σw−1|."""
+    ours, diff, runs, dev = [], [], [], []
+    for column, cell in cells.iterrows():
+        if cell["n"] == 0:
+            ours.append("--")
+        else:
+            ours.append(f"${cell['mean']:.2f}" + (rf" \pm {cell[spread]:.2f}$" if cell["n"] > 1 else "$"))
+        diff.append(_tex(cell["diff"], sign=True))
+        runs.append(f"{cell['n']}" + (f", {cell['skipped']} skipped" if cell["skipped"] else ""))
+        dev.append("" if column == "avgpool" else _tex(cell["sum_dev"]))
+    return [(label, ours), (r"\quad $\Delta$", diff), (r"\quad runs", runs), (r"\quad $|\Sigma w-1|$", dev)]
+
+
+def table_latex(summary: pd.DataFrame, table: str, spread: str, profile: str, recipes) -> str:
+    """A booktabs table (needs \\usepackage{booktabs}) that fits a portrait article page: per dataset the
+    published value, then per recipe our mean ± spread, Δ, runs and the final FlexPool's |Σw−1|."""
+    text = latex(caption(summary, table, spread, profile, recipes))
+    lines = [r"\begin{table}[tbp]", r"\centering", f"\\caption{{{TABLE_TITLES[table]}. {text}}}",
+             f"\\label{{tab:repro-{table}-{profile}-{'-'.join(recipes)}}}", r"\footnotesize",
+             r"\setlength{\tabcolsep}{4pt}", r"\begin{tabular}{@{}ll" + "c" * len(COLUMNS) + "@{}}", r"\toprule",
+             " & ".join(["Dataset", ""] + [_stack(COLUMN_LABELS[c]) for c in COLUMNS]) + r" \\", r"\midrule"]
+    blocks = []
+    for d in DATASET_ORDER:
+        part = summary[(summary["table"] == table) & (summary["dataset"] == d)].set_index(["recipe", "column"])
+        rows = [("paper", [_tex(part.loc[(recipes[0], c), "paper"]) for c in COLUMNS])]
+        for recipe in recipes:
+            rows += _tex_rows(part.loc[recipe].loc[list(COLUMNS)], spread,
+                              f"{recipe} recipe" if len(recipes) > 1 else "ours")
+        blocks.append([" & ".join([DATASET_LABELS[d] if i == 0 else "", label, *cells]) + r" \\"
+                       for i, (label, cells) in enumerate(rows)])
+    for i, block in enumerate(blocks):
+        lines += block + ([r"\midrule"] if i < len(blocks) - 1 else [])
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
     return "\n".join(lines) + "\n"
 
 
@@ -126,48 +198,91 @@ def claim_summary(part: pd.DataFrame) -> str:
     return "; ".join(pieces) + f" — of {len(part)} comparisons"
 
 
-def claims_md(claims: pd.DataFrame) -> str:
-    lines = ["## Claims", "",
-             ("Paired over the seeds both cells have: Δ = treatment − baseline in percentage points, "
-              f"{stats.CONFIDENCE:.0%} confidence interval from the t distribution, p from a paired t-test "
-              "(scipy.stats.ttest_rel). supported: interval above 0; contradicted: interval below 0; "
-              "inconclusive: interval contains 0, or fewer than 2 paired seeds. 'paper Δ' is the same difference "
-              "in the paper's tables (single numbers, no test possible)."), ""]
-    for claim, text in stats.CLAIMS.items():
-        lines.append(f"- **({claim}) {text}**: {claim_summary(claims[claims['claim'] == claim])}")
+def claims_intro(profile: str, recipes) -> str:
+    return (f"{profile_text(profile)}, {recipe_text(recipes)}. Each comparison is paired over the seeds both cells "
+            "have, never across recipes: Δ = treatment − baseline in percentage points, its "
+            f"{stats.CONFIDENCE:.0%} confidence interval from the t distribution and p from a paired t-test. "
+            "Supported: interval above 0; contradicted: below 0; inconclusive: contains 0, or fewer than 2 paired "
+            "seeds. \"paper Δ\": the same difference in the paper's tables (single numbers, no test possible).")
+
+
+def claims_md(claims: pd.DataFrame, summary: pd.DataFrame, profile: str, recipes) -> str:
+    lines = [f"## Claims ({profile} profile, {' and '.join(recipes)} recipe)", "", claims_intro(profile, recipes)]
     header = ["Claim", "Dataset", "Comparison", "n", "Δ (pp)", "95% CI", "p", "paper Δ", "Verdict"]
-    lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in claims.itertuples():
-        ci = "n/a" if pd.isna(r.ci_low) else f"[{r.ci_low:+.2f}, {r.ci_high:+.2f}]"
-        p = "n/a" if pd.isna(r.p) else f"{r.p:.3g}"
-        cells = [f"({r.claim})", DATASET_LABELS.get(r.dataset, r.dataset), r.comparison, str(r.n),
-                 _fmt(r.mean_diff, sign=True), ci, p, _fmt(r.paper_diff, sign=True), f"**{r.verdict}** ({r.reason})"]
-        lines.append("| " + " | ".join(cells) + " |")
+    for recipe in recipes:
+        part = claims[claims["recipe"] == recipe]
+        if len(recipes) > 1:
+            lines += ["", f"### {recipe_text([recipe])}"]
+        missing = without_runs(summary, recipe)
+        lines += [""] + ([f"No runs, so no claims tested: {', '.join(missing)}.", ""] if missing else [])
+        if part.empty:
+            continue
+        for claim, text in stats.CLAIMS.items():
+            lines.append(f"- **({claim}) {text}**: {claim_summary(part[part['claim'] == claim])}")
+        lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for r in part.itertuples():
+            ci = "n/a" if pd.isna(r.ci_low) else f"[{r.ci_low:+.2f}, {r.ci_high:+.2f}]"
+            p = "n/a" if pd.isna(r.p) else f"{r.p:.3g}"
+            cells = [f"({r.claim})", DATASET_LABELS.get(r.dataset, r.dataset), r.comparison, str(r.n),
+                     _fmt(r.mean_diff, sign=True), ci, p, _fmt(r.paper_diff, sign=True),
+                     f"**{r.verdict}** ({r.reason})"]
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def claims_latex(claims: pd.DataFrame) -> str:
-    lines = ["\\begin{tabular}{llllrrrrl}", "\\toprule",
-             "Claim & Dataset & Comparison & $n$ & $\\Delta$ (pp) & 95\\% CI & $p$ & paper $\\Delta$ & Verdict \\\\",
-             "\\midrule"]
-    for r in claims.itertuples():
-        ci = "--" if pd.isna(r.ci_low) else f"[{r.ci_low:+.2f}, {r.ci_high:+.2f}]"
-        p = "--" if pd.isna(r.p) else f"{r.p:.3g}"
-        lines.append(" & ".join([f"({r.claim})", DATASET_LABELS.get(r.dataset, r.dataset), r.comparison, str(r.n),
-                                 _fmt(r.mean_diff, sign=True), ci, p, _fmt(r.paper_diff, sign=True), r.verdict])
-                     + " \\\\")
-    return "\n".join(lines + ["\\bottomrule", "\\end{tabular}"]) + "\n"
+def _short(cell: str) -> str:
+    return SHORT_COLUMNS[cell.split("/")[-1]]
 
 
-def render(summary, claims, spread: str, profile: str) -> dict[str, dict[str, str]]:
+def _compact(row) -> str:
+    """'T1: +Reg vs Flex' or 'Avg: T2 vs T1', as stats.describe but with column names that fit a page."""
+    (base_table, base), (treat_table, treat) = [(c.split("/")[0][-1], c) for c in (row.baseline, row.treatment)]
+    if base_table == treat_table:
+        return f"T{base_table}: {_short(treat)} vs {_short(base)}"
+    return f"{_short(base)}: T{treat_table} vs T{base_table}"
+
+
+def claims_latex(claims: pd.DataFrame, summary: pd.DataFrame, profile: str, recipes) -> str:
+    """One booktabs table per recipe (two would not fit one page), grouped by claim."""
+    tables = []
+    for recipe in recipes:
+        part = claims[claims["recipe"] == recipe]
+        missing = without_runs(summary, recipe)
+        text = latex(claims_intro(profile, [recipe]) + " T1, T2: Table 1, 2; Avg: AvgPool; Flex: FlexPool; "
+                     "+Reg: FlexPool + Reg; +Drop: FlexPool + Reg + Dropout."
+                     + (f" No runs, so no claims tested: {', '.join(missing)}." if missing else ""))
+        lines = [r"\begin{table}[tbp]", r"\centering", f"\\caption{{The paper's claims, tested: {text}}}",
+                 f"\\label{{tab:repro-claims-{profile}-{recipe}}}", r"\footnotesize", r"\setlength{\tabcolsep}{3pt}",
+                 r"\begin{tabular}{@{}llrrcrrl@{}}", r"\toprule",
+                 r"Dataset & Comparison & $n$ & $\Delta$ & 95\% CI & $p$ & paper $\Delta$ & Verdict \\"]
+        for claim, claim_text in stats.CLAIMS.items():
+            rows = part[part["claim"] == claim]
+            if rows.empty:
+                continue
+            lines += [r"\midrule", rf"\multicolumn{{8}}{{@{{}}l}}{{\emph{{({claim}) {claim_text}}}}} \\"]
+            for r in rows.itertuples():
+                ci = "--" if pd.isna(r.ci_low) else f"$[{r.ci_low:.2f}, {r.ci_high:.2f}]$"
+                p = "--" if pd.isna(r.p) else "$<0.001$" if r.p < 0.001 else f"{r.p:.3f}"
+                lines.append(" & ".join([DATASET_LABELS.get(r.dataset, r.dataset), _compact(r), str(r.n),
+                                         _tex(r.mean_diff, sign=True), ci, p, _tex(r.paper_diff, sign=True),
+                                         r.verdict]) + r" \\")
+        if part.empty:
+            lines += [r"\midrule", r"\multicolumn{8}{@{}l}{no runs} \\"]
+        tables.append("\n".join(lines + [r"\bottomrule", r"\end{tabular}", r"\end{table}"]) + "\n")
+    return "\n".join(tables)
+
+
+def render(summary, claims, spread: str, profile: str, recipes) -> dict[str, dict[str, str]]:
     """{format: {file stem: text}} for every output."""
     out = {"md": {}, "latex": {}, "csv": {}}
     for table in TABLES:
-        out["md"][table] = table_md(summary, table, spread, profile)
-        out["latex"][table] = table_latex(summary, table, spread, profile)
-        out["csv"][table] = summary[summary["table"] == table].to_csv(index=False, float_format="%.4f")
-    out["md"]["claims"], out["latex"]["claims"] = claims_md(claims), claims_latex(claims)
-    out["csv"]["claims"] = claims.to_csv(index=False, float_format="%.4f")
+        out["md"][table] = table_md(summary, table, spread, profile, recipes)
+        out["latex"][table] = table_latex(summary, table, spread, profile, recipes)
+        out["csv"][table] = (summary[summary["table"] == table].assign(profile=profile)
+                             .to_csv(index=False, float_format="%.4f"))
+    out["md"]["claims"] = claims_md(claims, summary, profile, recipes)
+    out["latex"]["claims"] = claims_latex(claims, summary, profile, recipes)
+    out["csv"]["claims"] = claims.assign(profile=profile).to_csv(index=False, float_format="%.4f")
     return out
 
 
@@ -176,11 +291,17 @@ def output_parser(prog: str, description: str, out: str) -> argparse.ArgumentPar
     parser = collect.Parser(prog=prog, description=description, epilog=collect.SELECTION_HELP,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     collect.add_input_args(parser)
-    parser.add_argument("--out", default=out, help="output folder (default: %(default)s)")
+    parser.add_argument("--out", help=f"output folder (default: {out}/<profile>/<recipe>/, so a smoke run or "
+                                      "another recipe never overwrites the full profile's suite outputs)")
     parser.add_argument("--spread", default="std", choices=list(SPREADS),
                         help="what ± and error bars show: std = standard deviation over seeds (default), "
                              "sem = standard error")
+    parser.set_defaults(out_root=out)
     return parser
+
+
+def out_dir(args) -> Path:
+    return Path(args.out) if args.out else Path(args.out_root) / args.profile / args.recipe
 
 
 def parse_args(argv=None):
@@ -194,21 +315,25 @@ def load_summary(args):
     """(runs, skipped records, the paper's values, per-cell summary) for the CLI's input arguments."""
     runs, skipped, _ = collect.load_from_args(args)
     paper = {t: collect.load_paper(t, args.paper) for t in TABLES}
-    return runs, skipped, paper, summarize(runs, paper, collect.skipped_counts(skipped, args.profile))
+    counts = collect.skipped_counts(skipped, args.profile)
+    return runs, skipped, paper, summarize(runs, paper, counts, collect.recipes(args.recipe))
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
     runs, skipped, paper, summary = load_summary(args)
-    claims = stats.evaluate_claims(runs, paper, DATASET_ORDER)
-    outputs = render(summary, claims, args.spread, args.profile)
+    recipes = collect.recipes(args.recipe)
+    claims = stats.evaluate_claims(runs, paper, DATASET_ORDER, recipes)
+    outputs = render(summary, claims, args.spread, args.profile, recipes)
     print("\n".join(outputs["md"].values()))
     if runs.empty:
-        print(f"note: no completed test runs of profile {args.profile!r}: every cell is missing", file=sys.stderr)
+        print(f"note: no completed test runs of profile {args.profile!r}, recipe {args.recipe!r}: every cell is "
+              "missing", file=sys.stderr)
+    out = out_dir(args)
     for fmt in FORMATS if args.format == "all" else [args.format]:
         for stem, text in outputs[fmt].items():
-            atomic_write(Path(args.out) / f"{stem}{FORMATS[fmt]}", lambda f, text=text: f.write(text.encode()))
-    print(f"wrote {args.format} output to {args.out}/ ({len(runs)} runs, {len(skipped)} records skipped)",
+            atomic_write(out / f"{stem}{FORMATS[fmt]}", lambda f, text=text: f.write(text.encode()))
+    print(f"wrote {args.format} output to {out}/ ({len(runs)} runs, {len(skipped)} records skipped)",
           file=sys.stderr)
 
 

@@ -3,7 +3,7 @@
 Runs of different columns share seeds (seed k of every cell starts from the same seed), so a claim compares the
 two cells seed by seed: the differences' mean, a 95% confidence interval from the t distribution and a paired
 t-test. Verdict: supported if the interval lies above 0, contradicted if below, inconclusive otherwise (or with
-fewer than 2 seeds in both cells, where no interval exists).
+fewer than 2 seeds in both cells, where no interval exists). Runs of two recipes are never paired.
 """
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ CLAIMS = {
     "b": "each added ingredient (Reg, then Dropout) helps",
     "c": "SAC (Table 2) beats the same column without it (Table 1)",
 }
+
+CLAIM_COLUMNS = ["recipe", "claim", "dataset", "comparison", "baseline", "treatment", "n", "mean_diff", "ci_low",
+                 "ci_high", "p", "verdict", "reason", "paper_diff"]
 
 
 def paired(baseline: pd.Series, treatment: pd.Series, confidence: float = CONFIDENCE) -> dict:
@@ -72,21 +75,24 @@ def describe(base: tuple, treat: tuple) -> str:
     return f"{COLUMN_LABELS[base[2]]}: T{treat[0][-1]} vs T{base[0][-1]}"
 
 
-def evaluate_claims(runs: pd.DataFrame, paper: dict[str, pd.Series], datasets) -> pd.DataFrame:
-    """One row per comparison. runs: table, dataset, column, seed, accuracy (fraction), profile; paper: percent
-    per table indexed by (dataset, column). Differences are in percentage points."""
-    by_cell = {key: cell.set_index("seed") for key, cell in runs.groupby(["table", "dataset", "column"])}
+def evaluate_claims(runs: pd.DataFrame, paper: dict[str, pd.Series], datasets, recipes=("suite",)) -> pd.DataFrame:
+    """One row per comparison, per recipe and per dataset that has runs of that recipe, claim by claim. runs:
+    recipe, table, dataset, column, seed, accuracy (fraction), profile; paper: percent per table indexed by
+    (dataset, column). Differences are in percentage points; two runs of different recipes are never paired."""
+    by_cell = {key: cell.set_index("seed") for key, cell in runs.groupby(["recipe", "table", "dataset", "column"])}
     empty = pd.DataFrame({"accuracy": pd.Series(dtype=float), "profile": pd.Series(dtype=object)})
     rows = []
-    for c in comparisons(datasets):
-        base, treat = by_cell.get(c["base"], empty), by_cell.get(c["treat"], empty)
-        result = paired(base["accuracy"] * 100, treat["accuracy"] * 100)
-        profiles = set(base["profile"]) | set(treat["profile"])
-        if len(profiles) > 1:  # only possible with --profile any: a smoke run is no baseline for a full one
-            result.update(verdict="inconclusive", reason=f"cells from different profiles ({', '.join(profiles)})")
-        paper_diff = paper[c["treat"][0]].get(c["treat"][1:], np.nan) - paper[c["base"][0]].get(c["base"][1:], np.nan)
-        rows.append({"claim": c["claim"], "dataset": c["dataset"], "comparison": describe(c["base"], c["treat"]),
-                     "baseline": "/".join(c["base"]), "treatment": "/".join(c["treat"]), **result,
-                     "paper_diff": paper_diff})
-    order = {claim: i for i, claim in enumerate(CLAIMS)}  # claim by claim, datasets in the caller's order
-    return pd.DataFrame(rows).sort_values("claim", key=lambda c: c.map(order), kind="stable").reset_index(drop=True)
+    for recipe in recipes:
+        ran = [d for d in datasets if ((runs["recipe"] == recipe) & (runs["dataset"] == d)).any()]
+        for c in sorted(comparisons(ran), key=lambda c: list(CLAIMS).index(c["claim"])):
+            base, treat = by_cell.get((recipe, *c["base"]), empty), by_cell.get((recipe, *c["treat"]), empty)
+            result = paired(base["accuracy"] * 100, treat["accuracy"] * 100)
+            profiles = set(base["profile"]) | set(treat["profile"])
+            if len(profiles) > 1:  # only possible with --profile any: a smoke run is no baseline for a full one
+                result.update(verdict="inconclusive", reason=f"cells from different profiles ({', '.join(profiles)})")
+            paper_diff = (paper[c["treat"][0]].get(c["treat"][1:], np.nan)
+                          - paper[c["base"][0]].get(c["base"][1:], np.nan))
+            rows.append({"recipe": recipe, "claim": c["claim"], "dataset": c["dataset"],
+                         "comparison": describe(c["base"], c["treat"]), "baseline": "/".join(c["base"]),
+                         "treatment": "/".join(c["treat"]), **result, "paper_diff": paper_diff})
+    return pd.DataFrame(rows, columns=CLAIM_COLUMNS)

@@ -26,9 +26,9 @@ def flexpool_weights(rng, channels=4, size=8) -> dict:
 
 
 def write_run(results: Path, table, dataset, column, seed, accuracy, profile="full", status="completed",
-              params=None, **extra) -> Path:
+              params=None, recipe="suite", **extra) -> Path:
     """A realistic record at the path the trainer would use."""
-    cfg = cell_config(table, dataset, column, profile, params).replace(seed=seed, results_dir=str(results))
+    cfg = cell_config(table, dataset, column, profile, params, recipe).replace(seed=seed, results_dir=str(results))
     rng = np.random.default_rng(seed)
     record = {
         "schema": records.SCHEMA, "run_id": cfg.run_id, "cell": cfg.cell, "status": status,
@@ -242,15 +242,16 @@ def test_cli_bad_format_and_wandb_path_exit_2(tmp_path):
     assert bad_wandb.returncode == 2 and "ENTITY/PROJECT" in bad_wandb.stderr
 
 
-def test_latex_has_one_row_per_dataset(results, tmp_path):
+def test_latex_has_one_block_per_dataset(results, tmp_path):
     results_dir, _ = results
     run_tables(results_dir / "runs", tmp_path / "tables", "--format", "latex")
     for table in ("table1", "table2"):
         tex = (tmp_path / "tables" / f"{table}.tex").read_text()
-        body = tex.split("\\midrule")[1].split("\\bottomrule")[0].strip().splitlines()
-        assert [line.split(" & ")[0] for line in body] == ["CIFAR10", "Fashion-MNIST", "CIFAR100", "Tiny ImageNet"]
-        assert all(line.endswith("\\\\") and line.count(" & ") == 4 for line in body)
-        assert "\\toprule" in tex and "\\begin{tabular}{lcccc}" in tex
+        body = tex.split("\\midrule", 1)[1].split("\\bottomrule")[0]
+        blocks = [b.strip().splitlines() for b in body.split("\\midrule")]
+        assert [b[0].split(" & ")[0] for b in blocks] == ["CIFAR10", "Fashion-MNIST", "CIFAR100", "Tiny ImageNet"]
+        assert all(line.endswith("\\\\") and line.count(" & ") == 5 for b in blocks for line in b)
+        assert "\\toprule" in tex and "\\begin{tabular}{@{}llcccc@{}}" in tex
         assert "\\pm" in tex and "±" not in tex
 
 
@@ -266,11 +267,12 @@ def test_figures_are_real_images_of_the_expected_size(results, tmp_path):
             assert np.asarray(image.convert("L")).std() > 10  # drawn on, not blank
         assert (out / f"{name}.pdf").read_bytes().startswith(b"%PDF")
     # Table 1 CIFAR10: 3 FlexPool columns x (channel mean, 3 channels, sums histogram).
+    px, py = (round(v * make_figures.DPI) for v in make_figures.PANEL_SIZE)
     with Image.open(out / "flexpool-table1-cifar10.png") as image:
-        assert image.size == (5 * 260, 3 * 240 + 50)
+        assert image.size == (5 * px, 3 * py + 50)
     # Table 2 adds the two SAC heads' channel means.
     with Image.open(out / "flexpool-table2-cifar10.png") as image:
-        assert image.size == (7 * 260, 3 * 240 + 50)
+        assert image.size == (7 * px, 3 * py + 50)
     assert not (out / "flexpool-table1-fashion_mnist.png").exists()  # AvgPool only: nothing learned to show
     assert not list(out.glob(".*"))  # no temp files left behind
 
@@ -281,8 +283,9 @@ def test_flexpool_panels_average_channel_means_over_seeds(results):
     cell = frame[frame["cell"] == "table1/cifar10/flexpool"]
     panels = dict(make_figures.flexpool_panels(cell))
     maps = [np.asarray(f["pool"]["channel_mean"]) * 64 for f in cell["flexpool"]]
-    np.testing.assert_allclose(panels["channel mean (3 seeds)"], np.mean(maps, axis=0))
-    assert len(panels["sums"]) == 3 * 4
+    np.testing.assert_allclose(panels["final pool 8x8, channel mean\n(3 seeds)"], np.mean(maps, axis=0))
+    [sums] = [v for title, v in panels.items() if "weight sums" in title]
+    assert len(sums) == 3 * 4
 
 
 def test_analysis_never_imports_torch():
