@@ -99,7 +99,9 @@ def make_optimizer(config: RunConfig, model: torch.nn.Module) -> torch.optim.Opt
               {"params": flex, "weight_decay": 0.0, "lr_scale": config.flex_lr_scale}]
     groups = [g for g in groups if g["params"]]
     if config.optimizer == "adam":
-        optimizer = torch.optim.Adam(groups, lr=config.lr, betas=(config.momentum, 0.999), capturable=True)
+        # capturable: Adam's step counts stay on the GPU, as CUDA graphs need; the CPU has no capturable Adam
+        capturable = next(model.parameters()).is_cuda
+        optimizer = torch.optim.Adam(groups, lr=config.lr, betas=(config.momentum, 0.999), capturable=capturable)
         for p in model.parameters():
             optimizer.state[p] = {"step": torch.zeros((), device=p.device), "exp_avg": torch.zeros_like(p),
                                   "exp_avg_sq": torch.zeros_like(p)}
@@ -165,8 +167,8 @@ def make_update(optimizer: torch.optim.Optimizer):
                 beta1, beta2 = group["betas"]
                 functional_adam(params, group_grads, [s["exp_avg"] for s in state],
                                 [s["exp_avg_sq"] for s in state], [], [s["step"] for s in state],
-                                amsgrad=False, beta1=beta1, beta2=beta2, eps=group["eps"], capturable=True,
-                                **kwargs)
+                                amsgrad=False, beta1=beta1, beta2=beta2, eps=group["eps"],
+                                capturable=group["capturable"], **kwargs)
             else:
                 functional_sgd(params, group_grads, [s["momentum_buffer"] for s in state],
                                momentum=group["momentum"], dampening=0.0, nesterov=True, **kwargs)
