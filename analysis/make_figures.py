@@ -7,7 +7,8 @@ Writes, as PNG and PDF, to results/figures/<profile>/<recipe>/ (or --out); every
   figure2 / figure4: per dataset, the change in test accuracy from AvgPool to each FlexPool column (Table 1 /
       Table 2) in percentage points, ours (per recipe, paired by seed, with error bars over seeds) beside the
       paper's; the panel title gives each AvgPool level. Gains, not raw accuracies, so that a trend reads even
-      when our level is far from the paper's (a short smoke run);
+      when our level is far from the paper's (a short smoke run), and where our gains span over SCALE_RATIO
+      times the paper's, the paper's trend on a y axis of its own, 0 level with ours;
   flexpool-<table>-<dataset>[-<recipe>]: the learned FlexPool weights from the run records, scaled by H*W so
       that 1 is plain average pooling (its initial value): per FlexPool column the final pool's mean over
       channels (averaged over seeds), a few single channels (one seed: channel k of two seeds is not the same
@@ -24,25 +25,34 @@ import numpy as np
 import pandas as pd
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure  # the object API needs no pyplot and no display: works headless
+from matplotlib.ticker import MaxNLocator
 
 from analysis import collect
-from analysis.make_tables import DATASET_LABELS, DATASET_ORDER, SPREADS, load_summary, out_dir, output_parser
+from analysis.make_tables import (
+    DATASET_LABELS,
+    DATASET_ORDER,
+    SPREADS,
+    load_summary,
+    out_dir,
+    output_parser,
+    plural,
+)
 from repro.experiments import COLUMN_LABELS, COLUMNS, TABLES
 from repro.records import atomic_write
 
-DPI = 100
-TREND_SIZE = (10.0, 7.5)  # inches: 1000 x 750 pixels at DPI
+DPI = 150  # the heatmaps' in-cell numbers stay legible
+TREND_SIZE = (10.0, 7.5)  # inches: 1500 x 1125 pixels at DPI
 PANEL_SIZE = (3.0, 2.8)  # inches per heatmap panel
 FIGURE_NAMES = {"table1": "figure2", "table2": "figure4"}
 SHORT_LABELS = ["AvgPool", "FlexPool", "+ Reg", "+ Reg\n+ Dropout"]
 FLEX_COLUMNS = [c for c in COLUMNS if c != "avgpool"]
 MAIN_POOL, HEAD_POOLS = collect.MAIN_POOL, ("heads.0.pool", "heads.1.pool")
 SINGLE_CHANNELS = 3
+PAPER_COLOR = "0.45"
+# When our mean gains span more than this many times the paper's (a short smoke run), the paper's trend gets a y
+# axis of its own: on a shared one it would look flat. Never the other way: a flat trend of ours is a result.
+SCALE_RATIO = 4.0
 MAX_LABELLED = 64  # heatmaps with at most this many cells (ResNet20's last stage is 8x8) print their values
-
-
-def plural(n: int, word: str) -> str:
-    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def gains(cell_runs: pd.DataFrame) -> pd.DataFrame | None:
@@ -65,11 +75,12 @@ def trend_figure(runs: pd.DataFrame, summary: pd.DataFrame, table: str, spread: 
     series = {(r, d): gains(part[(part["recipe"] == r) & (part["dataset"] == d)]) for r in recipes
               for d in DATASET_ORDER}
     series = {key: g[g["n"] > 0] for key, g in series.items() if g is not None}
+    counts = pd.concat([g["n"] for g in series.values()]).astype(int) if series else pd.Series(dtype=int)
+    order = ["paper (published values)", *(f"ours, {r} recipe" for r in recipes)]  # legend order in every figure
     for ax, d in zip(fig.subplots(2, 2).flat, DATASET_ORDER):
         cells = summary[(summary["table"] == table) & (summary["dataset"] == d)].set_index(["recipe", "column"])
         paper = cells.loc[recipes[0]].loc[list(COLUMNS), "paper"]
-        ax.plot(x, paper - paper["avgpool"], "s--", color="0.45", label="paper (published values)")
-        levels = [f"published {paper['avgpool']:.2f}"]
+        levels, ours = [], [0.0]
         for i, recipe in enumerate(recipes):
             name = f"{recipe} recipe" if len(recipes) > 1 else "ours"
             if (recipe, d) not in series:
@@ -77,31 +88,52 @@ def trend_figure(runs: pd.DataFrame, summary: pd.DataFrame, table: str, spread: 
                 continue
             g = series[(recipe, d)]
             ns = pd.concat([s["n"] for (r, _), s in series.items() if r == recipe]).astype(int)
-            seeds = f"n = {plural(ns.iloc[0], 'seed')}" if ns.nunique() == 1 else "n = seeds per point"
+            seeds = plural(ns.iloc[0], "seed") if ns.nunique() == 1 else "seeds per point at the bottom"
             at = x[[list(COLUMNS).index(c) for c in g.index]]
             ax.errorbar(at, g["mean"], yerr=g[spread].fillna(0), fmt="o-", capsize=4, color=f"C{i}",
-                        label=f"ours, {recipe} recipe: mean ± {spread} of the paired gain, {seeds}")
-            if ns.nunique() > 1:  # only then a point needs its own count
-                for xi, mean, n in zip(at, g["mean"], g["n"].astype(int)):
-                    ax.annotate(f"n={n}", (xi, mean), textcoords="offset points", xytext=(0, 10 if i else -16),
-                                ha="center", fontsize=7, color=f"C{i}")
+                        label=f"ours, {recipe} recipe ({seeds})")
+            ours += list(g["mean"])
+            if ns.nunique() > 1:  # only then a point needs its own count; at the bottom it covers no data
+                for xi, n in zip(at, g["n"].astype(int)):
+                    ax.text(xi, 0.03 + 0.07 * i, f"n={n}", transform=ax.get_xaxis_transform(), ha="center",
+                            fontsize=7, color=f"C{i}")
             levels.append(f"{name} {cells.loc[(recipe, 'avgpool'), 'mean']:.2f}")
-        if len(levels) == 1:
-            ax.text(0.5, 0.08, "no runs yet", transform=ax.transAxes, ha="center", color="C3")
+        if not levels:
+            ax.text(0.02, 0.96, "no runs yet", transform=ax.transAxes, ha="left", va="top", color="C3")
+        paper_gain = paper - paper["avgpool"]
+        paper_ax = ax.twinx() if np.ptp(ours) > SCALE_RATIO * np.ptp(paper_gain) else ax
+        paper_ax.plot(x, paper_gain, "s--", color=PAPER_COLOR, label=order[0])
         ax.axhline(0, color="0.7", linewidth=0.8)
         ax.set_xticks(x, SHORT_LABELS, fontsize=8)
         ax.set_xlim(-0.5, len(COLUMNS) - 0.5)
-        ax.margins(y=0.2)  # room for n= labels above and below the points
+        ax.margins(y=0.25 if counts.nunique() > 1 else 0.15)  # room for the n= labels under the points
+        if paper_ax is not ax:
+            paper_ax.set_ylabel("paper: accuracy − AvgPool (pp)", color=PAPER_COLOR)
+            paper_ax.tick_params(axis="y", colors=PAPER_COLOR)
+            _align_zero(ax, paper_ax)
         title = DATASET_LABELS[d] + (" (paper: ImageNet)" if d == "tiny_imagenet" else "")
-        ax.set_title(f"{title}\nAvgPool accuracy (%): {', '.join(levels)}", fontsize=9)
-        ax.set_ylabel("accuracy − AvgPool (pp)")
+        sep = "\n" if len(recipes) > 1 else ", "  # two recipes' levels do not fit beside the published one
+        ax.set_title(f"{title}\nAvgPool accuracy (%): published {paper['avgpool']:.2f}"
+                     + (sep + ", ".join(levels) if levels else ""), fontsize=9)
+        ax.set_ylabel(("ours: " if paper_ax is not ax else "") + "accuracy − AvgPool (pp)")
         ax.grid(alpha=0.3)
     handles = {label: h for ax in fig.axes for h, label in zip(*ax.get_legend_handles_labels())}
-    fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=min(len(handles), 2), fontsize=8)
+    handles = dict(sorted(handles.items(), key=lambda item: [item[0].startswith(o) for o in order].index(True)))
+    fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=len(handles), fontsize=8)
     title = "Figure 2: FlexPooling (Table 1)" if table == "table1" else "Figure 4: FlexPooling with SAC (Table 2)"
+    bars = (f"points: mean over seeds of each seed's gain; error bars: {SPREADS[spread]} over seeds"
+            if (counts > 1).any() else "one seed per point: no error bars")
     fig.suptitle(f"{title}: test accuracy gained over AvgPool; {profile} profile, {' and '.join(recipes)} recipe\n"
-                 f"error bars: {SPREADS[spread]} of the per-seed gain", fontsize=10)
+                 f"{bars}", fontsize=10)
     return fig
+
+
+def _align_zero(ax, other) -> None:
+    """Both y axes' 0 at the same height, so that both trends start from the same AvgPool line."""
+    limits = [a.get_ylim() for a in (ax, other)]
+    below = max(-low / (high - low) for low, high in limits)  # the share of each axis under 0
+    for a, (low, high) in zip((ax, other), limits):
+        a.set_ylim(min(low, -below * high / (1 - below)), max(high, -low * (1 - below) / below))
 
 
 def _scaled(weights) -> np.ndarray:
@@ -147,7 +179,7 @@ def heatmap(ax, fig, data: np.ndarray, title: str) -> None:
         for (i, j), v in np.ndenumerate(data):
             r, g, b, _ = image.cmap(image.norm(v))
             dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5  # white text on dark cells, black on light ones
-            ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=6.5, color="white" if dark else "black")
+            ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=7, color="white" if dark else "black")
     ax.set_title(title, fontsize=8)
     ax.set_xticks([])
     ax.set_yticks([])
@@ -155,12 +187,14 @@ def heatmap(ax, fig, data: np.ndarray, title: str) -> None:
 
 
 def histogram(ax, sums: list[float], title: str) -> None:
-    ax.hist(sums, bins=20, color="C0")
+    counts, _, _ = ax.hist(sums, bins=20, color="C0")
+    ax.set_ylim(0, counts.max() * 1.3)  # headroom, so that the legend covers no bar
     ax.axvline(1, color="C3", linestyle="--", label="1 (Eq. 2)")
     ax.set_title(title, fontsize=8)
     ax.set_xlabel("sum of a channel's weights", fontsize=8)
     ax.set_ylabel("channels (all seeds)", fontsize=8)
     ax.tick_params(labelsize=7)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts of channels
     ax.legend(fontsize=7)
 
 
@@ -183,7 +217,7 @@ def flexpool_figure(runs: pd.DataFrame, table: str, dataset: str, profile: str, 
         for ax in ax_row[len(panels):]:
             ax.axis("off")
         ax_row[0].set_ylabel(COLUMN_LABELS[column], fontsize=10)
-    fig.suptitle(f"Learned FlexPool weights x H*W (1 = average pooling): {DATASET_LABELS[dataset]}, "
+    fig.suptitle(f"Learned FlexPool weights × H·W (1 = average pooling): {DATASET_LABELS[dataset]}, "
                  f"{table.replace('table', 'Table ')}; {profile} profile, {recipe} recipe", fontsize=11)
     return fig
 

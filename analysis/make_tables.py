@@ -27,16 +27,17 @@ DATASET_LABELS = {"cifar10": "CIFAR10", "fashion_mnist": "Fashion-MNIST", "cifar
                   "tiny_imagenet": "Tiny ImageNet"}
 TABLE_TITLES = {"table1": "FlexPooling (ResNet20, no SAC)",
                 "table2": "FlexPooling with Simple Auxiliary Classifiers (SAC)"}
-SPREADS = {"std": "the sample standard deviation over seeds (ddof=1)",
-           "sem": "the standard error of the mean over seeds (std / sqrt(n))"}
+SPREADS = {"std": "the sample standard deviation", "sem": "the standard error of the mean"}
 FORMATS = {"md": ".md", "latex": ".tex", "csv": ".csv"}
 VERDICTS = ("supported", "contradicted", "inconclusive")
 OPTIMIZERS = {"sgd": "SGD", "adam": "Adam"}
 KEYS = ["recipe", "table", "dataset", "column"]
-SUM_DEV = ("|Σw−1|: how far the final FlexPool's channels are from Eq. 2's weighted average, the mean over "
-           "channels and runs of the absolute difference between a channel's weight sum and 1")
+SUM_DEV = "|Σw−1|: the final FlexPool's mean distance of a channel's weight sum from 1, which Eq. 2 penalises"
+CLAIM_TABLES = (("a", "b"), ("c",))  # the claims' LaTeX tables: within a table, and SAC across the two
 # Compact column names for the claims' LaTeX, where the paper's long ones do not fit a page.
 SHORT_COLUMNS = {"avgpool": "Avg", "flexpool": "Flex", "flexpool-reg": "+Reg", "flexpool-reg-dropout": "+Drop"}
+SHORT_LEGEND = ("T1, T2: Table 1, 2; Avg: AvgPool; Flex: FlexPool; +Reg: FlexPool + Reg; +Drop: FlexPool + Reg "
+                "+ Dropout.")
 
 
 def summarize(runs: pd.DataFrame, paper: dict[str, pd.Series], skipped: pd.Series | None = None,
@@ -80,6 +81,10 @@ def profile_text(profile: str) -> str:
     return f"{profile} profile" + (f" ({fields['epochs']} epochs)" if fields else " (all profiles)")
 
 
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 def _fmt(x: float, sign: bool = False) -> str:
     return "n/a" if pd.isna(x) else f"{x:+.2f}" if sign else f"{x:.2f}"
 
@@ -94,7 +99,7 @@ def md_cell(cell: dict, spread: str) -> str:
     if cell["n"] == 0:
         return f"missing ({_count(cell)}); {paper}"
     ours = f"{cell['mean']:.2f}" + (f" ± {cell[spread]:.2f}" if cell["n"] > 1 else "")
-    dev = "" if pd.isna(cell["sum_dev"]) else f"; |Σw−1| {cell['sum_dev']:.2f}"
+    dev = "" if pd.isna(cell["sum_dev"]) else rf"; \|Σw−1\| {cell['sum_dev']:.2f}"  # a bare | ends the cell
     return f"{ours} ({_count(cell)}); {paper}; Δ {_fmt(cell['diff'], sign=True)}{dev}"
 
 
@@ -104,12 +109,11 @@ def caption(summary: pd.DataFrame, table: str, spread: str, profile: str, recipe
     counts = []
     for recipe in recipes:
         n = part.loc[part["recipe"] == recipe, "n"]
-        counts.append(f"{recipe + ': ' if len(recipes) > 1 else ''}{n.sum()} runs in {(n > 0).sum()} of {len(n)} "
-                      "cells")
+        counts.append(f"{recipe + ': ' if len(recipes) > 1 else ''}{plural(n.sum(), 'run')} in {(n > 0).sum()} of "
+                      f"{len(n)} cells")
     return (f"Test accuracy (%), {profile_text(profile)}, {recipe_text(recipes)}; {'; '.join(counts)}. "
-            f"Ours: mean ± {SPREADS[spread]} (n = runs averaged, skipped = failed or partial records); paper: the "
-            f"published value; Δ = ours − paper; {SUM_DEV}. The paper's \"ImageNet\" row is Tiny ImageNet at "
-            "32x32.")
+            f"Ours: mean ± {SPREADS[spread]} over seeds; n (runs): runs averaged (failed or partial ones "
+            f"skipped); Δ = ours − paper; {SUM_DEV}. The paper's \"ImageNet\" is Tiny ImageNet at 32x32.")
 
 
 def table_md(summary: pd.DataFrame, table: str, spread: str, profile: str, recipes) -> str:
@@ -155,30 +159,28 @@ def _tex_rows(cells: pd.DataFrame, spread: str, label: str) -> list[tuple[str, l
         else:
             ours.append(f"${cell['mean']:.2f}" + (rf" \pm {cell[spread]:.2f}$" if cell["n"] > 1 else "$"))
         diff.append(_tex(cell["diff"], sign=True))
-        runs.append(f"{cell['n']}" + (f", {cell['skipped']} skipped" if cell["skipped"] else ""))
+        runs.append(f"{cell['n']}" + (f" ({cell['skipped']} skipped)" if cell["skipped"] else ""))
         dev.append("" if column == "avgpool" else _tex(cell["sum_dev"]))
     return [(label, ours), (r"\quad $\Delta$", diff), (r"\quad runs", runs), (r"\quad $|\Sigma w-1|$", dev)]
 
 
 def table_latex(summary: pd.DataFrame, table: str, spread: str, profile: str, recipes) -> str:
-    """A booktabs table (needs \\usepackage{booktabs}) that fits a portrait article page: per dataset the
-    published value, then per recipe our mean ± spread, Δ, runs and the final FlexPool's |Σw−1|."""
+    """A booktabs table (needs \\usepackage{booktabs}) that fits a portrait article page: a block per dataset
+    (its name on a row of its own: as a column it would not fit the page's width) with the published value, then
+    per recipe our mean ± spread, Δ, runs and the final FlexPool's |Σw−1|."""
     text = latex(caption(summary, table, spread, profile, recipes))
     lines = [r"\begin{table}[tbp]", r"\centering", f"\\caption{{{TABLE_TITLES[table]}. {text}}}",
              f"\\label{{tab:repro-{table}-{profile}-{'-'.join(recipes)}}}", r"\footnotesize",
-             r"\setlength{\tabcolsep}{4pt}", r"\begin{tabular}{@{}ll" + "c" * len(COLUMNS) + "@{}}", r"\toprule",
-             " & ".join(["Dataset", ""] + [_stack(COLUMN_LABELS[c]) for c in COLUMNS]) + r" \\", r"\midrule"]
-    blocks = []
+             r"\setlength{\tabcolsep}{4pt}", r"\begin{tabular}{@{}l" + "c" * len(COLUMNS) + "@{}}", r"\toprule",
+             " & ".join([""] + [_stack(COLUMN_LABELS[c]) for c in COLUMNS]) + r" \\"]
     for d in DATASET_ORDER:
         part = summary[(summary["table"] == table) & (summary["dataset"] == d)].set_index(["recipe", "column"])
         rows = [("paper", [_tex(part.loc[(recipes[0], c), "paper"]) for c in COLUMNS])]
         for recipe in recipes:
             rows += _tex_rows(part.loc[recipe].loc[list(COLUMNS)], spread,
                               f"{recipe} recipe" if len(recipes) > 1 else "ours")
-        blocks.append([" & ".join([DATASET_LABELS[d] if i == 0 else "", label, *cells]) + r" \\"
-                       for i, (label, cells) in enumerate(rows)])
-    for i, block in enumerate(blocks):
-        lines += block + ([r"\midrule"] if i < len(blocks) - 1 else [])
+        lines += [r"\midrule", rf"\multicolumn{{{len(COLUMNS) + 1}}}{{@{{}}l}}{{\emph{{{DATASET_LABELS[d]}}}}} \\"]
+        lines += [" & ".join([label, *cells]) + r" \\" for label, cells in rows]
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
     return "\n".join(lines) + "\n"
 
@@ -198,12 +200,15 @@ def claim_summary(part: pd.DataFrame) -> str:
     return "; ".join(pieces) + f" — of {len(part)} comparisons"
 
 
+CLAIMS_METHOD = ("Δ: treatment − baseline (percentage points), paired by seed; "
+                 f"{stats.CONFIDENCE:.0%} CI from the t distribution; p: paired t-test. Supported: CI above 0; "
+                 "contradicted: below 0; else inconclusive (as with under 2 paired seeds). Paper Δ: the same "
+                 "difference in the paper's tables.")
+
+
 def claims_intro(profile: str, recipes) -> str:
-    return (f"{profile_text(profile)}, {recipe_text(recipes)}. Each comparison is paired over the seeds both cells "
-            "have, never across recipes: Δ = treatment − baseline in percentage points, its "
-            f"{stats.CONFIDENCE:.0%} confidence interval from the t distribution and p from a paired t-test. "
-            "Supported: interval above 0; contradicted: below 0; inconclusive: contains 0, or fewer than 2 paired "
-            "seeds. \"paper Δ\": the same difference in the paper's tables (single numbers, no test possible).")
+    return (f"{profile_text(profile).capitalize()}, {recipe_text(recipes)}. {CLAIMS_METHOD}"
+            + (" Runs of two recipes are never paired." if len(recipes) > 1 else ""))
 
 
 def claims_md(claims: pd.DataFrame, summary: pd.DataFrame, profile: str, recipes) -> str:
@@ -242,33 +247,45 @@ def _compact(row) -> str:
     return f"{_short(base)}: T{treat_table} vs T{base_table}"
 
 
+def _bound(x: float) -> str:
+    """A confidence bound in at most 4 digits: with 2 seeds the t interval can pass 100 points, and the column
+    must still fit the page."""
+    digits = len(str(int(abs(x))))
+    return f"{x:.{min(2, max(0, 4 - digits))}f}"
+
+
 def claims_latex(claims: pd.DataFrame, summary: pd.DataFrame, profile: str, recipes) -> str:
-    """One booktabs table per recipe (two would not fit one page), grouped by claim."""
+    """Per recipe two booktabs tables, claims (a) and (b) and claim (c): all three would not fit one page, nor a
+    data set column beside the comparison its width, so each data set heads a block of rows."""
     tables = []
     for recipe in recipes:
         part = claims[claims["recipe"] == recipe]
         missing = without_runs(summary, recipe)
-        text = latex(claims_intro(profile, [recipe]) + " T1, T2: Table 1, 2; Avg: AvgPool; Flex: FlexPool; "
-                     "+Reg: FlexPool + Reg; +Drop: FlexPool + Reg + Dropout."
-                     + (f" No runs, so no claims tested: {', '.join(missing)}." if missing else ""))
-        lines = [r"\begin{table}[tbp]", r"\centering", f"\\caption{{The paper's claims, tested: {text}}}",
-                 f"\\label{{tab:repro-claims-{profile}-{recipe}}}", r"\footnotesize", r"\setlength{\tabcolsep}{3pt}",
-                 r"\begin{tabular}{@{}llrrcrrl@{}}", r"\toprule",
-                 r"Dataset & Comparison & $n$ & $\Delta$ & 95\% CI & $p$ & paper $\Delta$ & Verdict \\"]
-        for claim, claim_text in stats.CLAIMS.items():
-            rows = part[part["claim"] == claim]
+        for group in CLAIM_TABLES:
+            rows = part[part["claim"].isin(group)]
+            named = " and ".join(f"({claim}) {stats.CLAIMS[claim]}" for claim in group)
+            text = latex(f"The paper's claim{'s' if len(group) > 1 else ''} {named}, tested. "
+                         f"{profile_text(profile).capitalize()}, {recipe_text([recipe])}. {CLAIMS_METHOD} "
+                         f"{SHORT_LEGEND}" + (f" No runs, so no claims tested: {', '.join(missing)}." if missing else ""))
+            letter = len(group) > 1  # a column of claim letters only where the table holds two claims
+            width = 7 + letter
+            lines = [r"\begin{table}[tbp]", r"\centering", f"\\caption{{{text}}}",
+                     f"\\label{{tab:repro-claims-{''.join(group)}-{profile}-{recipe}}}", r"\footnotesize",
+                     r"\setlength{\tabcolsep}{3pt}", r"\begin{tabular}{@{}" + "c" * letter + "lrrcrrl@{}}",
+                     r"\toprule", "Claim & " * letter
+                     + r"Comparison & $n$ & $\Delta$ & 95\% CI & $p$ & paper $\Delta$ & Verdict \\"]
+            for dataset, block in rows.groupby("dataset", sort=False):
+                label = DATASET_LABELS.get(dataset, dataset)
+                lines += [r"\midrule", rf"\multicolumn{{{width}}}{{@{{}}l}}{{\emph{{{label}}}}} \\"]
+                for r in block.itertuples():
+                    ci = "--" if pd.isna(r.ci_low) else f"$[{_bound(r.ci_low)}, {_bound(r.ci_high)}]$"
+                    p = "--" if pd.isna(r.p) else "$<0.001$" if r.p < 0.001 else f"{r.p:.3f}"
+                    cells = [_compact(r), str(r.n), _tex(r.mean_diff, sign=True), ci, p,
+                             _tex(r.paper_diff, sign=True), r.verdict]
+                    lines.append(" & ".join([f"({r.claim})"] * letter + cells) + r" \\")
             if rows.empty:
-                continue
-            lines += [r"\midrule", rf"\multicolumn{{8}}{{@{{}}l}}{{\emph{{({claim}) {claim_text}}}}} \\"]
-            for r in rows.itertuples():
-                ci = "--" if pd.isna(r.ci_low) else f"$[{r.ci_low:.2f}, {r.ci_high:.2f}]$"
-                p = "--" if pd.isna(r.p) else "$<0.001$" if r.p < 0.001 else f"{r.p:.3f}"
-                lines.append(" & ".join([DATASET_LABELS.get(r.dataset, r.dataset), _compact(r), str(r.n),
-                                         _tex(r.mean_diff, sign=True), ci, p, _tex(r.paper_diff, sign=True),
-                                         r.verdict]) + r" \\")
-        if part.empty:
-            lines += [r"\midrule", r"\multicolumn{8}{@{}l}{no runs} \\"]
-        tables.append("\n".join(lines + [r"\bottomrule", r"\end{tabular}", r"\end{table}"]) + "\n")
+                lines += [r"\midrule", rf"\multicolumn{{{width}}}{{@{{}}l}}{{no runs}} \\"]
+            tables.append("\n".join(lines + [r"\bottomrule", r"\end{tabular}", r"\end{table}"]) + "\n")
     return "\n".join(tables)
 
 

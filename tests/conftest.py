@@ -1,7 +1,9 @@
-"""Tiny data sets written in the real on-disk formats, so torchvision's and the project's real readers run."""
+"""Tiny data sets written in the real on-disk formats, so torchvision's and the project's real readers run; the
+SLURM tests only on request."""
 
 import gzip
 import hashlib
+import os
 import pickle
 import struct
 from pathlib import Path
@@ -13,6 +15,18 @@ from PIL import Image
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 N_TRAIN, N_TEST = 40, 20
+SLURM_OPT_IN = "FLEXPOOL_TEST_SLURM"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked slurm install SLURM (apt-get, as root) and start its daemons on this machine: a researcher's
+    plain `pytest` must not, so they run only when asked (CI asks, in .ci/run)."""
+    if os.environ.get(SLURM_OPT_IN) == "1":
+        return
+    skip = pytest.mark.skip(reason=f"installs and starts a local SLURM cluster: run with {SLURM_OPT_IN}=1")
+    for item in items:
+        if item.get_closest_marker("slurm"):
+            item.add_marker(skip)
 
 
 def _labels(n: int, classes: int) -> list[int]:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 
 from analysis import collect, make_figures, make_tables, stats
 from repro import records
-from repro.experiments import cell_config
+from repro.experiments import COLUMNS, cell_config, profile_of, recipe_of
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,7 +37,7 @@ def write_run(results: Path, table, dataset, column, seed, accuracy, profile="fu
     record = {
         "schema": records.SCHEMA, "run_id": cfg.run_id, "cell": cfg.cell, "status": status,
         "error": None if status == "completed" else "Traceback ...\nRuntimeError: CUDA out of memory",
-        "config": cfg.to_dict(), "eval_split": cfg.eval_split,
+        "config": cfg.to_dict(), "eval_split": cfg.eval_split, "profile": profile_of(cfg), "recipe": recipe_of(cfg),
         "metrics": {"accuracy": accuracy, "head_accuracies": [0.5, 0.7, accuracy], "train_loss": 0.3},
         "history": [{"epoch": 1, "train_loss": 0.3, "eval_accuracy": accuracy}],
         "timing": {"wall_s": 10.0, "train_s": 9.0, "images_per_s": 5000.0},
@@ -242,17 +246,182 @@ def test_cli_bad_format_and_wandb_path_exit_2(tmp_path):
     assert bad_wandb.returncode == 2 and "ENTITY/PROJECT" in bad_wandb.stderr
 
 
-def test_latex_has_one_block_per_dataset(results, tmp_path):
+def test_latex_has_one_block_per_dataset_and_says_profile_and_recipe(results, tmp_path):
     results_dir, _ = results
     run_tables(results_dir / "runs", tmp_path / "tables", "--format", "latex")
     for table in ("table1", "table2"):
         tex = (tmp_path / "tables" / f"{table}.tex").read_text()
-        body = tex.split("\\midrule", 1)[1].split("\\bottomrule")[0]
+        body = tex.split("\\midrule\n", 1)[1].split("\\bottomrule")[0]
         blocks = [b.strip().splitlines() for b in body.split("\\midrule")]
-        assert [b[0].split(" & ")[0] for b in blocks] == ["CIFAR10", "Fashion-MNIST", "CIFAR100", "Tiny ImageNet"]
-        assert all(line.endswith("\\\\") and line.count(" & ") == 5 for b in blocks for line in b)
-        assert "\\toprule" in tex and "\\begin{tabular}{@{}llcccc@{}}" in tex
-        assert "\\pm" in tex and "±" not in tex
+        assert [b[0] for b in blocks] == [f"\\multicolumn{{5}}{{@{{}}l}}{{\\emph{{{d}}}}} \\\\" for d in
+                                          ("CIFAR10", "Fashion-MNIST", "CIFAR100", "Tiny ImageNet")]
+        assert all(line.endswith("\\\\") and line.count(" & ") == 4 for b in blocks for line in b[1:])
+        assert "\\begin{tabular}{@{}lcccc@{}}" in tex and "\\pm" in tex and "±" not in tex
+        [caption] = re.findall(r"\\caption\{(.*)\}\n", tex)
+        assert caption.startswith("FlexPooling") and "full profile" in caption and "suite recipe" in caption
+        assert "``ImageNet''" in caption and '"' not in caption
+        signed = re.findall(r" & (\S*?[+-]\d+\.\d\d\S*)", body)
+        assert signed and all(re.fullmatch(r"\$[+-]\d+\.\d\d\$", x) for x in signed)  # a real minus: math mode
+    claims = (tmp_path / "tables" / "claims.tex").read_text()
+    assert claims.count("\\begin{table}") == claims.count("\\caption{") == 2  # claims (a)+(b), claim (c)
+    assert "No runs, so no claims tested: CIFAR100, Tiny ImageNet." in claims
+
+
+def worst_case_latex(results_dir: Path, out: Path) -> None:
+    """Every cell and comparison at its widest (two recipes, two-digit spreads, skipped records, a confidence
+    bound past 100): what the page must still hold."""
+    runs, _ = collect.load_runs(results_dir / "runs")
+    recipes = ("suite", "paper")
+    paper = {t: collect.load_paper(t) for t in ("table1", "table2")}
+    summary = make_tables.summarize(runs, paper, None, recipes).assign(
+        mean=88.88, std=88.88, diff=-88.88, n=10, skipped=10, sum_dev=8.88)
+    claims = pd.DataFrame([{"recipe": r, "claim": c["claim"], "dataset": c["dataset"],
+                            "comparison": stats.describe(c["base"], c["treat"]), "baseline": "/".join(c["base"]),
+                            "treatment": "/".join(c["treat"])}
+                           for r in recipes for c in stats.comparisons(make_tables.DATASET_ORDER)]).assign(
+        n=10, mean_diff=-88.88, ci_low=-1888.88, ci_high=-188.88, p=0.999, paper_diff=-8.88, verdict="contradicted",
+        reason="95% CI below 0")
+    out.mkdir()
+    for stem, text in make_tables.render(summary, claims, "std", "smoke", recipes)["latex"].items():
+        (out / f"{stem}.tex").write_text(text)
+
+
+TEX = shutil.which("pdflatex") or shutil.which("latex")
+
+
+@pytest.mark.skipif(TEX is None, reason="no TeX installed (Debian: apt-get install texlive-latex-recommended)")
+@pytest.mark.parametrize("case", ["3 seeds", "1 seed, every cell", "both recipes", "widest numbers"])
+def test_latex_compiles_on_a_portrait_page_without_overfull_boxes(results, tmp_path, case):
+    """Each .tex, \\input as it is into a plain article (default margins, booktabs), fits the page."""
+    results_dir, _ = results
+    out = tmp_path / "tables"
+    if case == "1 seed, every cell":
+        results_dir = tmp_path / "one"
+        for table, dataset, column in itertools.product(("table1", "table2"), make_tables.DATASET_ORDER, COLUMNS):
+            write_run(results_dir, table, dataset, column, 0, 0.5)
+    if case == "both recipes":
+        for column, seed in itertools.product(COLUMNS, range(2)):
+            write_run(results_dir, "table2", "cifar10", column, seed, 0.3 + 0.1 * seed, recipe="paper")
+    if case == "widest numbers":
+        worst_case_latex(results_dir, out)
+    else:
+        run_tables(results_dir / "runs", out, "--format", "latex", "--recipe",
+                   "both" if case == "both recipes" else "suite")
+    tables = sorted(p.name for p in out.glob("*.tex"))
+    assert tables == ["claims.tex", "table1.tex", "table2.tex"]
+    (out / "doc.tex").write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
+                                 + "".join(f"\\input{{{name}}}\\clearpage\n" for name in tables) + "\\end{document}\n")
+    result = subprocess.run([TEX, "-interaction=nonstopmode", "-halt-on-error", "doc.tex"], cwd=out,
+                            capture_output=True, text=True, timeout=120, check=False)
+    log = (out / "doc.log").read_text(errors="replace")
+    assert result.returncode == 0, log[-3000:]
+    problems = [line for line in log.splitlines() if line.startswith("!") or "Overfull" in line
+                or ("Warning" in line and "Label(s) may have changed" not in line)]  # incl. "Float too large"
+    assert not problems, "\n".join(problems)
+
+
+def test_claims_list_only_datasets_with_runs(results, tmp_path):
+    results_dir, _ = results
+    run_tables(results_dir / "runs", tmp_path / "tables")
+    claims = pd.read_csv(tmp_path / "tables" / "claims.csv")
+    assert set(claims["dataset"]) == {"cifar10", "fashion_mnist"} and len(claims) == 20
+    md = (tmp_path / "tables" / "claims.md").read_text()
+    assert md.count("No runs, so no claims tested: CIFAR100, Tiny ImageNet.") == 1
+    assert "| CIFAR100 |" not in md
+
+
+def test_outputs_of_each_profile_and_recipe_go_to_their_own_folder(results, monkeypatch, capsys):
+    results_dir, _ = results
+    write_run(results_dir, "table1", "cifar10", "flexpool", 0, 0.2, profile="smoke")
+    monkeypatch.chdir(results_dir)
+    for selection in ([], ["--profile", "smoke"], ["--recipe", "both"]):
+        make_tables.main(["--runs", "runs", *selection])
+    make_figures.main(["--runs", "runs", "--profile", "smoke"])  # the same out_dir(); the smallest set of figures
+    tables, figures = results_dir / "results" / "tables", results_dir / "results" / "figures"
+    assert {p.relative_to(tables).parent.as_posix() for p in tables.rglob("*.md")} == {
+        "full/suite", "smoke/suite", "full/both"}
+    full, smoke = (tables / "full/suite/table1.md").read_text(), (tables / "smoke/suite/table1.md").read_text()
+    assert "(full profile, suite recipe)" in full and "(smoke profile, suite recipe)" in smoke
+    assert "full profile (100 epochs)" in (tables / "full/suite/table1.tex").read_text()
+    assert "smoke profile (2 epochs)" in (tables / "smoke/suite/table1.tex").read_text()
+    assert "Smoke profile (2 epochs)" in (tables / "smoke/suite/claims.tex").read_text()
+    assert "1 run in 1 of 16 cells" in smoke
+    assert {p.relative_to(figures).as_posix() for p in figures.rglob("*.png")} == {
+        "smoke/suite/figure2.png", "smoke/suite/figure4.png", "smoke/suite/flexpool-table1-cifar10.png"}
+    capsys.readouterr()
+
+
+def _texts_inside(fig, ax) -> None:
+    """Every text of ax lies inside the figure and, if it is a label placed in the axes, inside the axes."""
+    renderer = fig.canvas.get_renderer()
+    figure_box = fig.bbox
+    for text in ax.texts:
+        box = text.get_window_extent(renderer)
+        assert figure_box.contains(box.x0, box.y0) and figure_box.contains(box.x1, box.y1), text.get_text()
+        assert ax.bbox.contains(box.x0, box.y0) and ax.bbox.contains(box.x1, box.y1), text.get_text()
+
+
+def test_trend_figure_layout(results, tmp_path):
+    """The legend covers no axes, n= labels stay inside their panel, the paper's trend gets its own axis when
+    ours spans far more (a short run), and titles say profile, recipe and seeds in words."""
+    results_dir, _ = results
+    next((results_dir / "runs/table1/cifar10/flexpool-reg").glob("seed2-*.json")).unlink()  # n varies
+    for seed in range(2):  # Fashion-MNIST, paper recipe: gains of 10 points, the paper's span 2.6
+        for i, column in enumerate(COLUMNS):
+            write_run(results_dir, "table1", "fashion_mnist", column, seed, 0.5 + 0.05 * i + 0.01 * seed,
+                      recipe="paper")
+    runs, _ = collect.load_runs(results_dir / "runs")
+    runs, _ = collect.select(runs, "full", "both")
+    paper = {t: collect.load_paper(t) for t in ("table1", "table2")}
+    summary = make_tables.summarize(runs, paper, None, ("suite", "paper"))
+    fig = make_figures.trend_figure(runs, summary, "table1", "std", "full", ("suite", "paper"))
+    FigureCanvasAgg(fig).draw()
+    panels = {ax.get_title().split("\n")[0]: ax for ax in fig.axes if ax.get_title()}
+    assert list(panels) == ["CIFAR10", "Fashion-MNIST", "CIFAR100", "Tiny ImageNet (paper: ImageNet)"]
+    [legend] = fig.legends
+    box = legend.get_window_extent()
+    assert all(not box.overlaps(ax.bbox) for ax in fig.axes)
+    labels = [t for t in panels["CIFAR10"].texts if t.get_text().startswith("n=")]
+    assert [t.get_text() for t in labels] == ["n=3", "n=3", "n=2", "n=3"]
+    for ax in panels.values():
+        _texts_inside(fig, ax)
+    # Our gains span 3 (CIFAR10) and 15 points (Fashion-MNIST), the paper's 0.7 and 2.6: the paper gets a y axis
+    # of its own there, and shares ours where we have no runs.
+    twins = [ax for ax in fig.axes if not ax.get_title()]
+    assert {name for name, ax in panels.items() if any(t.bbox.bounds == ax.bbox.bounds for t in twins)} == {
+        "CIFAR10", "Fashion-MNIST"}
+    assert all(t.get_ylabel().startswith("paper") for t in twins)
+    assert panels["Fashion-MNIST"].get_ylabel().startswith("ours")
+    assert panels["CIFAR100"].get_ylabel().startswith("accuracy")
+    heading = fig.get_suptitle()
+    assert "full profile, suite and paper recipe" in heading and "error bars" in heading
+    assert [t.get_text() for t in legend.get_texts()] == [
+        "paper (published values)", "ours, suite recipe (seeds per point at the bottom)",
+        "ours, paper recipe (2 seeds)"]
+
+
+def test_flexpool_figure_names_pools_in_words_with_legible_numbers(results):
+    results_dir, _ = results
+    write_run(results_dir, "table2", "cifar100", "flexpool", 0, 0.6)  # one seed
+    runs, _ = collect.load_runs(results_dir / "runs")
+    fig = make_figures.flexpool_figure(runs, "table2", "cifar100", "full", "suite")
+    FigureCanvasAgg(fig).draw()
+    texts = [fig.get_suptitle()] + [t.get_text() for ax in fig.axes for t in (ax.title, ax.xaxis.label,
+                                                                              ax.yaxis.label)]
+    assert "full profile, suite recipe" in texts[0] and "CIFAR100, Table 2" in texts[0]
+    assert not any("1 seeds" in t or "heads." in t for t in texts)
+    assert any(t.startswith("SAC head 1 (stage 1, 32x32)") for t in texts)
+    hist = next(ax for ax in fig.axes if "weight sums" in ax.get_title())
+    assert hist.get_title().startswith("final pool 8x8") and hist.get_xlabel() and hist.get_ylabel()
+    heat = next(ax for ax in fig.axes if ax.get_title().startswith("final pool 8x8, channel 0"))
+    image = heat.images[0]
+    assert len(heat.texts) == 64
+    for text in heat.texts:
+        (row, col), value = np.round(text.get_position()).astype(int)[::-1], float(text.get_text())
+        assert text.get_fontsize() * make_figures.DPI / 72 >= 10  # pixels: legible
+        r, g, b, _ = image.cmap(image.norm(image.get_array()[row, col]))
+        background = 0.299 * r + 0.587 * g + 0.114 * b
+        assert (text.get_color() == "white") == (background < 0.5), (value, background)
 
 
 def test_figures_are_real_images_of_the_expected_size(results, tmp_path):
@@ -269,10 +438,10 @@ def test_figures_are_real_images_of_the_expected_size(results, tmp_path):
     # Table 1 CIFAR10: 3 FlexPool columns x (channel mean, 3 channels, sums histogram).
     px, py = (round(v * make_figures.DPI) for v in make_figures.PANEL_SIZE)
     with Image.open(out / "flexpool-table1-cifar10.png") as image:
-        assert image.size == (5 * px, 3 * py + 50)
+        assert image.size == (5 * px, 3 * py + round(0.5 * make_figures.DPI))
     # Table 2 adds the two SAC heads' channel means.
     with Image.open(out / "flexpool-table2-cifar10.png") as image:
-        assert image.size == (7 * px, 3 * py + 50)
+        assert image.size == (7 * px, 3 * py + round(0.5 * make_figures.DPI))
     assert not (out / "flexpool-table1-fashion_mnist.png").exists()  # AvgPool only: nothing learned to show
     assert not list(out.glob(".*"))  # no temp files left behind
 
