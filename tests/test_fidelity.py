@@ -143,3 +143,51 @@ def test_loss_refuses_outputs_and_weights_that_do_not_pair_up():
     outputs = model(torch.randn(2, 3, 32, 32))
     with pytest.raises(ValueError, match="3 head"):
         train.loss_fn(outputs, torch.tensor([0, 1]), model, config)
+
+
+def test_a_tuned_flexpool_multiplier_leaves_the_avgpool_column_alone():
+    params = {"flex_lr_scale": 0.05}
+    assert cell_config("table1", "cifar10", "avgpool", params=params) == cell_config("table1", "cifar10", "avgpool")
+    assert cell_config("table2", "cifar10", "flexpool", params=params).flex_lr_scale == 0.05
+
+
+# ---- analysis: recipes apart, Eq. 2 measured --------------------------------------------------------------
+
+def test_tables_never_mix_recipes_and_show_both_side_by_side(tmp_path, capsys):
+    from analysis import collect, make_tables
+    from tests.test_analysis import write_run
+
+    for seed in range(2):
+        write_run(tmp_path, "table1", "cifar10", "flexpool", seed, 0.90)
+        write_run(tmp_path, "table1", "cifar10", "flexpool", seed, 0.50, recipe="paper")
+    runs, _ = collect.load_runs(tmp_path / "runs")
+    chosen, notes = collect.select(runs)  # suite, the default
+    assert list(chosen["accuracy"]) == [0.90, 0.90]
+    assert "2 test run(s) of recipe 'paper' left out (use --recipe paper or both)" in notes
+    paper = {t: collect.load_paper(t) for t in TABLES}
+    both, _ = collect.select(runs, recipe="both")
+    summary = make_tables.summarize(both, paper, recipes=("suite", "paper")).set_index(
+        ["recipe", "table", "dataset", "column"])
+    assert summary.loc[("suite", "table1", "cifar10", "flexpool"), "mean"] == pytest.approx(90)
+    assert summary.loc[("paper", "table1", "cifar10", "flexpool"), "mean"] == pytest.approx(50)
+    make_tables.main(["--runs", str(tmp_path / "runs"), "--recipe", "both", "--out", str(tmp_path / "t")])
+    out = capsys.readouterr().out
+    assert "| CIFAR10 (suite) | " in out and "| CIFAR10 (paper) | " in out
+
+
+def test_tables_report_how_far_the_final_flexpool_is_from_a_weighted_average(tmp_path):
+    from analysis import collect, make_tables
+    from tests.test_analysis import write_run
+
+    sums = {0: [1.5, 0.5, 1.0, 1.0], 1: [1.1, 1.1, 1.1, 1.1]}  # mean |sum - 1|: 0.25 and 0.1
+    for seed, channel_sums in sums.items():
+        path = write_run(tmp_path, "table1", "cifar10", "flexpool-reg", seed, 0.9)
+        record = json.loads(path.read_text())
+        record["flexpool"]["pool"]["sums"] = channel_sums
+        path.write_text(json.dumps(record))
+    write_run(tmp_path, "table1", "cifar10", "avgpool", 0, 0.9)
+    runs, _ = collect.select(collect.load_runs(tmp_path / "runs")[0])
+    summary = make_tables.summarize(runs, {t: collect.load_paper(t) for t in TABLES}).set_index(
+        ["table", "dataset", "column"])
+    assert summary.loc[("table1", "cifar10", "flexpool-reg"), "sum_dev"] == pytest.approx(0.175)
+    assert math.isnan(summary.loc[("table1", "cifar10", "avgpool"), "sum_dev"])
