@@ -285,9 +285,7 @@ def code_snapshot(folder: Path, kind: str, enabled: bool):
             snapshot.__enter__()
         except subprocess.CalledProcessError as e:
             output.seek(0)
-            lines = [line for line in output.read().decode(errors="replace").splitlines()
-                     if line.strip() and not line.startswith("Cloning into")]
-            raise SubmitError(f"the code snapshot into {folder / 'code'} failed: {lines[0] if lines else e}") from None
+            raise snapshot_error(folder / "code", output.read().decode(errors="replace"), e) from None
         finally:
             os.dup2(saved, 2)
             os.close(saved)
@@ -295,6 +293,15 @@ def code_snapshot(folder: Path, kind: str, enabled: bool):
         yield
     finally:
         snapshot.__exit__()
+
+
+def snapshot_error(code: Path, output: str, error: Exception) -> OSError:
+    """One line from git's and rsync's output; a full disk named as such, since they name only the file."""
+    lines = [line for line in output.splitlines() if line.strip() and not line.startswith("Cloning into")]
+    cause = lines[0] if lines else str(error)
+    if shutil.disk_usage(code.parent).free == 0:
+        return records.WriteError(f"cannot write {code}: No space left on device (ENOSPC); {cause}")
+    return SubmitError(f"the code snapshot into {code} failed: {cause}")
 
 
 def submit(configs: list[RunConfig], kind: str, profile: dict | None, runs_per_gpu: int, folder: Path,
@@ -317,7 +324,8 @@ def submission(folder: Path):
             yield
     except submitit.core.utils.FailedJobError as e:
         lines = [line.strip() for line in str(e).splitlines() if line.strip()] or ["no message"]
-        raise SubmitError(f"sbatch failed: {lines[-1]} (job files: {folder})") from None
+        cause = lines[-1].removeprefix("sbatch: error: ")
+        raise SubmitError(f"sbatch failed: {cause} (job files: {folder})") from None
     except (SubmitError, records.WriteError):
         raise
     except OSError as e:
@@ -353,11 +361,15 @@ def follow(jobs: list, configs: list[RunConfig]) -> dict[RunConfig, str]:
 
 def problems(jobs: list, states: dict[RunConfig, str]) -> list[str]:
     """Failed runs, runs that never finished, and jobs that ended with an error of their own."""
-    lines = failure_lines(states)
-    lines += [f"NOT FINISHED {c.cell} seed {c.seed}: {state} (log: {run_log_path(c)})"
-              for c, state in states.items() if state not in ("done", "failed")]
+    unfinished = [f"NOT FINISHED {c.cell} seed {c.seed}: {state} (log: {run_log_path(c)})"
+                  for c, state in states.items() if state not in ("done", "failed")]
+    lines = failure_lines(states) + unfinished
     for job in jobs:
-        if job.exception() is not None:
+        # submitit gives a result file 15 s to appear (slow file systems) before it calls a job failed; with runs
+        # unfinished, a task without one (stopped by SIGTERM, cancelled, killed) is expected: no wait for it
+        if unfinished and not job.paths.result_pickle.exists():
+            lines.append(f"JOB {job.job_id} ended without a result (log: {job.paths.stderr})")
+        elif job.exception() is not None:
             last = ([line for line in (job.stderr() or "").splitlines() if line.strip()] or ["?"])[-1]
             lines.append(f"JOB {job.job_id} failed: {last.strip()} (log: {job.paths.stderr})")
     return lines

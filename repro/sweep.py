@@ -22,6 +22,7 @@ import argparse
 import dataclasses
 import json
 import os
+import sqlite3
 import sys
 import time
 import warnings
@@ -225,20 +226,41 @@ def storage_url(arg: str, root: Path, name: str, kind: str | None) -> str:
     return f"sqlite:///{db}"
 
 
+def storage_file(url: str) -> Path | None:
+    """The file a storage lives in (a journal or SQLite); None for a database server."""
+    if "://" not in url:
+        return Path(url)
+    return Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
+
+
+def storage_error(url: str, error: Exception) -> records.WriteError | None:
+    """A storage file that the file system refused (disk full, read-only folder) as WriteError (one line, exit
+    1); None for any other error."""
+    path = storage_file(url)
+    if isinstance(error, records.WriteError):
+        return error
+    if isinstance(error, OSError):
+        return records.write_error(error.filename or path or url, error)
+    if path is not None and isinstance(getattr(error, "orig", None), sqlite3.OperationalError):
+        return records.WriteError(f"cannot write {path}: {error.orig}")  # SQLAlchemy's wrapper of SQLite's error
+    return None
+
+
 def open_storage(url: str, heartbeat: int):
     retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY, inherit_intermediate_values=True)
+    path = storage_file(url)
     try:
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
         if "://" not in url:
-            Path(url).parent.mkdir(parents=True, exist_ok=True)
             return HeartbeatJournalStorage(url, heartbeat, retry)
-        if url.startswith("sqlite:///"):
-            Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         # Two local workers share one SQLite file: wait for its lock instead of failing at once.
         engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
         return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat,
                                           heartbeat_stale_trial_callback=retry)
     except Exception as e:  # noqa: BLE001 - SQLAlchemy and drivers raise many kinds for a bad URL
-        raise ConfigError(f"cannot open storage {url}: {' '.join(str(e).split())}") from None
+        error = storage_error(url, e) or ConfigError(f"cannot open storage {url}: {' '.join(str(e).split())}")
+        raise error from None
 
 
 def definition(study: Study) -> dict:
@@ -309,6 +331,8 @@ class Worker(submitit.helpers.Checkpointable):
         self.current: int | None = None
 
     def __call__(self, study: Study, runtime: Runtime) -> int:
+        from repro import launch, train  # torch only where trials train
+
         quiet()
         optuna_study = optuna.load_study(study_name=study.name, storage=open_storage(runtime.storage,
                                                                                         runtime.heartbeat),
@@ -317,15 +341,22 @@ class Worker(submitit.helpers.Checkpointable):
             retry(optuna_study, self.orphan)
         trained = 0
         while wanted(optuna_study, study.trials):
-            optuna_study.optimize(lambda trial: self.objective(trial, study, runtime), n_trials=1,
-                                  catch=(RunBusy,), callbacks=[lambda s, t: print(progress(s, t, study.trials),
-                                                                                    flush=True)])
+            try:
+                optuna_study.optimize(lambda trial: self.objective(trial, study, runtime), n_trials=1,
+                                      catch=(RunBusy,), callbacks=[lambda s, t: print(progress(s, t, study.trials),
+                                                                                        flush=True)])
+            except train.Stopped:
+                # SIGTERM (SLURM's requeue or preemption, scancel): the trial is queued again at once, not after
+                # its heartbeat goes stale, and the job ends unfinished, like a launch's task (RunPack)
+                retry(optuna_study, self.current)
+                print(f"[{study.name}] stopped by SIGTERM: trial {self.current} is queued again", flush=True)
+                raise SystemExit(launch.RUN_STOPPED) from None
             trained += 1
         print(f"[{study.name}] worker done after {trained} trial(s): the study holds its budget", flush=True)
         return trained
 
     def objective(self, trial: optuna.Trial, study: Study, runtime: Runtime) -> float:
-        from repro import train  # torch only where trials train
+        from repro import train
 
         self.current = trial.number
         config = trial_config(study, runtime, sample(study.space, lambda n, s: suggest(trial, n, s)), trial.number)
@@ -436,8 +467,11 @@ def run_study(study: Study, args: argparse.Namespace, runtime_fields: dict) -> i
     runtime = Runtime(url, args.heartbeat, runtime_fields)
     try:
         optuna_study = create(study, open_storage(url, args.heartbeat))
-    except OSError as e:  # a journal file on a full or read-only disk
-        raise records.write_error(Path(e.filename or url), e) from None
+    except Exception as e:  # the storage's file on a full or read-only disk: one line
+        error = storage_error(url, e)
+        if error is None:
+            raise
+        raise error from None
     print(f"study {study.name}: {counts(optuna_study)}, budget {study.trials}; storage {url}")
     if not wanted(optuna_study, study.trials):
         print(f"nothing to do: the study holds its budget (raise trials: in {study.path} to add more)")

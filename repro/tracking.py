@@ -7,10 +7,22 @@ run's stable id, so a resumed, requeued or manually relaunched run continues the
 from __future__ import annotations
 
 import os
+import struct
+import time
 import warnings
 from pathlib import Path
 
 from repro.config import RunConfig
+
+# W&B's service process buffers a run's records and writes them to the run's .wandb file every this many seconds
+# (W&B's default: 15). SLURM's SIGTERM (requeue, preemption) ends the service together with the run, and whatever
+# it had not written is lost; `Tracker.log` returns once W&B has written the epoch.
+FLUSH_INTERVAL_S = 0.01
+WRITE_TIMEOUT_S = 2.0
+# A .wandb file: 7 bytes of file header, then LevelDB's log format: 32 KiB blocks of chunks, each a 7-byte header
+# (checksum, length, type) and its bytes; a record is one whole chunk or a first, middles and a last one.
+FILE_HEADER, BLOCK, CHUNK_HEADER = 7, 32768, 7
+WHOLE, LAST = 1, 4
 
 
 def _warn(what: str, error: Exception) -> None:
@@ -30,6 +42,10 @@ def tags(config: RunConfig) -> list[str]:
 class Tracker:
     def __init__(self, config: RunConfig):
         self.run = None
+        self.log_file: Path | None = None  # the run's .wandb file, which W&B's service appends to
+        self.read_to = FILE_HEADER  # how far log_file has been read back, at a record's end
+        self.written: set[int] = set()  # steps whose history W&B has written to log_file
+        self.confirm = False  # wait for each epoch to be written; off after W&B failed to confirm one
         mode = os.environ.get("WANDB_MODE") or config.wandb
         if mode == "disabled":
             return
@@ -45,17 +61,40 @@ class Tracker:
                 name=f"{config.cell or config.dataset}/seed{config.seed}", tags=tags(config),
                 config={**config.to_dict(), "run_id": config.run_id, "eval_split": config.eval_split},
                 reinit="finish_previous",
-                settings=wandb.Settings(silent=True, init_timeout=60),
+                settings=wandb.Settings(silent=True, init_timeout=60,
+                                        x_transaction_log_flush_interval=FLUSH_INTERVAL_S),
             )
+            self.log_file, self.confirm = Path(self.run.settings.sync_file), True
         except Exception as e:  # noqa: BLE001 - any tracking error is only a warning
             _warn("init", e)
 
-    def log(self, metrics: dict, step: int) -> None:
-        if self.run is not None:
-            try:
-                self.run.log(metrics, step=step)
-            except Exception as e:  # noqa: BLE001
-                _warn("log", e)
+    def log(self, metrics: dict, step: int) -> bool:
+        """Log one epoch and wait until W&B has written it to its file: True when it has (or there is no W&B
+        run), False when W&B did not confirm it within WRITE_TIMEOUT_S (later epochs then do not wait)."""
+        if self.run is None:
+            return True
+        try:
+            self.run.log(metrics, step=step, commit=True)  # commit: now, not when the next step is logged
+        except Exception as e:  # noqa: BLE001
+            _warn("log", e)
+            return False
+        return self._written(step)
+
+    def _written(self, step: int) -> bool:
+        end = time.monotonic() + WRITE_TIMEOUT_S
+        try:
+            while self.confirm:
+                self.read_to = history_steps(self.log_file, self.read_to, self.written)
+                if step in self.written:
+                    return True
+                if time.monotonic() > end:
+                    raise TimeoutError(f"no history record of step {step} in {self.log_file} after "
+                                       f"{WRITE_TIMEOUT_S} s")
+                time.sleep(0.002)
+        except Exception as e:  # noqa: BLE001
+            _warn("confirming an epoch", e)
+            self.confirm = False
+        return False
 
     def finish(self, summary: dict | None = None, exit_code: int = 0) -> None:
         if self.run is None:
@@ -67,3 +106,29 @@ class Tracker:
         except Exception as e:  # noqa: BLE001
             _warn("finish", e)
         self.run = None
+
+
+def history_steps(path: Path, start: int, steps: set[int]) -> int:
+    """Add the steps of the history records in the .wandb file `path` after offset `start` (a record's end) to
+    `steps`; returns the offset where its last whole record ends."""
+    from wandb.proto.wandb_internal_pb2 import Record
+
+    with open(path, "rb") as f:
+        f.seek(start)
+        data = f.read()
+    pos, record, end = start, b"", start
+    while True:
+        if BLOCK - pos % BLOCK < CHUNK_HEADER:  # a block's tail too short for a chunk is padding
+            pos += BLOCK - pos % BLOCK
+        if pos + CHUNK_HEADER > start + len(data):
+            return end
+        _, length, kind = struct.unpack("<IHB", data[pos - start:pos - start + CHUNK_HEADER])
+        if pos + CHUNK_HEADER + length > start + len(data):
+            return end
+        record += data[pos - start + CHUNK_HEADER:pos - start + CHUNK_HEADER + length]
+        pos += CHUNK_HEADER + length
+        if kind in (WHOLE, LAST):
+            parsed = Record.FromString(record)
+            if parsed.WhichOneof("record_type") == "history":
+                steps.add(parsed.history.step.num)
+            record, end = b"", pos

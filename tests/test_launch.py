@@ -202,6 +202,8 @@ def test_killed_run_resumes_to_the_record_of_an_unbroken_one(capsys, tmp_path, d
     pid = status.lock_holder(config)
     os.kill(pid, signal.SIGKILL)  # the run's own process, mid-training
     wait_for(lambda: status.lock_holder(config) is None, what="the killed run to let go of its lock")
+    wait_for(lambda: "ended without a record: crashed (killed by SIGKILL)" in status.run_log_path(config).read_text(),
+             timeout=60, what="the job to say in the run's own log how the run ended")
     assert records.run_status(config) == "missing" and status.run_state(config) == "pending"
 
     code, out, _ = main(capsys, launch, "table1", *argv, "--wait")

@@ -4,13 +4,16 @@ with two fake GPUs for this session and stops it at the end."""
 import os
 import re
 import shutil
+import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from repro import launch, records, status
+from repro import launch, records, status, sweep
 from tests.test_launch import configs, selection, wait_for
+from tests.test_tracking import history_epochs, offline_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "slurm" / "local-cluster.sh"
@@ -48,9 +51,9 @@ def job_id(out: str) -> str:
     return re.search(r"submitted: job (\d+)", out).group(1)
 
 
-def sacct_states(job: str) -> set[str]:
-    out = subprocess.run(["sacct", "-j", job, "-X", "-n", "-P", "-o", "State"], capture_output=True, text=True,
-                         check=True).stdout
+def sacct_states(job: str, *flags: str) -> set[str]:
+    out = subprocess.run(["sacct", "-j", job, "-X", "-n", "-P", "-o", "State", *flags], capture_output=True,
+                         text=True, check=True).stdout
     return set(out.split())
 
 
@@ -96,3 +99,58 @@ def test_preempted_task_is_requeued_and_its_run_resumes(capsys, tmp_path, data_r
     task_log = next(Path(re.search(r"job logs: (\S+)", out).group(1)).glob("*_log.out")).read_text()
     assert "Requeued job" in task_log
     wait_for(lambda: sacct_states(job_id(out)) == {"COMPLETED"}, timeout=30, what="sacct to show COMPLETED")
+
+
+def test_requeue_by_sigterm_is_followed_to_its_end_with_every_epoch_in_wandb(tmp_path, data_root, slurm,
+                                                                             monkeypatch):
+    """`scontrol requeue` (and PreemptMode=REQUEUE) sends SIGTERM to every process of the job, W&B's service
+    included: the run stops with its checkpoint and its W&B history, the task ends unfinished, SLURM starts it
+    again, the run resumes, and --wait follows the task to its real end."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    params = tmp_path / "long.yaml"
+    params.write_text("epochs: 8\n")
+    argv = [sys.executable, "-m", "repro.launch", "table1", "--cluster", "local", "--wait",
+            *map(str, selection(tmp_path, data_root, "--columns", "avgpool", "--params", params))]
+    launched = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    head = ""
+    while "submitted: job" not in head and launched.poll() is None:
+        head += launched.stdout.readline()
+    assert "submitted: job" in head, head + launched.stdout.read()
+    (config,) = configs(tmp_path, data_root, columns=["avgpool"], epochs=8)
+    wait_for(lambda: records.checkpoint_path(config).exists(), what="the first checkpoint")
+    subprocess.run(["scontrol", "requeue", job_id(head)], check=True)
+    out = head + launched.communicate(timeout=600)[0]
+    assert launched.returncode == 0, out
+    assert "finished: 1 cells x 1 seeds = 1 runs: 1 done" in out and "NOT FINISHED" not in out
+
+    record = records.read_record(records.record_path(config))
+    assert [h["epoch"] for h in record["history"]] == list(range(1, 9))
+    log = status.run_log_path(config).read_text()
+    assert "stopped: SIGTERM" in log and "resuming run" in log
+    task_log = next(Path(re.search(r"job logs: (\S+)", out).group(1)).glob("*_log.out")).read_text()
+    assert "RunPack: runs stopped by SIGTERM" in task_log
+    wait_for(lambda: sacct_states(job_id(out), "-D") == {"REQUEUED", "COMPLETED"}, timeout=30,
+             what="sacct to show the requeued and the completed attempt")
+    attempts = [history_epochs(run_dir) for run_dir in offline_runs(tmp_path / "results")]
+    first, second = attempts
+    assert first and first + second == list(range(1, 9)), attempts
+
+
+def test_unreachable_controller_is_one_line(capsys, tmp_path, data_root, slurm, monkeypatch):
+    """sbatch's own error, from the real sbatch, when the controller does not answer (a config naming a port
+    where nothing listens; the running test cluster is left alone)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    conf = Path("/etc/slurm/slurm.conf").read_text()
+    conf = re.sub(r"(?m)^SlurmctldHost=.*$", f"SlurmctldHost=nowhere(127.0.0.1)\nSlurmctldPort={port}\n"
+                                              "MessageTimeout=1", conf)
+    (tmp_path / "slurm.conf").write_text(conf)
+    monkeypatch.setenv("SLURM_CONF", str(tmp_path / "slurm.conf"))
+    expected = "sbatch failed: Batch job submission failed: Unable to contact slurm controller"
+    for module, argv in ((launch, ["table1", *selection(tmp_path, data_root, "--columns", "avgpool"),
+                                   "--cluster", "local"]),
+                         (sweep, ["smoke", "--cluster", "local", "--results-dir", tmp_path / "results"])):
+        code = module.main([str(a) for a in argv])
+        err = capsys.readouterr().err
+        assert code == 1 and err.startswith(f"error: {expected}") and err.count("\n") == 1, err

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from repro import train
+from repro import records, train
 from repro.config import RunConfig
 from repro.tracking import Tracker
 
@@ -108,3 +110,34 @@ def test_tracking_failure_never_costs_the_run(tmp_path, monkeypatch):
     with pytest.warns(UserWarning, match="W&B init failed"):
         record = train.run(tiny(tmp_path, epochs=1))
     assert record["status"] == "completed"
+
+
+def history_epochs(run_dir: Path) -> list[int]:
+    return [e["history"]["item"]["epoch"] for e in inspect(run_dir) if e["type"] == "history"]
+
+
+def test_run_stopped_by_sigterm_and_resumed_logs_every_epoch_once(tmp_path):
+    """SIGTERM (scancel, SLURM's requeue) stops the run with its W&B history written; the resumed run adds the
+    rest, so W&B holds epochs 1..N once each, as the record does."""
+    config = tiny(tmp_path, epochs=4)
+    argv = [sys.executable, "-m", "repro.train", "--dataset", "synthetic", "--pool", "flex", "--reg", "1e-3",
+            "--epochs", "4", "--batch-size", "64", "--train-subset", "128", "--test-subset", "64",
+            "--cell", config.cell, "--results-dir", str(tmp_path)]
+    first = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    checkpoint = records.checkpoint_path(config)
+    end = time.time() + 300
+    while not checkpoint.exists() and first.poll() is None and time.time() < end:
+        time.sleep(0.02)
+    first.send_signal(signal.SIGTERM)
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 143 == train.STOPPED_EXIT, err
+    assert err.strip().splitlines()[-1].startswith("stopped: SIGTERM")
+    assert not records.record_path(config).exists()
+    stopped_after = len(records.load_checkpoint(checkpoint)["history"])
+    assert 1 <= stopped_after < 4
+
+    resumed = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+    assert resumed.returncode == 0, resumed.stderr
+    assert [h["epoch"] for h in records.read_record(records.record_path(config))["history"]] == [1, 2, 3, 4]
+    attempts = [history_epochs(run_dir) for run_dir in offline_runs(tmp_path)]
+    assert attempts == [list(range(1, stopped_after + 1)), list(range(stopped_after + 1, 5))]
