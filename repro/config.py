@@ -14,8 +14,9 @@ DATASETS = ("cifar10", "cifar100", "fashion_mnist", "tiny_imagenet", "synthetic"
 POOLS = ("avg", "flex", "flex-softmax")
 OPTIMIZERS = ("sgd", "adam")
 WANDB_MODES = ("offline", "online", "disabled")
-# torch.compile modes for the whole training step; "off" is eager, the reference path.
-COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# torch.compile modes for the whole training step; "off" is eager, the reference path; "auto" is off on a CPU
+# and repro.train.CUDA_COMPILE on a GPU (set from `python -m repro.bench --survey`).
+COMPILE_MODES = ("auto", "off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
@@ -55,7 +56,8 @@ class RunConfig:
     download: bool = knob(False, "download missing data sets (needs internet)", id=False)
     results_dir: str = knob("results", "records go to <results_dir>/runs, checkpoints to .../checkpoints", id=False)
     device: str = knob("auto", "auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...", id=False)
-    compile: str = knob("off", f"torch.compile the whole training step: {', '.join(COMPILE_MODES)}", id=False)
+    compile: str = knob("auto", f"torch.compile the whole training step: {', '.join(COMPILE_MODES)} (auto: off on "
+                        f"a CPU, repro.train.CUDA_COMPILE on a GPU; README: Speed)", id=False)
     precision: str = knob("auto", "auto (bf16 autocast + channels_last on CUDA, fp32 on CPU), bf16, fp32",
                           id=False)
     wandb: str = knob("offline", "W&B mode: offline (default, no network), online, disabled", id=False)
@@ -110,7 +112,7 @@ class RunConfig:
     def run_id(self) -> str:
         """Hash of every field that says what is computed: same config and seed, same id, same record path.
         Where it runs is left out, although the device (GPU model, CPU) and the number of CPU threads change
-        the result in its last digits; the record's env names the device."""
+        the result in its last digits; the record's env names both."""
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("id", True)}
         return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -139,6 +141,11 @@ class ConfigError(ValueError):
 def check(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
+
+
+def plural(n: int, word: str) -> str:
+    """'1 seed', '5 seeds': counts in messages, tables and figures."""
+    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def field_names() -> list[str]:

@@ -38,6 +38,9 @@ EVAL_BATCH = 2000
 FLEXPOOL_CHANNELS_KEPT = 4  # single channels of each FlexPool kept in the record for the heatmap figures
 FEATURES = STAGE_CHANNELS[-1]  # width of the pooled features that dropout acts on
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # compile modes that replay the step as a CUDA graph
+# What --compile auto means on a GPU. Unmeasured: eager until `python -m repro.bench --survey` on the GPU that
+# trains the tables names a faster mode (README: Speed).
+CUDA_COMPILE = "off"
 
 
 class TrainingError(RuntimeError):
@@ -78,12 +81,24 @@ def uses_bf16(config: RunConfig, device: torch.device) -> bool:
     return config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
 
 
+def memory_format(config: RunConfig, device: torch.device) -> torch.memory_format:
+    """channels_last goes with bf16 on CUDA (the tensor cores' convolutions want NHWC); fp32 stays the plain
+    reference layout."""
+    cuda_bf16 = device.type == "cuda" and uses_bf16(config, device)
+    return torch.channels_last if cuda_bf16 else torch.contiguous_format
+
+
+def compile_mode(config: RunConfig, device: torch.device) -> str:
+    if config.compile != "auto":
+        return config.compile
+    return CUDA_COMPILE if device.type == "cuda" else "off"  # compiling on a CPU costs more than it saves
+
+
 def make_model(config: RunConfig, device: torch.device) -> torch.nn.Module:
     info = data.INFO[config.dataset]
     torch.manual_seed(config.seed)
     model = resnet20(info.num_classes, info.in_channels, info.size, config.pool, config.sac, config.dropout)
-    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    return model.to(device, memory_format=memory_format)
+    return model.to(device, memory_format=memory_format(config, device))
 
 
 def make_optimizer(config: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -149,30 +164,63 @@ def loss_fn(outputs, labels: torch.Tensor, model: torch.nn.Module, config: RunCo
 
 
 def make_update(optimizer: torch.optim.Optimizer):
-    """update(lr, grads): one step of the optimizer's algorithm through torch.optim's functional API, with the
-    learning rate a tensor. Optimizer.step() breaks a compiled graph on purpose, and a float learning rate
-    would be baked into the graph; fused kernels in eager mode on CUDA, what inductor makes of it when compiled."""
+    """update(lr, grads): one step of the optimizer's algorithm with the learning rate a tensor (a float would
+    be baked into a compiled graph, and Optimizer.step() breaks one on purpose). Eager, it is torch.optim's own
+    functional implementation (fused kernels on CUDA): the reference. Compiled, the same algorithm written out
+    in plain tensor arithmetic (_sgd_written_out, _adam_written_out), because inductor miscompiles
+    torch.optim's: its post-grad pattern that fuses add(mm(a, b), x) into addmm(x, a, b) drops add's `alpha`
+    (seen in torch 2.14; pytorch#167313 is the same bug the other way round), so the weight decay
+    `grad.add(param, alpha=weight_decay)` on a Linear weight's gradient, an mm, became a weight decay of 1
+    instead of 5e-4. The written-out form passes no alpha anywhere; tests/test_compile.py holds it to the
+    eager reference."""
     groups = [(g, [optimizer.state[p] for p in g["params"]]) for g in optimizer.param_groups]
     adam = isinstance(optimizer, torch.optim.Adam)
 
     def update(lr: torch.Tensor, grads) -> None:
         grads = iter(grads)
         for group, state in groups:
-            params = group["params"]
-            group_grads = [next(grads) for _ in params]
-            fused = params[0].is_cuda and not torch.compiler.is_compiling()
-            kwargs = {"lr": lr * group["lr_scale"], "weight_decay": group["weight_decay"], "maximize": False,
-                      "fused": fused or None}
-            if adam:
-                beta1, beta2 = group["betas"]
-                functional_adam(params, group_grads, [s["exp_avg"] for s in state],
-                                [s["exp_avg_sq"] for s in state], [], [s["step"] for s in state],
-                                amsgrad=False, beta1=beta1, beta2=beta2, eps=group["eps"],
-                                capturable=group["capturable"], **kwargs)
+            group_grads, rate = [next(grads) for _ in group["params"]], lr * group["lr_scale"]
+            if torch.compiler.is_compiling():
+                (_adam_written_out if adam else _sgd_written_out)(group, state, group_grads, rate)
             else:
-                functional_sgd(params, group_grads, [s["momentum_buffer"] for s in state],
-                               momentum=group["momentum"], dampening=0.0, nesterov=True, **kwargs)
+                _torch_optim(group, state, group_grads, rate, adam)
     return update
+
+
+def _torch_optim(group: dict, state: list[dict], grads: list[torch.Tensor], lr: torch.Tensor, adam: bool):
+    params = group["params"]
+    kwargs = {"lr": lr, "weight_decay": group["weight_decay"], "maximize": False,
+              "fused": params[0].is_cuda or None}
+    if adam:
+        beta1, beta2 = group["betas"]
+        functional_adam(params, grads, [s["exp_avg"] for s in state], [s["exp_avg_sq"] for s in state], [],
+                        [s["step"] for s in state], amsgrad=False, beta1=beta1, beta2=beta2, eps=group["eps"],
+                        capturable=group["capturable"], **kwargs)
+    else:
+        functional_sgd(params, grads, [s["momentum_buffer"] for s in state], momentum=group["momentum"],
+                       dampening=0.0, nesterov=True, **kwargs)
+
+
+def _sgd_written_out(group: dict, state: list[dict], grads: list[torch.Tensor], lr: torch.Tensor) -> None:
+    """torch.optim.SGD with Nesterov momentum and no dampening."""
+    decay, momentum = group["weight_decay"], group["momentum"]
+    for p, g, s in zip(group["params"], grads, state):
+        g = g + decay * p
+        buf = s["momentum_buffer"]
+        buf.mul_(momentum).add_(g)
+        p.sub_(lr * (g + momentum * buf))
+
+
+def _adam_written_out(group: dict, state: list[dict], grads: list[torch.Tensor], lr: torch.Tensor) -> None:
+    """torch.optim.Adam (L2 weight decay, no amsgrad) with its step count a tensor."""
+    (beta1, beta2), decay, eps = group["betas"], group["weight_decay"], group["eps"]
+    for p, g, s in zip(group["params"], grads, state):
+        g = g + decay * p
+        s["step"].add_(1)
+        s["exp_avg"].mul_(beta1).add_((1 - beta1) * g)
+        s["exp_avg_sq"].mul_(beta2).add_((1 - beta2) * g * g)
+        corrected_sq = s["exp_avg_sq"] / (1 - beta2 ** s["step"])
+        p.sub_(lr / (1 - beta1 ** s["step"]) * s["exp_avg"] / (corrected_sq.sqrt() + eps))
 
 
 def make_step(config: RunConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -185,14 +233,13 @@ def make_step(config: RunConfig, model: torch.nn.Module, optimizer: torch.optim.
     device = images.device
     params = [p for group in optimizer.param_groups for p in group["params"]]
     update = make_update(optimizer)
-    bf16 = uses_bf16(config, device)
+    bf16, layout = uses_bf16(config, device), memory_format(config, device)
 
     def step(idx, aug, mask, lr):
         x, y = data.normalize(images[idx], info), labels[idx]
         if aug is not None:
             x = data.augment(x, aug)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=layout)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             outputs = model(x, mask)
             loss = loss_fn(outputs, y, model, config)
@@ -202,11 +249,22 @@ def make_step(config: RunConfig, model: torch.nn.Module, optimizer: torch.optim.
         final = outputs[-1] if isinstance(outputs, tuple) else outputs
         return loss.detach(), (final.argmax(1) == y).sum()
 
-    if config.compile == "off":
+    if device.type == "cuda":  # a seed gives the same run: no convolution backward that adds in varying order
+        torch.backends.cudnn.deterministic = True
+    mode = compile_mode(config, device)
+    if mode == "off":
         return step
+    if not hasattr(torch._dynamo.config, "trace_autograd_ops"):
+        raise ConfigError(f"--compile {mode} needs torch 2.11 or newer, which traces the backward into the "
+                          f"compiled step; this is torch {torch.__version__}")
     torch._dynamo.reset()  # a new run's model and optimizer: compile afresh, not against the last run's guards
     torch._dynamo.config.trace_autograd_ops = True  # the backward inside the step joins the graph
-    return torch.compile(step, mode=None if config.compile == "default" else config.compile, fullgraph=True)
+    # A CUDA graph replays fixed addresses and may write only to inputs marked static: everything that lives
+    # from step to step is, so it is neither copied in at each replay nor a reason to skip the graph.
+    state = [t for s in optimizer.state.values() for t in s.values()]
+    for t in [*model.parameters(), *model.buffers(), *state, images, labels]:
+        torch._dynamo.mark_static_address(t)
+    return torch.compile(step, mode=None if mode == "default" else mode, fullgraph=True)
 
 
 def _generator(config: RunConfig, epoch: int, stream: int, device: torch.device) -> torch.Generator:
@@ -238,9 +296,10 @@ def train_epoch(step, model, lrs: torch.Tensor, config: RunConfig, epoch: int, n
     steps = order.shape[0]
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
+    graphed = compile_mode(config, device) in CUDA_GRAPH_MODES
     model.train()
     for k in range(steps):
-        if config.compile in CUDA_GRAPH_MODES:
+        if graphed:
             torch.compiler.cudagraph_mark_step_begin()  # the last step's outputs are consumed: replay freely
         loss, hits = step(order[k], None if aug is None else aug[k], None if masks is None else masks[k],
                           lrs[epoch * steps + k])
@@ -253,13 +312,11 @@ def train_epoch(step, model, lrs: torch.Tensor, config: RunConfig, epoch: int, n
 def evaluate(model, images, labels, config: RunConfig) -> list[float]:
     """Accuracy of each head (the last is the model's prediction), in one host sync."""
     device = images.device
-    info = data.INFO[config.dataset]
+    info, layout = data.INFO[config.dataset], memory_format(config, device)
     model.eval()
     correct = None
     for start in range(0, len(labels), EVAL_BATCH):
-        x = data.normalize(images[start:start + EVAL_BATCH], info)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = data.normalize(images[start:start + EVAL_BATCH], info).contiguous(memory_format=layout)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(config, device)):
             outputs = model(x)
         heads = outputs if isinstance(outputs, tuple) else (outputs,)
@@ -315,8 +372,10 @@ def environment(device: torch.device) -> dict:
     import torchvision
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
-    return {"device": name, "device_type": device.type, "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "python": platform.python_version(), "git_commit": git_commit(),
+    # the threads, like the device, change results in their last digits (README: One run)
+    return {"device": name, "device_type": device.type, "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "torchvision": torchvision.__version__, "python": platform.python_version(),
+            "git_commit": git_commit(),
             "host": socket.gethostname(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
@@ -427,11 +486,14 @@ def _run_locked(config: RunConfig, on_epoch, stop: _StopOnSigterm) -> dict:
             entry = run_epoch(config, step, model, lrs, len(labels), eval_images, eval_labels, epoch)
             entry["wall_s"] = time.time() - started  # the run's wall time so far, across resumes
             history.append(entry)
-            with stop.held():  # an epoch's checkpoint and its W&B entry: both or neither
-                save(config, model, optimizer, history)
-                tracker.log({k: v for k, v in entry.items() if k != "head_accuracies"}
-                            | {f"head{i + 1}_accuracy": a for i, a in enumerate(entry["head_accuracies"])}
-                            | flexpool_stats(model), step=entry["epoch"])
+            with stop.held():  # an epoch's W&B entry and its checkpoint: both or neither
+                logged = tracker.log({k: v for k, v in entry.items() if k != "head_accuracies"}
+                                     | {f"head{i + 1}_accuracy": a for i, a in enumerate(entry["head_accuracies"])}
+                                     | flexpool_stats(model), step=entry["epoch"])
+                # SLURM's SIGTERM ends W&B's service too: an epoch it did not write is not checkpointed either,
+                # so the resumed run trains and logs it again
+                if logged or not stop.pending:
+                    save(config, model, optimizer, history)
             report(bar, entry, config)
             if on_epoch is not None and on_epoch(entry):
                 status = "pruned"

@@ -1,3 +1,6 @@
+import argparse
+import contextlib
+import io
 import json
 
 import pytest
@@ -5,24 +8,69 @@ import pytest
 from repro import bench
 
 
-def test_bench_smoke_on_cpu_writes_provenance_and_projection(tmp_path, capsys):
-    argv = ["--device", "cpu", "--batch-size", "8", "--epochs", "1", "--warmup", "0", "--packed", "2",
-            "--seeds", "5", "--out", str(tmp_path)]
-    assert bench.main(argv) == 0
-    [path] = tmp_path.glob("cpu-*.json")
-    result = json.loads(path.read_text())
-    rates = result["images_per_s"]
-    assert len(rates["one_run"]) == 8 and all(r > 0 for r in rates["one_run"].values())
-    assert rates["packed"] > 0 and rates["packed_runs"] == 2
+@pytest.fixture(scope="module")
+def survey(tmp_path_factory):
+    """The CPU smoke survey (one regime, to stay short): its JSON and what it printed."""
+    out = tmp_path_factory.mktemp("bench")
+    argv = ["--survey", "--device", "cpu", "--batch-size", "4", "--regimes", "off/fp32", "--out", str(out)]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert bench.main(argv) == 0
+    [path] = out.glob("cpu-*.json")
+    return json.loads(path.read_text()), printed.getvalue()
+
+
+def test_survey_on_a_cpu_times_packed_runs_and_every_column_with_provenance(survey):
+    result, _ = survey
+    assert result["settings"]["packing"] == [1, 2] and result["settings"]["seconds"] == 0
+    [regime] = result["regimes"]
+    assert regime["regime"] == "off/fp32" and regime["error"] is None
+    assert set(regime["images_per_s"]) == {"1", "2"} and all(r > 0 for r in regime["images_per_s"].values())
+    assert result["best"]["regime"] == "off/fp32" and result["best"]["runs"] in (1, 2)
+    assert result["packing_gain"] == pytest.approx(result["best"]["images_per_s"] / regime["images_per_s"]["1"])
+    assert list(result["columns"]) == bench.CELLS and all(r > 0 for r in result["columns"].values())
     assert {"device", "torch", "git_commit", "date", "command"} <= set(result["env"])
-    assert result["env"]["command"].startswith("python -m repro.bench --device cpu")
-    # both tables: 32 cells x 5 seeds x 100 epochs over 50k/50k/60k/100k images = 1.04 billion images
-    rate = max(rates["one_run"]["table2/flexpool-reg-dropout"], rates["packed"])
-    assert result["projected_hours"]["all"] == pytest.approx(1.04e9 / rate / 3600)
-    assert result["projected_hours"]["table1"] == pytest.approx(result["projected_hours"]["all"] / 2)
-    assert "device-hours" in capsys.readouterr().out
+    assert result["env"]["command"].startswith("python -m repro.bench --survey --device cpu")
 
 
-def test_bench_rejects_bad_sizes(tmp_path, capsys):
-    assert bench.main(["--device", "cpu", "--batch-size", "0", "--out", str(tmp_path)]) == 2
-    assert capsys.readouterr().err.startswith("error: ")
+def test_projection_takes_each_column_at_its_own_speed(survey):
+    result, _ = survey
+    images = 5 * 100 * (50_000 + 50_000 + 60_000 + 100_000)  # seeds x epochs x the four training sets
+    hours = {cell: images / (rate * result["packing_gain"]) / 3600 for cell, rate in result["columns"].items()}
+    projected = result["projected_device_hours"]
+    assert projected["table1"] == pytest.approx(sum(h for c, h in hours.items() if c.startswith("table1/")))
+    assert projected["table2"] == pytest.approx(sum(h for c, h in hours.items() if c.startswith("table2/")))
+    assert projected["all"] == pytest.approx(projected["table1"] + projected["table2"])
+
+
+def test_survey_prints_one_table_that_says_what_the_projection_is(survey):
+    _, printed = survey
+    assert "fastest: off/fp32" in printed and "every column in off/fp32" in printed
+    assert "device-hours" in printed and "GPU-hours" not in printed
+    assert "CPU smoke test at batch 4: a test of the machinery, not a speed figure" in printed
+    assert "full recipe" not in printed
+
+
+def test_help_gives_the_gpu_and_the_cpu_default():
+    text = " ".join(bench.parser().format_help().split())
+    assert "1000 on a GPU, 8 on a CPU" in text and "3.0 on a GPU, 0.0 on a CPU" in text
+    assert "1 2 4 8 on a GPU, 1 2 on a CPU" in text
+    assert "device-hours" in text and "GPU-hours" not in text
+
+
+def test_a_failing_regime_is_recorded_and_named(capsys):
+    args = argparse.Namespace(batch_size=4, steps=2, device="cuda", seconds=0.0)  # this machine has no GPU
+    failed = bench._attempt("off/bf16", False, lambda: bench.measure_regime("off/bf16", [1], args))
+    assert failed["images_per_s"] == {} and "CUDA is not available" in failed["error"]
+    assert "off/bf16" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--batch-size", "0"], "must be positive"),
+    (["--packing", "2", "4"], "must include 1"),
+    (["--regimes", "fast/bf16"], "unknown regime 'fast/bf16'"),
+])
+def test_bench_rejects_bad_options(tmp_path, capsys, argv, message):
+    assert bench.main(["--device", "cpu", "--out", str(tmp_path), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and not list(tmp_path.iterdir())

@@ -1,0 +1,110 @@
+"""The compiled training step trains like eager, the reference: the same losses and parameters step by
+step, in one graph with no break and no recompilation, and a compiled run stopped and resumed ends as the
+unbroken one.
+
+Inductor compiles for the CPU too (it needs a C++ compiler: g++); the heaviest column is compiled once for the
+module (about a minute on 2 cores), later compiles of the same graph come from inductor's cache in seconds.
+"""
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from repro import records, train
+from repro.experiments import cell_config
+
+CPU = torch.device("cpu")
+N, BATCH, EPOCHS = 96, 8, 2  # 24 steps
+# The heaviest column: FlexPool + SAC + Reg + Dropout. At the recipe's peak learning rate of 0.1 a batch of 8
+# diverges, and a diverging run magnifies float32 rounding tenfold a step (eager on 1 and on 2 threads then
+# differs by 1e-2 within 24 steps); at 1e-3 the two stay within 3e-4, as eager and compiled do.
+CONFIG = cell_config("table2", "cifar10", "flexpool-reg-dropout").replace(
+    cell="", dataset="synthetic", train_subset=N, test_subset=32, batch_size=BATCH, epochs=EPOCHS, lr=1e-3,
+    device="cpu", wandb="disabled")
+
+
+def train_steps(config) -> dict:
+    """What repro.train.run computes for two epochs (same data, model, optimizer, schedule and step), with
+    each step's loss, the final state and dynamo's counts of graphs and graph breaks."""
+    images, labels, _, _ = train.load_data(config, CPU)
+    model = train.make_model(config, CPU)
+    optimizer = train.make_optimizer(config, model)
+    lrs = train.lr_schedule(config, EPOCHS * train.steps_per_epoch(N, BATCH), CPU)
+    step = train.make_step(config, model, optimizer, images, labels)
+    losses = []
+
+    def recorded(*args):
+        loss, hits = step(*args)
+        losses.append(loss.item())
+        return loss, hits
+
+    counters.clear()
+    epochs = [train.train_epoch(recorded, model, lrs, config, e, N, CPU)[0].item() for e in range(EPOCHS)]
+    return {"losses": losses, "epochs": epochs, "state": model.state_dict(),
+            "graphs": counters["stats"]["unique_graphs"],
+            "graph_breaks": sum(counters["graph_break"].values())}
+
+
+@pytest.fixture(scope="module")
+def trained() -> dict:
+    return {mode: train_steps(CONFIG.replace(compile=mode)) for mode in ("off", "default")}
+
+
+def assert_same_state(actual: dict, expected: dict, tolerance: float, statistics: float) -> None:
+    """Parameters within `tolerance`; BatchNorm's running statistics (8 images a step) within `statistics`."""
+    for name, value in expected.items():
+        within = statistics if name.endswith(("running_mean", "running_var")) else tolerance
+        torch.testing.assert_close(actual[name], value, rtol=within, atol=within, msg=name)
+
+
+def test_the_compiled_step_trains_like_eager(trained):
+    """Within float32 rounding; torch.optim's update miscompiled by inductor (see train.make_update) moved the
+    losses by 2 % and fc.weight by far more."""
+    eager, compiled = trained["off"], trained["default"]
+    assert len(compiled["losses"]) == EPOCHS * N // BATCH
+    assert compiled["losses"] == pytest.approx(eager["losses"], rel=2e-3)
+    assert_same_state(compiled["state"], eager["state"], 1e-3, 2e-2)  # seen: 3e-4, 9e-3 (eager 1 vs 2 threads)
+
+
+def test_the_compiled_step_is_one_graph_for_two_epochs(trained):
+    assert trained["default"]["graph_breaks"] == 0
+    assert trained["default"]["graphs"] == 1  # a recompilation would add one
+
+
+def test_a_compiled_run_stopped_and_resumed_ends_as_the_unbroken_one(trained, tmp_path):
+    config = CONFIG.replace(compile="default", results_dir=str(tmp_path))
+
+    def stop_after_first_epoch(entry):
+        if entry["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train.run(config, on_epoch=stop_after_first_epoch)
+    record = train.run(config)
+    losses = [h["train_loss"] for h in record["history"]]
+    assert losses == pytest.approx(trained["default"]["epochs"], rel=1e-6)
+    assert_same_state(records.load_checkpoint(records.checkpoint_path(config))["model"],
+                      trained["default"]["state"], 1e-6, 1e-6)
+
+
+def updated(config, monkeypatch, compiling: bool) -> list[torch.Tensor]:
+    """The parameters after three updates with the same gradients, by the eager or by the compiled branch."""
+    model = train.make_model(config, CPU)
+    optimizer = train.make_optimizer(config, model)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    update = train.make_update(optimizer)
+    generator = torch.Generator().manual_seed(0)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: compiling)
+    for lr in (0.1, 0.05, 0.02):
+        grads = [torch.randn(p.shape, generator=generator) for p in params]
+        with torch.no_grad():
+            update(torch.tensor(lr), grads)
+    return [p.detach().clone() for p in params]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_the_written_out_optimizers_step_as_torchs(monkeypatch, optimizer):
+    config = CONFIG.replace(optimizer=optimizer, weight_decay=5e-4, flex_lr_scale=3.0)
+    written_out, torchs = updated(config, monkeypatch, True), updated(config, monkeypatch, False)
+    for ours, theirs in zip(written_out, torchs, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)  # Adam moves every weight by ~lr
