@@ -35,8 +35,8 @@ from analysis.make_tables import (
     load_summary,
     out_dir,
     output_parser,
-    plural,
 )
+from repro.config import plural
 from repro.experiments import COLUMN_LABELS, COLUMNS, TABLES
 from repro.records import atomic_write
 

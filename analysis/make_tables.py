@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import collect, stats
+from repro.config import plural
 from repro.experiments import COLUMN_LABELS, COLUMNS, PROFILES, RECIPES, TABLES
 from repro.records import atomic_write
 
@@ -79,10 +80,6 @@ def recipe_text(recipes) -> str:
 def profile_text(profile: str) -> str:
     fields = PROFILES.get(profile)
     return f"{profile} profile" + (f" ({fields['epochs']} epochs)" if fields else " (all profiles)")
-
-
-def plural(n: int, word: str) -> str:
-    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def _fmt(x: float, sign: bool = False) -> str:

@@ -39,7 +39,7 @@ import submitit
 from tqdm import tqdm
 
 from repro import records
-from repro.config import ConfigError, RunConfig, check
+from repro.config import ConfigError, RunConfig, check, plural
 from repro.data import DataError, prepare
 from repro.status import add_plan_args, failure_lines, plan_from_args, run_log_path, summary, survey
 
@@ -430,7 +430,7 @@ def launch(args: argparse.Namespace) -> int:
     if not runs:
         print("nothing to submit")
         return 0
-    print(f"{'would submit' if args.dry_run else 'submitting'} {len(runs)} runs ({where}, "
+    print(f"{'would submit' if args.dry_run else 'submitting'} {plural(len(runs), 'run')} ({where}, "
           f"{args.runs_per_gpu} per GPU)")
     if args.dry_run:
         return 0

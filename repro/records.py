@@ -2,11 +2,13 @@
 
 A record is one JSON file per run, written atomically (temp file + rename), so a crash or a preempted job
 never leaves half a record. Record fields (SCHEMA = 1):
-  schema, run_id, cell, status ("completed" | "failed"), error, config (RunConfig as a dict),
+  schema, run_id, cell, status ("completed" | "failed" | "pruned"), error, config (RunConfig as a dict),
   eval_split ("test" | "val"), profile and recipe (experiments.PROFILES / RECIPES the config matches, or
   "custom"), metrics {accuracy, head_accuracies, train_loss},
-  history [{epoch, train_loss, train_accuracy, eval_accuracy, head_accuracies, lr, images_per_s, seconds}],
-  timing {wall_s, train_s, images_per_s}, env {device, torch, torchvision, python, git_commit, host, date},
+  history [{epoch, train_loss, train_accuracy, eval_accuracy, head_accuracies, lr, images, images_per_s, seconds,
+  wall_s (of the run so far, across resumes)}],
+  timing {wall_s, train_s, images_per_s}, env {device, device_type, threads, torch, torchvision,
+  python, git_commit, host, date},
   flexpool {"<module name>": {"shape", "channel_mean" (H x W), "channels" (first few, C' x H x W), "sums"}}.
 Accuracies are fractions in [0, 1]. `verdict` is the one reading of a record that status, launch and analysis
 share. Input files (--params, studies, cluster profiles) are read here too, so all read numbers alike.

@@ -19,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 from repro import records
-from repro.config import ConfigError, RunConfig
+from repro.config import ConfigError, RunConfig, plural
 from repro.experiments import COLUMNS, DATASETS, PROFILES, RECIPES, TARGETS, load_params, plan
 
 STATES = ("done", "running", "failed", "unusable", "pending")
@@ -88,9 +88,9 @@ def summary(states: dict[RunConfig, str]) -> str:
     n = Counter(states.values())
     counts = ", ".join(f"{n[s]} {s}" for s in STATES)
     if len(states) == len(cells) * len(seeds):
-        return f"{len(cells)} cells x {len(seeds)} seeds = {len(states)} runs: {counts}"
+        return f"{plural(len(cells), 'cell')} x {plural(len(seeds), 'seed')} = {plural(len(states), 'run')}: {counts}"
     seed_range = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {seeds[0]}-{seeds[-1]}"
-    return f"{len(states)} runs in {len(cells)} cells, {seed_range}: {counts}"
+    return f"{plural(len(states), 'run')} in {plural(len(cells), 'cell')}, {seed_range}: {counts}"
 
 
 def cell_table(states: dict[RunConfig, str]) -> str:

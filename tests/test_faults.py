@@ -152,19 +152,19 @@ def test_completed_record_without_accuracy_is_unusable_and_a_launch_completes_it
     records.write_record({**record, "metrics": {**record["metrics"], "accuracy": None}}, path)
 
     code, out, _ = main(capsys, status, "table1", *selection(tmp_path, data_root, "--columns", "avgpool"))
-    assert "1 runs: 0 done, 0 running, 0 failed, 1 unusable, 0 pending" in out
+    assert "1 run: 0 done, 0 running, 0 failed, 1 unusable, 0 pending" in out
     assert "UNUSABLE table1/fashion_mnist/avgpool seed 0: partial record: metrics.accuracy is None" in out
     runs, skipped = collect.load_runs(tmp_path / "results" / "runs")
     assert runs.empty and "partial record" in skipped[0]["reason"]
     code, out, _ = main(capsys, launch, "table1", *argv, "--wait")
-    assert code == 0 and "submitting 1 runs" in out and "1 done" in out
+    assert code == 0 and "submitting 1 run" in out and "1 done" in out
     assert records.read_record(path)["metrics"]["accuracy"] == record["metrics"]["accuracy"]
     assert training_starts(config) == 1  # completed from its checkpoint, not trained again
 
     path.write_text('{"schema": 1, "status": "compl')  # cut off
     assert status.run_state(config) == "unusable"
     code, out, _ = main(capsys, launch, "table1", *argv, "--dry-run")
-    assert "1 unusable" in out and "would submit 1 runs" in out
+    assert "1 unusable" in out and "would submit 1 run" in out
 
 
 # ---- 5. full and read-only disks, one line each -----------------------------------------------------------------

@@ -122,7 +122,7 @@ def test_smoke_matrix_end_to_end_then_nothing_to_do(capsys, tmp_path, data_root,
     snapshot; a second launch finds everything done and submits nothing."""
     code, out, _ = main(capsys, launch, "all", *smoke(tmp_path, data_root, "--runs-per-gpu", 2, "--wait"))
     assert code == 0, out
-    assert "finished: 8 cells x 1 seeds = 8 runs: 8 done, 0 running, 0 failed, 0 unusable, 0 pending" in out
+    assert "finished: 8 cells x 1 seed = 8 runs: 8 done, 0 running, 0 failed, 0 unusable, 0 pending" in out
     runs = configs(tmp_path, data_root, "all")
     for config in runs:
         record = records.read_record(records.record_path(config))
@@ -163,7 +163,7 @@ def test_returns_at_once_and_the_local_job_goes_on(tmp_path, data_root):
 def test_debug_executor_runs_the_job_in_this_process(capsys, tmp_path, data_root):
     code, out, _ = main(capsys, launch, "table2", *selection(tmp_path, data_root, "--columns", "flexpool"),
                         "--executor", "debug", "--wait")
-    assert code == 0 and "finished: 1 cells x 1 seeds = 1 runs: 1 done" in out
+    assert code == 0 and "finished: 1 cell x 1 seed = 1 run: 1 done" in out
 
 
 def test_local_jobs_get_the_gpus_this_shell_may_use(monkeypatch):
@@ -207,7 +207,7 @@ def test_killed_run_resumes_to_the_record_of_an_unbroken_one(capsys, tmp_path, d
     assert records.run_status(config) == "missing" and status.run_state(config) == "pending"
 
     code, out, _ = main(capsys, launch, "table1", *argv, "--wait")
-    assert code == 0 and "submitting 1 runs" in out
+    assert code == 0 and "submitting 1 run" in out
     assert "resuming run" in status.run_log_path(config).read_text()
     resumed = records.read_record(records.record_path(config))
 

@@ -121,7 +121,7 @@ def test_requeue_by_sigterm_is_followed_to_its_end_with_every_epoch_in_wandb(tmp
     subprocess.run(["scontrol", "requeue", job_id(head)], check=True)
     out = head + launched.communicate(timeout=600)[0]
     assert launched.returncode == 0, out
-    assert "finished: 1 cells x 1 seeds = 1 runs: 1 done" in out and "NOT FINISHED" not in out
+    assert "finished: 1 cell x 1 seed = 1 run: 1 done" in out and "NOT FINISHED" not in out
 
     record = records.read_record(records.record_path(config))
     assert [h["epoch"] for h in record["history"]] == list(range(1, 9))
