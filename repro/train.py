@@ -1,8 +1,10 @@
 """Train one run of the paper's recipe and write its record: `python -m repro.train --help`.
 
-The loop reads top to bottom: data on the device, model, optimizer and one-cycle schedule, then per epoch a
-seeded shuffle, batched augmentation, the Eq. 3 loss (+ Eq. 2 regulariser), evaluation and a checkpoint. The
-host synchronises once per epoch, never per step.
+The loop reads top to bottom: data on the device, model, optimizer and the one-cycle schedule as a tensor, then
+per epoch the epoch's random numbers drawn ahead (order, augmentation, dropout masks: one stream each), one step
+function per batch (augmentation, the Eq. 3 loss + Eq. 2 regulariser, backward, optimizer; eager, or compiled
+whole with --compile), evaluation, the W&B entry and a checkpoint. The host synchronises once per epoch, never
+per step.
 """
 
 from __future__ import annotations
@@ -128,9 +130,9 @@ def make_optimizer(config: RunConfig, model: torch.nn.Module) -> torch.optim.Opt
 
 
 def lr_schedule(config: RunConfig, total_steps: int, device: torch.device) -> torch.Tensor:
-    """The learning rate of every step, as one tensor on the device: torch's OneCycleLR peaking at config.lr (30% warm-up, cosine annealing,
-    from peak/25 down to peak/25e4). Momentum is not cycled: the paper names only a one-cycle learning rate, and
-    --momentum keeps its meaning."""
+    """The learning rate of every step, as one tensor on the device: torch's OneCycleLR peaking at config.lr
+    (30% warm-up, cosine annealing, from peak/25 down to peak/25e4). Momentum is not cycled: the paper names only
+    a one-cycle learning rate, and --momentum keeps its meaning."""
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=config.lr)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total_steps,
                                                    cycle_momentum=False)
