@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -112,14 +113,18 @@ def test_requeue_by_sigterm_is_followed_to_its_end_with_every_epoch_in_wandb(tmp
     argv = [sys.executable, "-m", "repro.launch", "table1", "--cluster", "local", "--wait",
             *map(str, selection(tmp_path, data_root, "--columns", "avgpool", "--params", params))]
     launched = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    head = ""
-    while "submitted: job" not in head and launched.poll() is None:
-        head += launched.stdout.readline()
-    assert "submitted: job" in head, head + launched.stdout.read()
+    # One reader owns the pipe: mixing readline() with communicate() loses what readline had buffered.
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(launched.stdout), daemon=True)
+    reader.start()
+    wait_for(lambda: "submitted: job" in "".join(lines) or launched.poll() is not None, what="the submission")
+    assert "submitted: job" in "".join(lines), "".join(lines)
     (config,) = configs(tmp_path, data_root, columns=["avgpool"], epochs=8)
     wait_for(lambda: records.checkpoint_path(config).exists(), what="the first checkpoint")
-    subprocess.run(["scontrol", "requeue", job_id(head)], check=True)
-    out = head + launched.communicate(timeout=600)[0]
+    subprocess.run(["scontrol", "requeue", job_id("".join(lines))], check=True)
+    launched.wait(timeout=600)
+    reader.join(timeout=30)
+    out = "".join(lines)
     assert launched.returncode == 0, out
     assert "finished: 1 cell x 1 seed = 1 run: 1 done" in out and "NOT FINISHED" not in out
 
