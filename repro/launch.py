@@ -39,7 +39,7 @@ import submitit
 from tqdm import tqdm
 
 from repro import records
-from repro.config import ConfigError, RunConfig, check, plural
+from repro.config import COMPILE_MODES, ConfigError, RunConfig, check, plural
 from repro.data import DataError, prepare
 from repro.status import add_plan_args, failure_lines, plan_from_args, run_log_path, summary, survey
 
@@ -94,9 +94,11 @@ def executor_kind(choice: str) -> str:
 
 def to_run(states: dict[RunConfig, str], force: bool, retry_failed: bool) -> list[RunConfig]:
     """Pending and unusable runs (those resume from their checkpoint), plus failed ones with --retry-failed, plus
-    done ones with --force; never running ones."""
+    done ones with --force; never running ones. Seed 0 of every cell first, then seed 1, ...: a campaign cut
+    short (a GPU lent for minutes, a queue that preempts) leaves whole seeds across the columns, which the
+    paired comparisons need."""
     wanted = {"pending", "unusable"} | ({"failed"} if retry_failed or force else set()) | ({"done"} if force else set())
-    return [c for c, state in states.items() if state in wanted]
+    return sorted((c for c, state in states.items() if state in wanted), key=lambda c: c.seed)
 
 
 def forget(configs: list[RunConfig]) -> None:
@@ -396,6 +398,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cluster", default=os.environ.get("FLEXPOOL_CLUSTER", "example"), metavar="NAME",
                    help="SLURM resources: slurm/NAME.yaml or a .yaml path (default: $FLEXPOOL_CLUSTER or example)")
     p.add_argument("--runs-per-gpu", type=int, default=1, metavar="K", help="runs trained side by side per GPU (default 1)")
+    p.add_argument("--compile", default="auto", choices=COMPILE_MODES,
+                   help="how the runs compile their training step (default auto: eager on a CPU, "
+                        "repro.train.CUDA_COMPILE on a GPU); what `python -m repro.bench --survey` names (README: "
+                        "Speed). It changes speed, not what a run computes: not part of the run id")
     p.add_argument("--force", action="store_true", help="delete the runs' records and checkpoints; run all again")
     p.add_argument("--retry-failed", action="store_true", help="run the failed runs again (from their checkpoint)")
     p.add_argument("--dry-run", action="store_true", help="print the plan, submit nothing")
@@ -422,7 +428,7 @@ def launch(args: argparse.Namespace) -> int:
     check(args.runs_per_gpu >= 1, f"--runs-per-gpu must be at least 1, got {args.runs_per_gpu}")
     kind = executor_kind(args.executor)
     profile = load_cluster(args.cluster) if kind == "slurm" else None
-    configs = plan_from_args(args)
+    configs = [c.replace(compile=args.compile) for c in plan_from_args(args)]
     states = survey(configs)
     print(f"plan: {args.target} ({args.profile} profile, {args.recipe} recipe): {summary(states)}")
     runs = to_run(states, args.force, args.retry_failed)

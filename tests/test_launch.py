@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -83,6 +84,21 @@ def test_dry_run_submits_nothing(capsys, tmp_path, monkeypatch):
     code, out, _ = main(capsys, launch, "table2", "--seeds", 2, "--results-dir", tmp_path, "--dry-run",
                         "--executor", "slurm", "--cluster", "example")
     assert code == 0 and "would submit 32 runs (slurm, profile example, 1 per GPU)" in out
+
+
+def test_runs_go_out_seed_by_seed_in_the_compile_mode_asked_for(capsys, tmp_path, data_root, monkeypatch):
+    """A campaign cut short must leave whole seeds across the columns; --compile reaches every run, and the
+    run ids stay those of the plan (how a run compiles is not what it computes)."""
+    submitted = []
+    job = SimpleNamespace(job_id="1")
+    monkeypatch.setattr(launch, "submit", lambda runs, *a, **k: submitted.extend(runs) or [job])
+    code, _, _ = main(capsys, launch, *smoke(tmp_path, data_root, "--columns", "avgpool", "flexpool"), "table1",
+                      "--seeds", 3, "--compile", "reduce-overhead")
+    assert code == 0
+    assert [c.seed for c in submitted] == [0, 0, 1, 1, 2, 2]
+    assert {c.compile for c in submitted} == {"reduce-overhead"}
+    planned = configs(tmp_path, data_root, seeds=3, columns=["avgpool", "flexpool"])
+    assert sorted(c.run_id for c in submitted) == sorted(c.run_id for c in planned)
 
 
 def write_profile(tmp_path, drop):
