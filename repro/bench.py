@@ -4,13 +4,17 @@ A regime is a compile mode and a precision: off/fp32 is eager fp32 (the plain re
 with channels_last, and default/bf16, reduce-overhead/bf16 (CUDA graphs), max-autotune/bf16 compile the whole
 training step. The survey times the heaviest column (Table 2, FlexPool + SAC + Reg + Dropout) in every regime
 with 1, 2, 4 and 8 runs side by side on the device, each run a process of its own as the launcher packs them
-(with --mps the packed ones again under CUDA MPS, started and stopped here), names the fastest, times every
-column in it and projects the device-hours of table1, table2 and all from each column's own speed and each data
-set's size. Without --survey it does the same for one regime (--regimes) and fewer runs side by side.
+(with --mps the packed ones again under CUDA MPS, started and stopped here), and how long a run takes to get
+ready (build, compile, capture; cold, then warm from the compile cache as the launcher's later runs find it).
+It names the fastest for whole runs: the most images/s over the shortest full-profile run (Fashion-MNIST),
+its preparation counted, so that compiling is chosen only where it pays for itself. Then it times every
+column in that regime and projects the device-hours of table1, table2 and all from each column's own speed,
+each data set's size and the preparation. Without --survey it does the same for one regime (--regimes) and
+fewer runs side by side.
 
 What is timed is repro.train's real step (batch by index, augmentation, forward, Eq. 3 + Eq. 2 loss, backward,
 optimizer, one-cycle schedule) with the epoch's random numbers drawn as in training, on CIFAR-shaped synthetic
-data; evaluation and checkpoints are not. One table goes to stdout and a JSON with provenance (device, torch,
+data; evaluation, checkpoints and starting a run's process are not. One table goes to stdout and a JSON with provenance (device, torch,
 commit, date, command) to results/bench/. On a CPU the defaults make a tiny smoke test of the machinery, not a
 speed figure.
 """
@@ -43,6 +47,8 @@ TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "fashion_mnist": 60_000, 
 HEAVIEST = "table2/flexpool-reg-dropout"  # FlexPool + SAC + Reg + Dropout
 CELLS = [f"{table}/{column}" for table in experiments.TABLES for column in experiments.COLUMNS]
 SCHEDULE_EPOCHS = 100  # the learning rates and random numbers of this many epochs repeat as timing goes on
+# The shortest run of the full profile, in images: the one a slow compile costs most (the regime is chosen by it).
+SHORTEST_RUN = "fashion_mnist"
 SURVEY_REGIMES = {"cuda": ["off/fp32", "off/bf16", "default/bf16", "reduce-overhead/bf16"],
                   "cpu": ["off/fp32", "off/bf16"]}  # compiling takes minutes on a CPU
 # (default on a GPU, default on a CPU) of the options whose default depends on the device
@@ -111,7 +117,8 @@ def timed(prepared: Prepared, seconds: float, barrier) -> float:
 
 def _worker(index: int, commands, replies, barriers: dict) -> None:
     """Commands: ("prepare", key, (config, steps, compile threads)), ("time", key, (seconds, runs side by
-    side)), None to end. Replies: (index, key, value), the value "error: ..." where the command failed."""
+    side)), None to end. Replies: (index, key, seconds it took to prepare, or images/s), the value "error: ..."
+    where the command failed."""
     cores = torch.get_num_threads()
     prepared: dict[str, Prepared] = {}
     while (command := commands.get()) is not None:
@@ -119,8 +126,9 @@ def _worker(index: int, commands, replies, barriers: dict) -> None:
         try:
             if kind == "prepare":
                 config, steps, torch._inductor.config.compile_threads = payload
+                start = time.perf_counter()
                 prepared[key] = prepare(config, steps)
-                replies.put((index, key, "ready"))
+                replies.put((index, key, time.perf_counter() - start))
             else:
                 seconds, runs = payload
                 if prepared[key].device.type == "cpu":  # as the launcher: a share of the cores each
@@ -222,15 +230,20 @@ def bench_config(cell: str, regime: str, args) -> RunConfig:
         precision=precision, wandb="disabled")
 
 
-def measure_regime(regime: str, packing: list[int], args, env: dict | None = None) -> dict:
-    """{runs side by side: summed images/s} of the heaviest column in one regime."""
+def measure_regime(regime: str, packing: list[int], args, env: dict | None = None) -> tuple[dict, dict]:
+    """({runs side by side: summed images/s}, {"cold": s, "warm": s} to prepare a run) of the heaviest column
+    in one regime. Warm is the slowest of the runs prepared side by side after the first (cold where there is
+    only one)."""
     config, size = bench_config(HEAVIEST, regime, args), max(packing)
     with Pool(size, packing, env) as pool:
         # the first alone with every core, the others side by side then find its compiled code in the cache
-        pool.ask([(0, ("prepare", HEAVIEST, (config, args.steps, CORES)))], PREPARE_TIMEOUT_S)
+        [cold] = pool.ask([(0, ("prepare", HEAVIEST, (config, args.steps, CORES)))], PREPARE_TIMEOUT_S).values()
         threads = max(1, CORES // max(1, size - 1))
-        pool.ask([(i, ("prepare", HEAVIEST, (config, args.steps, threads))) for i in range(1, size)],
-                 PREPARE_TIMEOUT_S)
+        warm = pool.ask([(i, ("prepare", HEAVIEST, (config, args.steps, threads))) for i in range(1, size)],
+                        PREPARE_TIMEOUT_S).values()
+        prepare_s = {"cold": cold, "warm": max(warm, default=cold)}
+        print(f"  {regime + (' + MPS' if env else ''):<{WIDTH}} ready in {cold:.1f} s cold, "
+              f"{prepare_s['warm']:.1f} s warm", flush=True)
         rates = {}
         for k in packing:
             answers = pool.ask([(i, ("time", HEAVIEST, (args.seconds, k))) for i in range(k)],
@@ -238,7 +251,7 @@ def measure_regime(regime: str, packing: list[int], args, env: dict | None = Non
             rates[k] = sum(answers.values())
             name = regime + (" + MPS" if env else "")
             print(f"  {name:<{WIDTH}} {plural(k, 'run'):>7}: {rates[k]:>12,.0f} images/s", flush=True)
-    return rates
+    return rates, prepare_s
 
 
 def measure_columns(regime: str, workers: int, args) -> dict:
@@ -265,14 +278,26 @@ def survey(args) -> dict:
     single = {r["regime"]: r["images_per_s"][1] for r in results if not r["mps"] and r["images_per_s"]}
     if not single:
         raise BenchError("every regime failed: " + "; ".join(f"{r['regime']}: {r['error']}" for r in results))
-    best = max(({"regime": r["regime"], "mps": r["mps"], "runs": k, "images_per_s": rate}
+    best = max(({"regime": r["regime"], "mps": r["mps"], "runs": k, "images_per_s": rate,
+                 "prepare_s": r["prepare_s"]["warm"], "whole_run_images_per_s": whole_run_rate(rate, k, r)}
                 for r in results if r["regime"] in single for k, rate in r["images_per_s"].items()),
-               key=lambda b: b["images_per_s"])
+               key=lambda b: b["whole_run_images_per_s"])
     gain = best["images_per_s"] / single[best["regime"]]
     print(f"fastest: {describe(best)}; every column in {best['regime']}, one run at a time:", flush=True)
     columns = measure_columns(best["regime"], max(args.packing), args)
     return {"regimes": results, "best": best, "packing_gain": gain, "columns": columns,
-            "projected_device_hours": projected_hours(columns, gain, args.seeds)}
+            "projected_device_hours": projected_hours(columns, gain, best, args.seeds)}
+
+
+def run_images(dataset: str) -> int:
+    return experiments.PROFILES["full"]["epochs"] * TRAIN_IMAGES[dataset]
+
+
+def whole_run_rate(rate: float, runs: int, result: dict) -> float:
+    """Summed images/s of `runs` full-profile runs of the shortest data set side by side, each first getting
+    ready (warm), then training its share of `rate`."""
+    images = run_images(SHORTEST_RUN)
+    return runs * images / (result["prepare_s"]["warm"] + runs * images / rate)
 
 
 def mps_results(args) -> list[dict]:
@@ -286,29 +311,33 @@ def mps_results(args) -> list[dict]:
             for regime in args.regimes:
                 results.append(_attempt(regime, True, lambda r=regime: measure_regime(r, packed, args, env)))
     except BenchError as e:
-        results.append({"regime": "MPS", "mps": True, "images_per_s": {}, "error": str(e)})
+        results.append({"regime": "MPS", "mps": True, "images_per_s": {}, "prepare_s": {}, "error": str(e)})
     return results
 
 
 def _attempt(regime: str, mps: bool, measure) -> dict:
     try:
-        return {"regime": regime, "mps": mps, "images_per_s": measure(), "error": None}
+        rates, prepare_s = measure()
+        return {"regime": regime, "mps": mps, "images_per_s": rates, "prepare_s": prepare_s, "error": None}
     except BenchError as e:
         print(f"  {regime + (' + MPS' if mps else ''):<{WIDTH}} failed: {e}", flush=True)
-        return {"regime": regime, "mps": mps, "images_per_s": {}, "error": str(e)}
+        return {"regime": regime, "mps": mps, "images_per_s": {}, "prepare_s": {}, "error": str(e)}
 
 
 def describe(best: dict) -> str:
     mps = " under MPS" if best["mps"] else ""
-    rate = best["images_per_s"]
-    return f"{best['regime']}, {plural(best['runs'], 'run')} side by side{mps}, {rate:,.0f} images/s"
+    return (f"{best['regime']}, {plural(best['runs'], 'run')} side by side{mps}, {best['images_per_s']:,.0f} "
+            f"images/s training, {best['whole_run_images_per_s']:,.0f} over whole {SHORTEST_RUN} runs "
+            f"(each ready in {best['prepare_s']:.1f} s)")
 
 
-def projected_hours(columns: dict, gain: float, seeds: int) -> dict:
+def projected_hours(columns: dict, gain: float, best: dict, seeds: int) -> dict:
     """Device-hours of each target with the full profile: every cell's epochs over each data set's training
-    images at that cell's own measured speed, times the packing gain of the fastest regime."""
-    epochs = experiments.PROFILES["full"]["epochs"]
-    cell_hours = {cell: seeds * epochs * sum(TRAIN_IMAGES.values()) / (rate * gain) / 3600
+    images at that cell's own measured speed times the packing gain of the fastest regime, and each run's
+    preparation (warm) shared by the runs side by side."""
+    per_cell_images = sum(run_images(d) for d in TRAIN_IMAGES)
+    per_cell_prepare = len(TRAIN_IMAGES) * best["prepare_s"] / best["runs"]
+    cell_hours = {cell: seeds * (per_cell_images / (rate * gain) + per_cell_prepare) / 3600
                   for cell, rate in columns.items()}
     return {target: sum(cell_hours[f"{table}/{column}"] for table in tables for column in experiments.COLUMNS)
             for target, tables in experiments.TARGETS.items()}
@@ -324,9 +353,11 @@ def table(result: dict, args, device: torch.device) -> str:
         name = r["regime"] + (" + MPS" if r["mps"] else "")
         cells = "".join(f"{r['images_per_s'][k]:>12,.0f}" if k in r["images_per_s"] else f"{'-':>12}"
                         for k in packing)
-        lines.append(f"  {name:<{WIDTH}}{cells}" + (f"  failed: {r['error']}" if r["error"] else ""))
+        ready = f"  ready in {r['prepare_s']['cold']:.1f} s cold, {r['prepare_s']['warm']:.1f} s warm" \
+            if r["prepare_s"] else ""
+        lines.append(f"  {name:<{WIDTH}}{cells}" + (f"  failed: {r['error']}" if r["error"] else ready))
     best = result["best"]
-    lines.append(f"fastest: {describe(best)} ({result['packing_gain']:.2f} x one run)")
+    lines.append(f"fastest: {describe(best)}; {result['packing_gain']:.2f} x one run's training")
     lines.append(f"every column in {best['regime']}, one run, images/s:")
     lines += [f"  {cell:<{WIDTH}}{rate:>12,.0f}" for cell, rate in result["columns"].items()]
     what = (f"at the speeds above (batch {args.batch_size}, CIFAR's 32x32x3 images; Fashion-MNIST's "
@@ -335,15 +366,15 @@ def table(result: dict, args, device: torch.device) -> str:
         what = f"from this CPU smoke test at batch {args.batch_size}: a test of the machinery, not a speed figure"
     epochs = experiments.PROFILES["full"]["epochs"]
     lines.append(f"projected device-hours, {args.seeds} seeds, the full profile ({epochs} epochs over each data "
-                 f"set's training images, training steps only), {what}:")
+                 f"set's training images and each run's preparation; not evaluation), {what}:")
     lines += [f"  {target:<7}{hours:>12,.2f} device-hours"
               for target, hours in result["projected_device_hours"].items()]
     if device.type == "cuda":
         compile_mode, precision = best["regime"].split("/")
-        lines.append(f"to adopt it: CUDA_COMPILE = {compile_mode!r} in repro/train.py"
-                     + (", --precision fp32" if precision == "fp32" else "")
-                     + f"; python -m repro.launch ... --runs-per-gpu {best['runs']}"
-                     + (" with CUDA MPS running" if best["mps"] else ""))
+        lines.append(f"to adopt it: python -m repro.launch ... --compile {compile_mode} --runs-per-gpu "
+                     f"{best['runs']}" + (" with CUDA MPS running" if best["mps"] else "")
+                     + (" and precision fp32" if precision == "fp32" else "")
+                     + f"; as the default: CUDA_COMPILE = {compile_mode!r} in repro/train.py")
     return "\n".join(lines)
 
 
