@@ -1,28 +1,97 @@
 #!/usr/bin/env bash
-# One call on a lent GPU machine (the device tool's `run`), prepared so that no device time goes to typing:
-#   bash tests/gpu/session.sh tests     # pytest -m gpu tests/gpu             (~3-4 min on an H100/H200)
-#   bash tests/gpu/session.sh survey    # python -m repro.bench --survey     (~6-8 min, estimated)
-# Run it from the repository root there, with timeout_s 600 and FLEXPOOL_GIT_COMMIT=<this checkout's commit> in
-# front (the copy there has no .git, and every record and bench JSON must name its commit). The machine's Python
-# has torch, pandas, matplotlib, scipy, pyyaml, tqdm and pytest but no submitit: carry its wheel in .whl/
-# (README: Speed). Logs and the bench JSON go to $OUT, which the device tool brings back; commit the JSON under
-# results/bench/.
+# The calls of a lent GPU session (the device tool's `run`), prepared so that no device time goes to typing.
+# A session has 15 minutes of device time in all, a machine's start included, and 10 minutes a call:
+#   1. bash tests/gpu/session.sh first      # GPU tests, the speed survey, then the campaign until the call ends
+#   2. bash tests/gpu/session.sh campaign   # at once (the machine goes back after 30 s idle): the campaign goes
+#                                           # on, the records come back at the end; timeout_s what status leaves
+# A later session that finds results/bench/cuda-*.json committed runs `campaign` alone, in calls of 10 minutes.
+# Put FLEXPOOL_GIT_COMMIT=<git rev-parse HEAD> in front (the copy there has no .git, and every record and bench
+# JSON names its commit) and FLEXPOOL_SECONDS=<timeout_s - 20> (when to stop and collect; default 580). Carry
+# .whl (submitit's wheel, which that Python lacks; README: Speed) and .devdata (fashion-mnist/*.gz from
+# ../shared/data). The campaign is FLEXPOOL_CAMPAIGN (launch's plan arguments; default: both tables,
+# Fashion-MNIST, 5 seeds): `repro.launch` in its own session (setsid), so it outlives a call while the machine
+# stays warm, in the regime the survey named (else eager, 4 runs side by side), skipping the runs whose records
+# are committed. Back through $OUT: logs, the bench JSON, records.tgz (the records and run logs so far; unpack
+# its runs/ into results/runs/ and commit the JSONs) and status.txt. Runs cut off there train again next time.
 set -uo pipefail
-phase=${1:?usage: bash tests/gpu/session.sh tests|survey}
+phase=${1:?usage: bash tests/gpu/session.sh first|tests|survey|campaign}
 out=${OUT:-/tmp/out}
-mkdir -p "$out"
+state=${FLEXPOOL_STATE:-/root/flexpool}  # outside the checkout: kept between calls while the machine is warm
+until_s=${FLEXPOOL_SECONDS:-580}
+campaign=${FLEXPOOL_CAMPAIGN:-all --datasets fashion_mnist --seeds 5}
+mkdir -p "$out" "$state/results" "$state/data/FashionMNIST/raw"
 if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || exit 1
   export PYTHONPATH=/tmp/site
 fi
-export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD PYTHONUNBUFFERED=1
-{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-  python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
-  echo "commit ${FLEXPOOL_GIT_COMMIT:-unknown: set FLEXPOOL_GIT_COMMIT}"; date -u; } | tee "$out/machine.txt"
+export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD PYTHONUNBUFFERED=1 WANDB_MODE=disabled  # no wandb there
+left() { echo $((until_s - SECONDS)); }
+
+machine() {
+  { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+    python3 -c "import torch; print('torch', torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())"
+    echo "commit ${FLEXPOOL_GIT_COMMIT:-unknown: set FLEXPOOL_GIT_COMMIT}"; date -u; } | tee "$out/machine.txt"
+}
+
+gpu_tests() {  # the survey's own test is left to the survey itself when it follows
+  timeout "$1" python3 -m pytest -m gpu tests/gpu -q -p no:cacheprovider -x --durations=10 ${2:+-k "$2"} 2>&1 \
+    | tee "$out/gpu-tests.log"
+}
+
+survey() {
+  local cap=$1; shift
+  timeout "$cap" python3 -m repro.bench --survey "$@" --out "$state/bench" 2>&1 | tee "$out/survey.log"
+  local rc=${PIPESTATUS[0]}
+  cp "$state"/bench/cuda-*.json "$out/" 2>/dev/null
+  return "$rc"
+}
+
+regime() {  # "<compile mode> <runs per GPU>": the newest survey's fastest, this machine's or a committed one
+  python3 - "$state"/bench/cuda-*.json results/bench/cuda-*.json <<'EOF'
+import json, sys
+from pathlib import Path
+found = sorted((p for p in map(Path, sys.argv[1:]) if p.is_file()), key=lambda p: p.name)
+best = json.loads(found[-1].read_text())["best"] if found else {"regime": "off/bf16", "runs": 4}
+print(best["regime"].split("/")[0], best["runs"])
+EOF
+}
+
+campaign() {
+  cp -n .devdata/fashion-mnist/*.gz "$state/data/FashionMNIST/raw/" 2>/dev/null
+  [ -d results/runs ] && cp -rn results/runs "$state/results/"  # committed records: those runs are done
+  if ! { [ -f "$state/launch.pid" ] && kill -0 "$(cat "$state/launch.pid")" 2>/dev/null; }; then
+    read -r mode runs < <(regime)
+    echo "campaign: $campaign, --compile $mode --runs-per-gpu $runs" | tee -a "$state/launch.log"
+    # shellcheck disable=SC2086  # the plan arguments are words
+    setsid python3 -m repro.launch $campaign --executor local --no-snapshot --wait --compile "$mode" \
+      --runs-per-gpu "$runs" --data-root "$state/data" --results-dir "$state/results" \
+      >>"$state/launch.log" 2>&1 </dev/null &
+    echo $! >"$state/launch.pid"
+  fi
+  while kill -0 "$(cat "$state/launch.pid")" 2>/dev/null && [ "$(left)" -gt 15 ]; do sleep 5; done
+  # shellcheck disable=SC2086
+  python3 -m repro.status $campaign --data-root "$state/data" --results-dir "$state/results" 2>&1 \
+    | tee "$out/status.txt"
+  (cd "$state/results" && tar -czf "$out/records.tgz" runs $(ls -d slurm-logs/runs 2>/dev/null))
+  cp "$state/launch.log" "$out/"
+}
+
+machine
 case $phase in
-  tests) timeout 420 python3 -m pytest -m gpu tests/gpu -q -p no:cacheprovider -x --durations=10 2>&1 \
-           | tee "$out/gpu-tests.log" ;;
-  survey) timeout 540 python3 -m repro.bench --survey --out "$out" 2>&1 | tee "$out/survey.log" ;;
-  *) echo "unknown phase $phase: tests or survey" >&2; exit 2 ;;
+  tests) gpu_tests $((until_s - 10)) ;;
+  survey) survey $((until_s - 10)) ;;
+  campaign) campaign ;;
+  first)
+    gpu_tests 270 "not survey"
+    case $? in
+      0) ;;
+      124) echo "the GPU tests ran out of time (gpu-tests.log says which passed); going on" ;;
+      *) echo "a GPU test failed: no survey, no campaign (a wrong result is worse than a slow one)"; exit 1 ;;
+    esac
+    # 1, 4 and 8 runs side by side, 2 s each: the survey's answer in about half its default time
+    survey $(($(left) - 120)) --packing 1 4 8 --seconds 2 \
+      || echo "the survey did not finish: the campaign takes its defaults"
+    campaign ;;
+  *) echo "unknown phase $phase: first, tests, survey or campaign" >&2; exit 2 ;;
 esac
