@@ -67,6 +67,21 @@ def test_survey_prints_one_table_that_says_what_the_projection_is(survey):
     assert "full recipe" not in printed
 
 
+def test_without_columns_the_projection_says_it_takes_the_heaviest_speed_for_all(tmp_path, capsys):
+    argv = ["--survey", "--device", "cpu", "--batch-size", "4", "--regimes", "off/fp32", "--packing", "1",
+            "--no-columns", "--out", str(tmp_path)]
+    assert bench.main(argv) == 0
+    [path] = tmp_path.glob("cpu-*.json")
+    result = json.loads(path.read_text())
+    assert result["columns"] == {} and result["packing_gain"] == 1
+    rate, prepare = result["regimes"][0]["images_per_s"]["1"], result["best"]["prepare_s"]
+    cell_hours = 5 * (100 * (50_000 + 50_000 + 60_000 + 100_000) / rate + 4 * prepare) / 3600
+    assert result["projected_device_hours"]["all"] == pytest.approx(8 * cell_hours)  # 2 tables x 4 columns
+    printed = capsys.readouterr().out
+    assert "at every column at the heaviest one's speed (--no-columns: an upper bound)" in printed
+    assert "every column in off/fp32" not in printed
+
+
 def test_help_gives_the_gpu_and_the_cpu_default():
     text = " ".join(bench.parser().format_help().split())
     assert "1000 on a GPU, 8 on a CPU" in text and "3.0 on a GPU, 0.0 on a CPU" in text
