@@ -27,6 +27,7 @@ import queue
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -94,10 +95,11 @@ def executor_kind(choice: str) -> str:
 
 def to_run(states: dict[RunConfig, str], force: bool, retry_failed: bool) -> list[RunConfig]:
     """Pending and unusable runs (those resume from their checkpoint), plus failed ones with --retry-failed, plus
-    done ones with --force; never running ones. Seed 0 of every cell first, then seed 1, ...: a campaign cut
+    done and queued ones with --force; never running ones. Seed 0 of every cell first, then seed 1, ...: a campaign cut
     short (a GPU lent for minutes, a queue that preempts) leaves whole seeds across the columns, which the
     paired comparisons need."""
-    wanted = {"pending", "unusable"} | ({"failed"} if retry_failed or force else set()) | ({"done"} if force else set())
+    wanted = {"pending", "unusable"} | ({"failed"} if retry_failed or force else set()) \
+        | ({"done", "queued"} if force else set())
     return sorted((c for c, state in states.items() if state in wanted), key=lambda c: c.seed)
 
 
@@ -315,7 +317,14 @@ def submit(configs: list[RunConfig], kind: str, profile: dict | None, runs_per_g
     with submission(folder):
         executor = make_executor(kind, folder, profile, name)
         with code_snapshot(folder, kind, snapshot):
-            return executor.map_array(RunPack(), groups, [runs_per_gpu] * len(groups))
+            jobs = executor.map_array(RunPack(), groups, [runs_per_gpu] * len(groups))
+        if kind != "debug":  # the debug executor runs its job only when asked for the result
+            for job, group in zip(jobs, groups, strict=True):
+                for config in group:
+                    path = records.queue_path(config)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_text(f"{kind} {socket.gethostname()} {job.job_id}\n")
+    return jobs
 
 
 @contextlib.contextmanager
@@ -354,10 +363,12 @@ def follow(jobs: list, configs: list[RunConfig]) -> dict[RunConfig, str]:
                 print(f"[{datetime.datetime.now():%H:%M:%S}] {counts}", flush=True)
                 last = counts
             # submitit polls the scheduler less often as jobs age; force a look once every run has a record.
-            # Runs that another launch trains ("running" once our job has ended) are waited for too.
-            jobs_ended = all(job.done(force_check=finished == len(configs)) for job in jobs)
-            if jobs_ended and "running" not in states.values():
-                return states
+            # Runs that another launch trains or holds ("running" or "queued" once our job has ended) are waited
+            # for too; the states are read again after: a run of a job that just ended is no longer queued.
+            if all(job.done(force_check=finished == len(configs)) for job in jobs):
+                states = survey(configs)
+                if not {"running", "queued"} & set(states.values()):
+                    return states
             time.sleep(min(30.0, 1.0 + (time.time() - start) / 20))
 
 

@@ -83,6 +83,12 @@ def lock_path(config: RunConfig) -> Path:
     return Path(config.results_dir) / "locks" / f"{config.run_id}.lock"
 
 
+def queue_path(config: RunConfig) -> Path:
+    """Names the job that holds the run until it starts: 'slurm HOST 12345_3' or 'local HOST PID'. The launcher
+    writes it at submission; status reads it (a run waiting in a queue is 'queued', not 'pending')."""
+    return Path(config.results_dir) / "queued" / f"{config.run_id}.job"
+
+
 def atomic_write(path: Path, write) -> None:
     """`write(binary file)` into a temp file beside `path`, then rename: readers never see half a file.
     A failing file system (disk full, read-only) raises WriteError naming the path and the cause."""

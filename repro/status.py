@@ -1,10 +1,12 @@
-"""`python -m repro.status TARGET --seeds N`: per table cell, how many runs are done / running / failed /
-unusable / pending.
+"""`python -m repro.status TARGET --seeds N`: per table cell, how many runs are done / running / queued /
+failed / unusable / pending.
 
 Everything comes from disk, so it works from any shell and for any executor: a run is running while a process
-holds its lock (records.exclusive), pending without a record, else what records.verdict says of its record:
-done, failed, or unusable (partial or corrupt: a launch trains it again from its checkpoint). The launcher prints
-its plan with the same functions. No torch and no submitit here.
+holds its lock (records.exclusive), else what records.verdict says of its record: done, failed, or unusable
+(partial or corrupt: a launch trains it again from its checkpoint); without a record it is pending. A run not
+done or failed is queued while the job it was submitted in still waits or runs (SLURM's squeue says so, or the
+local job's process lives), so a second launch does not submit it again. The launcher prints its plan with the
+same functions. No torch and no submitit here.
 """
 
 from __future__ import annotations
@@ -12,8 +14,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import getpass
 import os
+import socket
 import struct
+import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -22,7 +27,7 @@ from repro import records
 from repro.config import ConfigError, RunConfig, plural
 from repro.experiments import COLUMNS, DATASETS, PROFILES, RECIPES, TARGETS, load_params, plan
 
-STATES = ("done", "running", "failed", "unusable", "pending")
+STATES = ("done", "running", "queued", "failed", "unusable", "pending")
 
 # struct flock on 64-bit Linux: l_type, l_whence (short), l_start, l_len (off_t), l_pid (int), padding.
 _FLOCK = "hhqqi4x"
@@ -70,19 +75,56 @@ def lock_holder(config: RunConfig) -> int | None:
     return None if kind == fcntl.F_UNLCK else pid
 
 
-def run_state(config: RunConfig) -> str:
+def run_state(config: RunConfig, queued: bool = False) -> str:
     if lock_holder(config) is not None:
         return "running"
-    return {"completed": "done", "failed": "failed", "missing": "pending"}.get(records.run_status(config), "unusable")
+    state = {"completed": "done", "failed": "failed", "missing": "pending"}.get(records.run_status(config), "unusable")
+    return "queued" if queued and state in ("pending", "unusable") else state
 
 
 def survey(configs: list[RunConfig]) -> dict[RunConfig, str]:
-    return {c: run_state(c) for c in configs}
+    held = queued(configs)
+    return {c: run_state(c, c in held) for c in configs}
+
+
+def queued(configs: list[RunConfig]) -> set[RunConfig]:
+    """The runs whose job (records.queue_path) is still alive: waiting in SLURM's queue or running, or a local
+    job whose process lives on this machine."""
+    jobs = {}
+    for config in configs:
+        with contextlib.suppress(OSError, ValueError):
+            kind, host, job = records.queue_path(config).read_text().split()
+            jobs[config] = (kind, host, job)
+    slurm = slurm_jobs() if any(kind == "slurm" for kind, _, _ in jobs.values()) else set()
+    here = socket.gethostname()
+    return {config for config, (kind, host, job) in jobs.items()
+            if (kind == "slurm" and job in slurm) or (kind == "local" and host == here and process_lives(job))}
+
+
+def slurm_jobs() -> set[str]:
+    """This user's SLURM jobs, waiting or running, one id per array task (12345_3); none when squeue fails, and
+    their runs then count as pending."""
+    try:
+        out = subprocess.run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i"], capture_output=True,
+                             text=True, timeout=60, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return set()
+    return set(out.split())
+
+
+def process_lives(pid: str) -> bool:
+    """Whether the process runs: a zombie (ended, not yet reaped by its parent) does not. Linux's /proc; where
+    there is none, local runs never count as queued."""
+    try:
+        stat = Path(f"/proc/{int(pid)}/stat").read_text()
+    except (ValueError, OSError):
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"  # the state follows the command name, which may hold spaces
 
 
 def summary(states: dict[RunConfig, str]) -> str:
-    """'16 cells x 5 seeds = 80 runs: 10 done, 0 running, 2 failed, 0 unusable, 68 pending'; when not every cell
-    has every seed (a relaunch of some runs), '10 runs in 4 cells, seeds 0-2: ...'."""
+    """'16 cells x 5 seeds = 80 runs: 10 done, 0 running, 0 queued, 2 failed, 0 unusable, 68 pending'; when not
+    every cell has every seed (a relaunch of some runs), '10 runs in 4 cells, seeds 0-2: ...'."""
     cells = {c.cell for c in states}
     seeds = sorted({c.seed for c in states})
     n = Counter(states.values())

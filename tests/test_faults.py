@@ -152,7 +152,7 @@ def test_completed_record_without_accuracy_is_unusable_and_a_launch_completes_it
     records.write_record({**record, "metrics": {**record["metrics"], "accuracy": None}}, path)
 
     code, out, _ = main(capsys, status, "table1", *selection(tmp_path, data_root, "--columns", "avgpool"))
-    assert "1 run: 0 done, 0 running, 0 failed, 1 unusable, 0 pending" in out
+    assert "1 run: 0 done, 0 running, 0 queued, 0 failed, 1 unusable, 0 pending" in out
     assert "UNUSABLE table1/fashion_mnist/avgpool seed 0: partial record: metrics.accuracy is None" in out
     runs, skipped = collect.load_runs(tmp_path / "results" / "runs")
     assert runs.empty and "partial record" in skipped[0]["reason"]
@@ -290,7 +290,7 @@ def test_sweep_checks_the_cluster_profile_before_creating_the_study(capsys, tmp_
 def test_summary_of_a_relaunch_with_uneven_seeds(tmp_path):
     runs = experiments.plan("table1", 3, ["fashion_mnist"], results_dir=str(tmp_path))
     states = {c: "pending" for c in runs[2:]}  # 4 cells x 3 seeds, two runs of the first cell done
-    assert status.summary(states) == "10 runs in 4 cells, seeds 0-2: 0 done, 0 running, 0 failed, 0 unusable, " \
+    assert status.summary(states) == "10 runs in 4 cells, seeds 0-2: 0 done, 0 running, 0 queued, 0 failed, 0 unusable, " \
                                      "10 pending"
     assert status.summary({c: "done" for c in runs}).startswith("4 cells x 3 seeds = 12 runs: 12 done")
 

@@ -2,8 +2,10 @@
 executor (tiny Fashion-MNIST files from conftest, the smoke profile, CPU)."""
 
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -64,7 +66,7 @@ def training_starts(config) -> int:
 def test_plan_sizes(capsys, tmp_path, target, runs, cells):
     code, out, _ = main(capsys, launch, target, "--seeds", 5, "--results-dir", tmp_path, "--dry-run")
     assert code == 0
-    assert f"{cells} cells x 5 seeds = {runs} runs: 0 done, 0 running, 0 failed, 0 unusable, {runs} pending" in out
+    assert f"{cells} cells x 5 seeds = {runs} runs: 0 done, 0 running, 0 queued, 0 failed, 0 unusable, {runs} pending" in out
     assert f"would submit {runs} runs" in out
     assert not (tmp_path / "slurm-logs").exists()  # a dry run submits nothing and writes nothing
 
@@ -138,7 +140,7 @@ def test_smoke_matrix_end_to_end_then_nothing_to_do(capsys, tmp_path, data_root,
     snapshot; a second launch finds everything done and submits nothing."""
     code, out, _ = main(capsys, launch, "all", *smoke(tmp_path, data_root, "--runs-per-gpu", 2, "--wait"))
     assert code == 0, out
-    assert "finished: 8 cells x 1 seed = 8 runs: 8 done, 0 running, 0 failed, 0 unusable, 0 pending" in out
+    assert "finished: 8 cells x 1 seed = 8 runs: 8 done, 0 running, 0 queued, 0 failed, 0 unusable, 0 pending" in out
     runs = configs(tmp_path, data_root, "all")
     for config in runs:
         record = records.read_record(records.record_path(config))
@@ -164,16 +166,36 @@ def test_smoke_matrix_end_to_end_then_nothing_to_do(capsys, tmp_path, data_root,
                 assert cell["n"] == 1 and cell["mean"] == pytest.approx(100 * accuracy, abs=1e-3)
 
 
-def test_returns_at_once_and_the_local_job_goes_on(tmp_path, data_root):
+def test_returns_at_once_the_local_job_goes_on_and_its_runs_are_not_submitted_twice(capsys, tmp_path, data_root):
     argv = [sys.executable, "-m", "repro.launch", "table1", *map(str, smoke(tmp_path, data_root)),
-            "--columns", "avgpool", "--no-snapshot"]
+            "--columns", "avgpool", "flexpool", "--no-snapshot"]
     result = subprocess.run(argv, check=False, capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "it goes on after this command returns" in result.stdout
     assert "progress: python -m repro.status" in result.stdout
+    planned = configs(tmp_path, data_root, columns=["avgpool", "flexpool"])
+    assert {records.run_status(c) for c in planned} == {"missing"}  # it did not wait for the runs
+    # One run at a time: the second waits in the job. Neither is pending, so a second launch submits nothing.
+    code, out, _ = main(capsys, launch, "table1", *smoke(tmp_path, data_root, "--columns", "avgpool", "flexpool"))
+    assert code == 0 and "nothing to submit" in out and " 0 pending" in out
+    assert re.search(r"[12] queued", out), out
+    for config in planned:
+        wait_for(lambda c=config: records.run_status(c) == "completed", what="the records of the detached job")
+    assert all(training_starts(c) == 1 for c in planned)
+
+
+def test_a_run_whose_job_is_gone_is_pending_again(tmp_path, data_root):
     (config,) = configs(tmp_path, data_root, columns=["avgpool"])
-    assert records.run_status(config) == "missing"  # it did not wait for the run
-    wait_for(lambda: records.run_status(config) == "completed", what="the record of the detached job")
+    path = records.queue_path(config)
+    path.parent.mkdir(parents=True)
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    here = socket.gethostname()
+    for marker, state in [(f"local {here} {os.getpid()}", "queued"), (f"local {here} {ended.pid}", "pending"),
+                          (f"local elsewhere {os.getpid()}", "pending"),  # another machine's: not asked
+                          ("slurm here 4294967_0", "pending"), ("cut off", "pending")]:
+        path.write_text(marker + "\n")
+        assert status.survey([config]) == {config: state}, marker
 
 
 def test_debug_executor_runs_the_job_in_this_process(capsys, tmp_path, data_root):
@@ -201,7 +223,7 @@ def test_failing_run_is_reported_with_cell_seed_and_log(capsys, tmp_path, data_r
         assert line in out and f"(log: {status.run_log_path(config)})" in out
         assert "Traceback" in status.run_log_path(config).read_text()
     code, out, _ = main(capsys, status, "table1", *selection(tmp_path, data_root, *select))
-    assert "2 runs: 0 done, 0 running, 2 failed, 0 unusable, 0 pending" in out and out.count("FAILED ") == 2
+    assert "2 runs: 0 done, 0 running, 0 queued, 2 failed, 0 unusable, 0 pending" in out and out.count("FAILED ") == 2
     code, out, _ = main(capsys, launch, "table1", *smoke(tmp_path, data_root, *select))
     assert "nothing to submit" in out  # a failed run has a record: only --retry-failed or --force run it again
     code, out, _ = main(capsys, launch, "table1", "--retry-failed", "--dry-run", *smoke(tmp_path, data_root, *select))
@@ -220,7 +242,9 @@ def test_killed_run_resumes_to_the_record_of_an_unbroken_one(capsys, tmp_path, d
     wait_for(lambda: status.lock_holder(config) is None, what="the killed run to let go of its lock")
     wait_for(lambda: "ended without a record: crashed (killed by SIGKILL)" in status.run_log_path(config).read_text(),
              timeout=60, what="the job to say in the run's own log how the run ended")
-    assert records.run_status(config) == "missing" and status.run_state(config) == "pending"
+    assert records.run_status(config) == "missing"
+    # queued while its job still ends; pending, so a launch trains it again, once that job has ended
+    wait_for(lambda: status.survey([config]) == {config: "pending"}, timeout=60, what="the job to end")
 
     code, out, _ = main(capsys, launch, "table1", *argv, "--wait")
     assert code == 0 and "submitting 1 run" in out

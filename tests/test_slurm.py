@@ -90,6 +90,8 @@ def test_preempted_task_is_requeued_and_its_run_resumes(capsys, tmp_path, data_r
     code, out = main(capsys, launch, *argv)
     assert code == 0 and "progress: python -m repro.status" in out
     (config,) = configs(tmp_path, data_root, columns=["avgpool"], epochs=20)
+    code, again = main(capsys, launch, *argv)  # its job waits in SLURM's queue or runs: queued, not pending
+    assert code == 0 and "nothing to submit" in again and "0 pending" in again
     wait_for(lambda: records.checkpoint_path(config).exists(), what="the first checkpoint")
     # What SLURM does before a time limit or a preemption: the job's signal (submitit's USR2) to its processes.
     subprocess.run(["scancel", "--signal=USR2", job_id(out)], check=True)
