@@ -34,7 +34,7 @@ machine() {
     echo "commit ${FLEXPOOL_GIT_COMMIT:-unknown: set FLEXPOOL_GIT_COMMIT}"; date -u; } | tee "$out/machine.txt"
 }
 
-gpu_tests() {  # the survey's own test is left to the survey itself when it follows
+gpu_tests() {  # in `first`, the survey and the campaign that follow test themselves: their tests are left out
   timeout "$1" python3 -m pytest -m gpu tests/gpu -q -p no:cacheprovider -x --durations=10 ${2:+-k "$2"} 2>&1 \
     | tee "$out/gpu-tests.log"
 }
@@ -83,14 +83,14 @@ case $phase in
   survey) survey $((until_s - 10)) ;;
   campaign) campaign ;;
   first)
-    gpu_tests 270 "not survey"
+    gpu_tests 270 "not survey and not launcher"
     case $? in
       0) ;;
       124) echo "the GPU tests ran out of time (gpu-tests.log says which passed); going on" ;;
       *) echo "a GPU test failed: no survey, no campaign (a wrong result is worse than a slow one)"; exit 1 ;;
     esac
-    # The shortened survey (about 3 of its 8 minutes): eager against one CUDA graph, 1, 4 and 8 runs side by
-    # side, 2 s each, no column compiled one by one. The whole one is `survey` in a later session.
+    # The shortened survey (estimated 3 minutes; the whole one, `survey`, 8): eager against one CUDA graph, 1, 4
+    # and 8 runs side by side, 2 s each, no column compiled one by one.
     survey $(($(left) - 120)) --regimes off/bf16 reduce-overhead/bf16 --packing 1 4 8 --seconds 2 --no-columns \
       || echo "the survey did not finish: the campaign takes its defaults"
     campaign ;;
