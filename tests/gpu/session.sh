@@ -62,6 +62,7 @@ campaign() {
   [ -d results/runs ] && cp -rn results/runs "$state/results/"  # committed records: those runs are done
   if ! { [ -f "$state/launch.pid" ] && kill -0 "$(cat "$state/launch.pid")" 2>/dev/null; }; then
     read -r mode runs < <(regime)
+    mode=${mode:-off} runs=${runs:-4}  # an unreadable survey: eager, 4 runs side by side
     echo "campaign: $campaign, --compile $mode --runs-per-gpu $runs" | tee -a "$state/launch.log"
     # shellcheck disable=SC2086  # the plan arguments are words
     setsid python3 -m repro.launch $campaign --executor local --no-snapshot --wait --compile "$mode" \
