@@ -14,9 +14,9 @@ fewer runs side by side.
 
 What is timed is repro.train's real step (batch by index, augmentation, forward, Eq. 3 + Eq. 2 loss, backward,
 optimizer, one-cycle schedule) with the epoch's random numbers drawn as in training, on CIFAR-shaped synthetic
-data; evaluation, checkpoints and starting a run's process are not. One table goes to stdout and a JSON with provenance (device, torch,
-commit, date, command) to results/bench/. On a CPU the defaults make a tiny smoke test of the machinery, not a
-speed figure.
+data; evaluation, checkpoints and starting a run's process are not. One table goes to stdout and a JSON with
+provenance (device, torch, commit, date, command) to results/bench/. On a CPU the defaults make a tiny smoke test
+of the machinery, not a speed figure.
 """
 
 from __future__ import annotations

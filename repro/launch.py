@@ -95,9 +95,9 @@ def executor_kind(choice: str) -> str:
 
 def to_run(states: dict[RunConfig, str], force: bool, retry_failed: bool) -> list[RunConfig]:
     """Pending and unusable runs (those resume from their checkpoint), plus failed ones with --retry-failed, plus
-    done and queued ones with --force; never running ones. Seed 0 of every cell first, then seed 1, ...: a campaign cut
-    short (a GPU lent for minutes, a queue that preempts) leaves whole seeds across the columns, which the
-    paired comparisons need."""
+    done and queued ones with --force; never running ones. Seed 0 of every cell first, then seed 1, ...: a
+    campaign cut short (a GPU lent for minutes, a queue that preempts) leaves whole seeds across the columns,
+    which the paired comparisons need."""
     wanted = {"pending", "unusable"} | ({"failed"} if retry_failed or force else set()) \
         | ({"done", "queued"} if force else set())
     return sorted((c for c, state in states.items() if state in wanted), key=lambda c: c.seed)
