@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from repro.config import RunConfig, field_names
-from repro.experiments import PROFILES, RECIPES, TABLES, parse_cell, profile_of, recipe_of
+from repro.experiments import PROFILES, RECIPES, TABLES, parse_cell, profile_of, profiles_help, recipe_of
 from repro.records import RecordError, read_record, verdict
 
 DEFAULT_RUNS = Path("results/runs")
@@ -230,9 +230,8 @@ def add_input_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--from-wandb", metavar="ENTITY/PROJECT",
                         help="read runs from the W&B API instead of --runs (needs network and a W&B login)")
     parser.add_argument("--profile", default="full", choices=PROFILE_CHOICES,
-                        help="which runs count: those whose config matches this profile of experiments.PROFILES "
-                             "(full = the paper's 100 epochs, batch 1000; smoke = the quick CPU check); 'any' "
-                             "takes every profile but still one config per cell, so no mixing (default: full)")
+                        help=f"which runs count: those whose config matches this profile ({profiles_help()}); "
+                             "'any' takes every profile but still one config per cell, so no mixing (default: full)")
     parser.add_argument("--recipe", default="suite", choices=RECIPE_CHOICES,
                         help="which runs count: suite = SGD + Nesterov, weight decay 5e-4 (default); paper = the "
                              "paper's literal Adam, no weight decay; both = each recipe apart, side by side")

@@ -35,6 +35,7 @@ from analysis.make_tables import (
     load_summary,
     out_dir,
     output_parser,
+    profile_text,
 )
 from repro.config import plural
 from repro.experiments import COLUMN_LABELS, COLUMNS, TABLES
@@ -123,7 +124,7 @@ def trend_figure(runs: pd.DataFrame, summary: pd.DataFrame, table: str, spread: 
     title = "Figure 2: FlexPooling (Table 1)" if table == "table1" else "Figure 4: FlexPooling with SAC (Table 2)"
     bars = (f"points: mean over seeds of each seed's gain; error bars: {SPREADS[spread]} over seeds"
             if (counts > 1).any() else "one seed per point: no error bars")
-    fig.suptitle(f"{title}: test accuracy gained over AvgPool; {profile} profile, {' and '.join(recipes)} recipe\n"
+    fig.suptitle(f"{title}: test accuracy gained over AvgPool; {profile_text(profile)}, {' and '.join(recipes)} recipe\n"
                  f"{bars}", fontsize=10)
     return fig
 
@@ -218,7 +219,7 @@ def flexpool_figure(runs: pd.DataFrame, table: str, dataset: str, profile: str, 
             ax.axis("off")
         ax_row[0].set_ylabel(COLUMN_LABELS[column], fontsize=10)
     fig.suptitle(f"Learned FlexPool weights × H·W (1 = average pooling): {DATASET_LABELS[dataset]}, "
-                 f"{table.replace('table', 'Table ')}; {profile} profile, {recipe} recipe", fontsize=11)
+                 f"{table.replace('table', 'Table ')}; {profile_text(profile)}, {recipe} recipe", fontsize=11)
     return fig
 
 

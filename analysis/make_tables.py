@@ -20,7 +20,7 @@ import pandas as pd
 
 from analysis import collect, stats
 from repro.config import plural
-from repro.experiments import COLUMN_LABELS, COLUMNS, PROFILES, RECIPES, TABLES
+from repro.experiments import COLUMN_LABELS, COLUMNS, PROFILES, RECIPES, TABLES, profile_words
 from repro.records import atomic_write
 
 DATASET_ORDER = ("cifar10", "fashion_mnist", "cifar100", "tiny_imagenet")  # the paper's row order
@@ -78,8 +78,7 @@ def recipe_text(recipes) -> str:
 
 
 def profile_text(profile: str) -> str:
-    fields = PROFILES.get(profile)
-    return f"{profile} profile" + (f" ({fields['epochs']} epochs)" if fields else " (all profiles)")
+    return profile_words(profile) if profile in PROFILES else f"{profile} profile (all profiles)"
 
 
 def _fmt(x: float, sign: bool = False) -> str:

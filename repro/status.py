@@ -25,7 +25,7 @@ from pathlib import Path
 
 from repro import records
 from repro.config import ConfigError, RunConfig, plural
-from repro.experiments import COLUMNS, DATASETS, PROFILES, RECIPES, TARGETS, load_params, plan
+from repro.experiments import COLUMNS, DATASETS, PROFILES, RECIPES, TARGETS, load_params, plan, profiles_help
 
 STATES = ("done", "running", "queued", "failed", "unusable", "pending")
 
@@ -39,7 +39,8 @@ def add_plan_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, default=1, help="seeds per table cell (runs 0..N-1; default 1)")
     parser.add_argument("--datasets", nargs="+", metavar="D", help=f"only these data sets: {', '.join(DATASETS)}")
     parser.add_argument("--columns", nargs="+", metavar="C", help=f"only these columns: {', '.join(COLUMNS)}")
-    parser.add_argument("--profile", default="full", help=f"{' | '.join(PROFILES)} (default: full; smoke: tiny, to try things)")
+    parser.add_argument("--profile", default="full", choices=list(PROFILES),
+                        help=f"{profiles_help()} (default: full)")
     parser.add_argument("--recipe", default="suite", choices=list(RECIPES),
                         help="suite (default): SGD + Nesterov, weight decay 5e-4; paper: the paper's literal Adam, "
                              "no weight decay (README: Deviations)")

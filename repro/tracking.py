@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 
 from repro.config import RunConfig
+from repro.experiments import profile_of, recipe_of
 
 # W&B's service process buffers a run's records and writes them to the run's .wandb file every this many seconds
 # (W&B's default: 15). SLURM's SIGTERM (requeue, preemption) ends the service together with the run, and whatever
@@ -36,7 +37,8 @@ def wandb_run_id(config: RunConfig) -> str:
 
 def tags(config: RunConfig) -> list[str]:
     parts = config.cell.split("/") if config.cell else ["adhoc", config.dataset]
-    return parts + [f"pool={config.pool}"] + (["sac"] if config.sac else [])
+    return parts + [f"pool={config.pool}", f"profile={profile_of(config)}", f"recipe={recipe_of(config)}"] + (
+        ["sac"] if config.sac else [])
 
 
 class Tracker:

@@ -79,15 +79,24 @@ def load_data(config: RunConfig, device: torch.device):
     return [t.to(device) for t in (images, labels, eval_images, eval_labels)]
 
 
+def cpu_bf16_units() -> str:
+    """This CPU's bf16 matrix units as torch sees them ('AMX-BF16', 'AVX512-BF16', or '' for none: there bf16 is
+    emulated and slower than fp32)."""
+    units = [name for name, has in (("AMX-BF16", torch.cpu._is_amx_tile_supported()),
+                                    ("AVX512-BF16", torch.cpu._is_avx512_bf16_supported())) if has]
+    return " + ".join(units)
+
+
 def uses_bf16(config: RunConfig, device: torch.device) -> bool:
-    return config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
+    if config.precision != "auto":
+        return config.precision == "bf16"
+    return device.type == "cuda" or bool(cpu_bf16_units())
 
 
 def memory_format(config: RunConfig, device: torch.device) -> torch.memory_format:
-    """channels_last goes with bf16 on CUDA (the tensor cores' convolutions want NHWC); fp32 stays the plain
-    reference layout."""
-    cuda_bf16 = device.type == "cuda" and uses_bf16(config, device)
-    return torch.channels_last if cuda_bf16 else torch.contiguous_format
+    """channels_last goes with bf16 (NHWC is the layout of the tensor cores' and oneDNN's bf16 convolutions);
+    fp32 stays the plain reference layout."""
+    return torch.channels_last if uses_bf16(config, device) else torch.contiguous_format
 
 
 def compile_mode(config: RunConfig, device: torch.device) -> str:
@@ -370,12 +379,24 @@ def git_commit() -> str:
         return "unknown"
 
 
+def cpu_model() -> str:
+    """The processor's model name as the OS reports it (/proc/cpuinfo on Linux), else platform's guess."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
 def environment(device: torch.device) -> dict:
     import torchvision
 
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
+    if device.type == "cuda":
+        name, bf16_units = torch.cuda.get_device_name(device), {}
+    else:  # the CPU's model and bf16 units decide its speed and the last digits of its results
+        name, bf16_units = cpu_model(), {"cpu_bf16_units": cpu_bf16_units() or "none", "cpus": len(os.sched_getaffinity(0))}
     # the threads, like the device, change results in their last digits (README: One run)
-    return {"device": name, "device_type": device.type, "threads": torch.get_num_threads(),
+    return {"device": name, "device_type": device.type, **bf16_units, "threads": torch.get_num_threads(),
             "torch": torch.__version__, "torchvision": torchvision.__version__, "python": platform.python_version(),
             "git_commit": git_commit(),
             "host": socket.gethostname(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
