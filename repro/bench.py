@@ -3,20 +3,22 @@
 A regime is a compile mode and a precision: off/fp32 is eager fp32 (the plain reference), off/bf16 eager bf16
 with channels_last, and default/bf16, reduce-overhead/bf16 (CUDA graphs), max-autotune/bf16 compile the whole
 training step. The survey times the heaviest column (Table 2, FlexPool + SAC + Reg + Dropout) in every regime
-with 1, 2, 4 and 8 runs side by side on the device, each run a process of its own as the launcher packs them
-(with --mps the packed ones again under CUDA MPS, started and stopped here), and how long a run takes to get
-ready (build, compile, capture; cold, then warm from the compile cache as the launcher's later runs find it).
-It names the fastest for whole runs: the most images/s over the shortest full-profile run (Fashion-MNIST),
-its preparation counted, so that compiling is chosen only where it pays for itself. Then it times every
-column in that regime and projects the device-hours of table1, table2 and all from each column's own speed,
-each data set's size and the preparation. Without --survey it does the same for one regime (--regimes) and
-fewer runs side by side.
+with 1, 2, 4 and 8 runs side by side on a GPU (1 and one per core on a CPU, each with its share of the cores),
+each run a process of its own as the launcher packs them (with --mps the packed ones again under CUDA MPS,
+started and stopped here), and how long a run takes to get ready (build, compile, capture; cold, then warm from
+the compile cache as the launcher's later runs find it). It names the fastest for whole runs: the most images/s
+over the shortest run of the profile (--profile, --datasets), its preparation counted, so that compiling is
+chosen only where it pays for itself. Then it times every column in that regime and projects the device-hours
+of table1, table2 and all from each column's own speed, each data set's size and the preparation. Beside the
+suite's regimes it times `plain/bf16`: the AvgPool network trained by a plain PyTorch loop as one writes it in
+ten minutes (bf16 autocast, channels_last, torch.optim, a random crop and flip), the yardstick for the suite's
+own AvgPool column. Without --survey it does the same for one regime (--regimes) and fewer runs side by side.
 
 What is timed is repro.train's real step (batch by index, augmentation, forward, Eq. 3 + Eq. 2 loss, backward,
-optimizer, one-cycle schedule) with the epoch's random numbers drawn as in training, on CIFAR-shaped synthetic
-data; evaluation, checkpoints and starting a run's process are not. One table goes to stdout and a JSON with
-provenance (device, torch, commit, date, command) to results/bench/. On a CPU the defaults make a tiny smoke test
-of the machinery, not a speed figure.
+optimizer, one-cycle schedule) with the epoch's random numbers drawn as in training, at the profile's batch size
+on random images shaped like the first data set's; evaluation, checkpoints and starting a run's process are
+not. One table goes to stdout and a JSON with provenance (device, torch, commit, date, command) to
+results/bench/.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from repro import data, experiments, records, train
 from repro.config import COMPILE_MODES, ConfigError, RunConfig, check, plural
@@ -47,16 +50,17 @@ TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "fashion_mnist": 60_000, 
 HEAVIEST = "table2/flexpool-reg-dropout"  # FlexPool + SAC + Reg + Dropout
 CELLS = [f"{table}/{column}" for table in experiments.TABLES for column in experiments.COLUMNS]
 SCHEDULE_EPOCHS = 100  # the learning rates and random numbers of this many epochs repeat as timing goes on
-# The shortest run of the full profile, in images: the one a slow compile costs most (the regime is chosen by it).
-SHORTEST_RUN = "fashion_mnist"
+PLAIN = "plain"  # the compile mode that names the plain-loop yardstick; it trains the AvgPool column's network
+PLAIN_CELL = "table1/avgpool"
 SURVEY_REGIMES = {"cuda": ["off/fp32", "off/bf16", "default/bf16", "reduce-overhead/bf16"],
-                  "cpu": ["off/fp32", "off/bf16"]}  # compiling takes minutes on a CPU
-# (default on a GPU, default on a CPU) of the options whose default depends on the device
-DEFAULTS = {"batch_size": (1000, 8), "steps": (10, 2), "seconds": (3.0, 0.0),
-            "survey_packing": ([1, 2, 4, 8], [1, 2]), "packing": ([1, 4], [1, 2])}
+                  "cpu": ["off/fp32", "off/bf16", "default/bf16", "plain/bf16"]}
+CORES = len(os.sched_getaffinity(0))
+# (default on a GPU, default on a CPU) of the options whose default depends on the device; a CPU packs at most
+# one run per core
+DEFAULTS = {"steps": (10, 3), "seconds": (3.0, 8.0),
+            "survey_packing": ([1, 2, 4, 8], sorted({1, CORES})), "packing": ([1, 4], sorted({1, CORES}))}
 PREPARE_TIMEOUT_S = 900  # building and compiling one run's step (max-autotune takes minutes)
 MPS_CONTROL = "nvidia-cuda-mps-control"
-CORES = len(os.sched_getaffinity(0))
 WIDTH = 30  # of the first column of the printed table
 
 
@@ -84,22 +88,48 @@ class Prepared:
         return loss
 
 
-def prepare(config: RunConfig, steps: int) -> Prepared:
-    """A run's data (`steps` batches an epoch), model, optimizer, schedule and step, as repro.train.run builds
-    them, warmed up: compiled and, in CUDA-graph modes, captured."""
-    device = train.resolve_device(config.device)
-    images, labels = data.synthetic("train")
-    n = steps * config.batch_size
-    repeats = -(-n // len(labels))
-    images, labels = images.repeat(repeats, 1, 1, 1)[:n].to(device), labels.repeat(repeats)[:n].to(device)
+def prepare(config: RunConfig, steps: int, plain: bool = False) -> Prepared:
+    """A run's data (`steps` batches an epoch of random images shaped like its data set's), model, optimizer,
+    schedule and step, as repro.train.run builds them (or the plain loop's), warmed up: compiled and, in
+    CUDA-graph modes, captured."""
+    device, info = train.resolve_device(config.device), data.INFO[config.dataset]
+    n, g = steps * config.batch_size, torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, info.in_channels, info.size, info.size), dtype=torch.uint8, generator=g)
+    images, labels = images.to(device), torch.randint(0, info.num_classes, (n,), generator=g).to(device)
     model = train.make_model(config, device)
-    optimizer = train.make_optimizer(config, model)
     lrs = train.lr_schedule(config, SCHEDULE_EPOCHS * steps, device)
-    step = train.make_step(config, model, optimizer, images, labels)
+    if plain:
+        step = plain_step(config, model, images, labels)
+    else:
+        step = train.make_step(config, model, train.make_optimizer(config, model), images, labels)
     prepared = Prepared(config, device, step, model, lrs, n)
     for _ in range(2):  # the first steps compile, the next ones record CUDA graphs
         prepared.train_epoch().item()
     return prepared
+
+
+def plain_step(config: RunConfig, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor):
+    """The yardstick: a training step as a plain PyTorch loop writes it (bf16 autocast and channels_last where
+    the suite uses them, torch.optim's SGD at a fixed learning rate, one random crop offset a batch and a flip
+    per image), in repro.train's step signature so that it is timed alike; it ignores the suite's draws."""
+    device, info, pad = images.device, data.INFO[config.dataset], 4
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, nesterov=True,
+                                weight_decay=config.weight_decay)
+    bf16, layout = train.uses_bf16(config, device), train.memory_format(config, device)
+
+    def step(idx, aug, mask, lr):
+        x, y = data.normalize(images[idx], info), labels[idx]
+        i, j = torch.randint(0, 2 * pad + 1, (2,)).tolist()
+        x = F.pad(x, (pad,) * 4, mode="reflect")[:, :, i:i + info.size, j:j + info.size]
+        x = torch.where(torch.rand(len(x), 1, 1, 1, device=device) < 0.5, x.flip(3), x)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = model(x.contiguous(memory_format=layout))
+        loss = F.cross_entropy(out.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach(), (out.argmax(1) == y).sum()
+    return step
 
 
 def timed(prepared: Prepared, seconds: float, barrier) -> float:
@@ -116,8 +146,8 @@ def timed(prepared: Prepared, seconds: float, barrier) -> float:
 
 
 def _worker(index: int, commands, replies, barriers: dict) -> None:
-    """Commands: ("prepare", key, (config, steps, compile threads)), ("time", key, (seconds, runs side by
-    side)), None to end. Replies: (index, key, seconds it took to prepare, or images/s), the value "error: ..."
+    """Commands: ("prepare", key, (config, steps, compile threads, plain loop?)), ("time", key, (seconds, runs
+    side by side)), None to end. Replies: (index, key, seconds it took to prepare, or images/s), the value "error: ..."
     where the command failed."""
     cores = torch.get_num_threads()
     prepared: dict[str, Prepared] = {}
@@ -125,9 +155,9 @@ def _worker(index: int, commands, replies, barriers: dict) -> None:
         kind, key, payload = command
         try:
             if kind == "prepare":
-                config, steps, torch._inductor.config.compile_threads = payload
+                config, steps, torch._inductor.config.compile_threads, plain = payload
                 start = time.perf_counter()
-                prepared[key] = prepare(config, steps)
+                prepared[key] = prepare(config, steps, plain)
                 replies.put((index, key, time.perf_counter() - start))
             else:
                 seconds, runs = payload
@@ -222,32 +252,37 @@ def mps_daemon():
 
 # --- the survey ----------------------------------------------------------------------------------------------
 
+def is_plain(regime: str) -> bool:
+    return regime.split("/")[0] == PLAIN
+
+
 def bench_config(cell: str, regime: str, args) -> RunConfig:
     table, column = cell.split("/")
     compile_mode, precision = regime.split("/")
-    return experiments.cell_config(table, "cifar10", column).replace(
-        cell="", dataset="synthetic", batch_size=args.batch_size, device=args.device, compile=compile_mode,
+    return experiments.cell_config(table, args.datasets[0], column, args.profile).replace(
+        cell="", batch_size=args.batch_size, device=args.device, compile="off" if is_plain(regime) else compile_mode,
         precision=precision, wandb="disabled")
 
 
 def measure_regime(regime: str, packing: list[int], args, env: dict | None = None) -> tuple[dict, dict]:
     """({runs side by side: summed images/s}, {"cold": s, "warm": s} to prepare a run) of the heaviest column
-    in one regime. Warm is the slowest of the runs prepared side by side after the first (cold where there is
-    only one)."""
-    config, size = bench_config(HEAVIEST, regime, args), max(packing)
+    (the plain loop: the AvgPool network) in one regime. Warm is the slowest of the runs prepared side by side
+    after the first (cold where there is only one)."""
+    plain = is_plain(regime)
+    cell = PLAIN_CELL if plain else HEAVIEST
+    config, size = bench_config(cell, regime, args), max(packing)
     with Pool(size, packing, env) as pool:
         # the first alone with every core, the others side by side then find its compiled code in the cache
-        [cold] = pool.ask([(0, ("prepare", HEAVIEST, (config, args.steps, CORES)))], PREPARE_TIMEOUT_S).values()
+        [cold] = pool.ask([(0, ("prepare", cell, (config, args.steps, CORES, plain)))], PREPARE_TIMEOUT_S).values()
         threads = max(1, CORES // max(1, size - 1))
-        warm = pool.ask([(i, ("prepare", HEAVIEST, (config, args.steps, threads))) for i in range(1, size)],
+        warm = pool.ask([(i, ("prepare", cell, (config, args.steps, threads, plain))) for i in range(1, size)],
                         PREPARE_TIMEOUT_S).values()
         prepare_s = {"cold": cold, "warm": max(warm, default=cold)}
         print(f"  {regime + (' + MPS' if env else ''):<{WIDTH}} ready in {cold:.1f} s cold, "
               f"{prepare_s['warm']:.1f} s warm", flush=True)
         rates = {}
         for k in packing:
-            answers = pool.ask([(i, ("time", HEAVIEST, (args.seconds, k))) for i in range(k)],
-                               PREPARE_TIMEOUT_S)
+            answers = pool.ask([(i, ("time", cell, (args.seconds, k))) for i in range(k)], PREPARE_TIMEOUT_S)
             rates[k] = sum(answers.values())
             name = regime + (" + MPS" if env else "")
             print(f"  {name:<{WIDTH}} {plural(k, 'run'):>7}: {rates[k]:>12,.0f} images/s", flush=True)
@@ -257,7 +292,8 @@ def measure_regime(regime: str, packing: list[int], args, env: dict | None = Non
 def measure_columns(regime: str, workers: int, args) -> dict:
     """{cell: images/s of one run} of every column in one regime: prepared side by side, timed one at a time."""
     owner, threads = {cell: i % workers for i, cell in enumerate(CELLS)}, max(1, CORES // workers)
-    orders = [(owner[c], ("prepare", c, (bench_config(c, regime, args), args.steps, threads))) for c in CELLS]
+    orders = [(owner[c], ("prepare", c, (bench_config(c, regime, args), args.steps, threads, False)))
+              for c in CELLS]
     with Pool(workers, [1]) as pool:
         pool.ask(orders, PREPARE_TIMEOUT_S * len(CELLS) / workers)
         rates = {}
@@ -276,31 +312,48 @@ def survey(args) -> dict:
     if args.mps:
         results += mps_results(args)
     single = {r["regime"]: r["images_per_s"][1] for r in results if not r["mps"] and r["images_per_s"]}
-    if not single:
+    suite = {regime: rate for regime, rate in single.items() if not is_plain(regime)}
+    if not suite:
         raise BenchError("every regime failed: " + "; ".join(f"{r['regime']}: {r['error']}" for r in results))
+    shortest = run_images(min(args.datasets, key=TRAIN_IMAGES.get), args.profile)
     best = max(({"regime": r["regime"], "mps": r["mps"], "runs": k, "images_per_s": rate,
-                 "prepare_s": r["prepare_s"]["warm"], "whole_run_images_per_s": whole_run_rate(rate, k, r)}
-                for r in results if r["regime"] in single for k, rate in r["images_per_s"].items()),
+                 "prepare_s": r["prepare_s"]["warm"], "whole_run_images_per_s": whole_run_rate(rate, k, r, shortest)}
+                for r in results if r["regime"] in suite for k, rate in r["images_per_s"].items()),
                key=lambda b: b["whole_run_images_per_s"])
     gain = best["images_per_s"] / single[best["regime"]]
     if args.no_columns:  # every column at the heaviest one's speed: an upper bound on the hours
-        print(f"fastest: {describe(best)}", flush=True)
+        print(f"fastest: {describe(best, args)}", flush=True)
         columns, speeds = {}, {cell: single[best["regime"]] for cell in CELLS}
     else:
-        print(f"fastest: {describe(best)}; every column in {best['regime']}, one run at a time:", flush=True)
+        print(f"fastest: {describe(best, args)}; every column in {best['regime']}, one run at a time:", flush=True)
         columns = speeds = measure_columns(best["regime"], max(args.packing), args)
     return {"regimes": results, "best": best, "packing_gain": gain, "columns": columns,
-            "projected_device_hours": projected_hours(speeds, gain, best, args.seeds)}
+            "speedups": speedups(single, best, gain, columns),
+            "projected_device_hours": projected_hours(speeds, gain, best, args)}
 
 
-def run_images(dataset: str) -> int:
-    return experiments.PROFILES["full"]["epochs"] * TRAIN_IMAGES[dataset]
+def speedups(single: dict, best: dict, gain: float, columns: dict) -> dict:
+    """How the fastest regime compares with its yardsticks: its summed images/s (heaviest column, its runs side
+    by side) over one eager fp32 run's; and the AvgPool column, one run each, over the plain loop's, then run
+    the fastest way (one run's speed x the packing gain of the heaviest column) over the plain loop as written
+    (one process, every core)."""
+    out = {}
+    if "off/fp32" in single:
+        out["over_eager_fp32"] = best["images_per_s"] / single["off/fp32"]
+    plain = next((rate for regime, rate in single.items() if is_plain(regime)), None)
+    if plain and PLAIN_CELL in columns:
+        out["avgpool_over_plain_loop"] = columns[PLAIN_CELL] / plain
+        out["avgpool_packed_over_plain_loop"] = columns[PLAIN_CELL] * gain / plain
+    return out
 
 
-def whole_run_rate(rate: float, runs: int, result: dict) -> float:
-    """Summed images/s of `runs` full-profile runs of the shortest data set side by side, each first getting
-    ready (warm), then training its share of `rate`."""
-    images = run_images(SHORTEST_RUN)
+def run_images(dataset: str, profile: str) -> int:
+    return experiments.PROFILES[profile]["epochs"] * TRAIN_IMAGES[dataset]
+
+
+def whole_run_rate(rate: float, runs: int, result: dict, images: int) -> float:
+    """Summed images/s of `runs` runs of `images` images side by side, each first getting ready (warm), then
+    training its share of `rate`."""
     return runs * images / (result["prepare_s"]["warm"] + runs * images / rate)
 
 
@@ -328,20 +381,21 @@ def _attempt(regime: str, mps: bool, measure) -> dict:
         return {"regime": regime, "mps": mps, "images_per_s": {}, "prepare_s": {}, "error": str(e)}
 
 
-def describe(best: dict) -> str:
+def describe(best: dict, args) -> str:
     mps = " under MPS" if best["mps"] else ""
+    shortest = min(args.datasets, key=TRAIN_IMAGES.get)
     return (f"{best['regime']}, {plural(best['runs'], 'run')} side by side{mps}, {best['images_per_s']:,.0f} "
-            f"images/s training, {best['whole_run_images_per_s']:,.0f} over whole {SHORTEST_RUN} runs "
-            f"(each ready in {best['prepare_s']:.1f} s)")
+            f"images/s training, {best['whole_run_images_per_s']:,.0f} over whole {shortest} runs of the "
+            f"{args.profile} profile (each ready in {best['prepare_s']:.1f} s)")
 
 
-def projected_hours(columns: dict, gain: float, best: dict, seeds: int) -> dict:
-    """Device-hours of each target with the full profile: every cell's epochs over each data set's training
-    images at that cell's own measured speed times the packing gain of the fastest regime, and each run's
-    preparation (warm) shared by the runs side by side."""
-    per_cell_images = sum(run_images(d) for d in TRAIN_IMAGES)
-    per_cell_prepare = len(TRAIN_IMAGES) * best["prepare_s"] / best["runs"]
-    cell_hours = {cell: seeds * (per_cell_images / (rate * gain) + per_cell_prepare) / 3600
+def projected_hours(columns: dict, gain: float, best: dict, args) -> dict:
+    """Device-hours of each target with the profile over the data sets: every cell's epochs over each data
+    set's training images at that cell's own measured speed times the packing gain of the fastest regime, and
+    each run's preparation (warm) shared by the runs side by side."""
+    per_cell_images = sum(run_images(d, args.profile) for d in args.datasets)
+    per_cell_prepare = len(args.datasets) * best["prepare_s"] / best["runs"]
+    cell_hours = {cell: args.seeds * (per_cell_images / (rate * gain) + per_cell_prepare) / 3600
                   for cell, rate in columns.items()}
     return {target: sum(cell_hours[f"{table}/{column}"] for table in tables for column in experiments.COLUMNS)
             for target, tables in experiments.TARGETS.items()}
@@ -351,7 +405,8 @@ def projected_hours(columns: dict, gain: float, best: dict, seeds: int) -> dict:
 
 def table(result: dict, args, device: torch.device) -> str:
     packing = sorted({k for r in result["regimes"] for k in r["images_per_s"]} | set(args.packing))
-    lines = [f"heaviest column ({HEAVIEST}), images/s summed over the runs side by side:",
+    title = f"heaviest column ({HEAVIEST}; {PLAIN}: the plain loop on {PLAIN_CELL}'s network)"
+    lines = [f"{title}, images/s summed over the runs side by side:",
              f"  {'regime':<{WIDTH}}" + "".join(f"{plural(k, 'run'):>12}" for k in packing)]
     for r in result["regimes"]:
         name = r["regime"] + (" + MPS" if r["mps"] else "")
@@ -361,28 +416,34 @@ def table(result: dict, args, device: torch.device) -> str:
             if r["prepare_s"] else ""
         lines.append(f"  {name:<{WIDTH}}{cells}" + (f"  failed: {r['error']}" if r["error"] else ready))
     best = result["best"]
-    lines.append(f"fastest: {describe(best)}; {result['packing_gain']:.2f} x one run's training")
+    lines.append(f"fastest: {describe(best, args)}; {result['packing_gain']:.2f} x one run's training")
     if result["columns"]:
         lines.append(f"every column in {best['regime']}, one run, images/s:")
         lines += [f"  {cell:<{WIDTH}}{rate:>12,.0f}" for cell, rate in result["columns"].items()]
-    what = (f"at the speeds above (batch {args.batch_size}, CIFAR's 32x32x3 images; Fashion-MNIST's "
-            f"28x28x1 train no slower)")
-    if device.type == "cpu":
-        what = f"from this CPU smoke test at batch {args.batch_size}: a test of the machinery, not a speed figure"
-    epochs = experiments.PROFILES["full"]["epochs"]
+    lines += [f"{SPEEDUP_WORDS[name]}: {ratio:.2f} x" for name, ratio in result["speedups"].items()]
     speeds = "each column's own speed" if result["columns"] else "every column at the heaviest one's speed " \
         "(--no-columns: an upper bound)"
-    lines.append(f"projected device-hours, {args.seeds} seeds, the full profile ({epochs} epochs over each data "
-                 f"set's training images at {speeds}, and each run's preparation; not evaluation), {what}:")
+    lines.append(f"projected device-hours, {args.seeds} seeds, {' '.join(args.datasets)}, "
+                 f"{experiments.profile_words(args.profile)}: its epochs over each data set's training images at "
+                 f"{speeds}, and each run's preparation (not evaluation), at the speeds above:")
     lines += [f"  {target:<7}{hours:>12,.2f} device-hours"
               for target, hours in result["projected_device_hours"].items()]
-    if device.type == "cuda":
-        compile_mode, precision = best["regime"].split("/")
-        lines.append(f"to adopt it: python -m repro.launch ... --compile {compile_mode} --runs-per-gpu "
-                     f"{best['runs']}" + (" with CUDA MPS running" if best["mps"] else "")
-                     + (" and precision fp32" if precision == "fp32" else "")
-                     + f"; as the default: CUDA_COMPILE = {compile_mode!r} in repro/train.py")
+    compile_mode, precision = best["regime"].split("/")
+    executor = "--executor local " if device.type == "cpu" else ""
+    lines.append(f"to adopt it: python -m repro.launch ... --profile {args.profile} {executor}--compile "
+                 f"{compile_mode} --runs-per-gpu {best['runs']}" + (" with CUDA MPS running" if best["mps"] else "")
+                 + (" and precision fp32" if precision == "fp32" else "")
+                 + (f"; as the default: CUDA_COMPILE = {compile_mode!r} in repro/train.py"
+                    if device.type == "cuda" else ""))
     return "\n".join(lines)
+
+
+SPEEDUP_WORDS = {
+    "over_eager_fp32": "fastest regime (heaviest column, its runs side by side) over one eager fp32 run",
+    "avgpool_over_plain_loop": "AvgPool column in the fastest regime over the plain loop, one run each",
+    "avgpool_packed_over_plain_loop": "AvgPool column run the fastest way (x the packing gain) over the plain "
+                                      "loop in one process",
+}
 
 
 # --- command line --------------------------------------------------------------------------------------------
@@ -395,10 +456,10 @@ def parser() -> argparse.ArgumentParser:
                         f"{' '.join(SURVEY_REGIMES['cpu'])} on a CPU) and more runs side by side")
     modes = ", ".join(m for m in COMPILE_MODES if m != "auto")
     p.add_argument("--regimes", nargs="+", metavar="COMPILE/PRECISION",
-                   help=f"regimes to time: COMPILE one of {modes}, PRECISION bf16 or fp32 (default: --survey's "
-                        f"list, else the one --compile auto and --precision auto train in: "
-                        f"{train.CUDA_COMPILE}/bf16 on a GPU, off/fp32 on a CPU); max-autotune/bf16 autotunes "
-                        f"for minutes")
+                   help=f"regimes to time: COMPILE one of {modes}, or {PLAIN} (the plain-loop yardstick), "
+                        f"PRECISION bf16 or fp32 (default: --survey's list, else the one --compile auto and "
+                        f"--precision auto train in: {train.CUDA_COMPILE}/bf16 on a GPU, off/bf16 on a CPU with "
+                        f"bf16 units, else off/fp32); max-autotune/bf16 autotunes for minutes")
     p.add_argument("--packing", nargs="+", type=int, metavar="K",
                    help=f"numbers of runs side by side, each a process of its own (default: "
                         f"{both('survey_packing')} with --survey, else {both('packing')})")
@@ -409,8 +470,12 @@ def parser() -> argparse.ArgumentParser:
                    help="do not time every column in the fastest regime (compiling each takes a while); the "
                         "projection then takes every column at the heaviest one's speed")
     p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1 ...")
-    p.add_argument("--batch-size", type=int,
-                   help=f"images per step (default: {both('batch_size')}; paper: 1000)")
+    p.add_argument("--profile", default="full", choices=list(experiments.PROFILES),
+                   help=f"the runs to project: {experiments.profiles_help()} (default: full)")
+    p.add_argument("--datasets", nargs="+", default=list(TRAIN_IMAGES), metavar="D",
+                   help=f"the data sets to project, timed on images shaped like the first's "
+                        f"(default: {' '.join(TRAIN_IMAGES)})")
+    p.add_argument("--batch-size", type=int, help="images per step (default: the profile's; paper: 1000)")
     p.add_argument("--steps", type=int, help=f"steps per epoch (default: {both('steps')})")
     p.add_argument("--seconds", type=float,
                    help=f"timed seconds per measurement, in whole epochs, at least one "
@@ -433,18 +498,24 @@ def settle(args: argparse.Namespace) -> torch.device:
     gpu = device.type == "cuda"
     pick = (lambda name: DEFAULTS[name][0 if gpu else 1])
     args.device = str(device)
-    for name in ("batch_size", "steps", "seconds"):
+    for name in ("steps", "seconds"):
         if getattr(args, name) is None:
             setattr(args, name, pick(name))
+    unknown = sorted(set(args.datasets) - set(TRAIN_IMAGES))
+    check(not unknown, f"unknown data set(s) {', '.join(unknown)}; choose from {', '.join(TRAIN_IMAGES)}")
+    if args.batch_size is None:
+        args.batch_size = experiments.PROFILES[args.profile]["batch_size"]
     args.packing = sorted(set(args.packing or pick("survey_packing" if args.survey else "packing")))
-    own = f"{train.compile_mode(RunConfig(), device)}/{'bf16' if gpu else 'fp32'}"
+    default = RunConfig()
+    own = f"{train.compile_mode(default, device)}/{'bf16' if train.uses_bf16(default, device) else 'fp32'}"
     args.regimes = args.regimes or (SURVEY_REGIMES[device.type] if args.survey else [own])
     check(min(args.batch_size, args.steps, args.seeds, *args.packing) >= 1 and args.seconds >= 0,
           "--batch-size, --steps, --seeds and --packing must be positive, --seconds not negative")
     check(1 in args.packing, "--packing must include 1: the packing gain is against one run")
     for regime in args.regimes:
         compile_mode, _, precision = regime.partition("/")
-        check(compile_mode in COMPILE_MODES and compile_mode != "auto" and precision in ("bf16", "fp32"),
+        check((compile_mode in COMPILE_MODES or compile_mode == PLAIN) and compile_mode != "auto"
+              and precision in ("bf16", "fp32"),
               f"unknown regime {regime!r}: COMPILE/PRECISION, e.g. reduce-overhead/bf16")
     return device
 

@@ -10,9 +10,11 @@ from repro import bench
 
 @pytest.fixture(scope="module")
 def survey(tmp_path_factory):
-    """The CPU smoke survey (one regime, to stay short): its JSON and what it printed."""
+    """A CPU survey at a tiny batch (one suite regime and the plain loop, to stay short): its JSON and what it
+    printed."""
     out = tmp_path_factory.mktemp("bench")
-    argv = ["--survey", "--device", "cpu", "--batch-size", "4", "--regimes", "off/fp32", "--out", str(out)]
+    argv = ["--survey", "--device", "cpu", "--batch-size", "4", "--seconds", "0", "--regimes", "off/fp32",
+            "plain/bf16", "--out", str(out)]
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         assert bench.main(argv) == 0
@@ -22,16 +24,31 @@ def survey(tmp_path_factory):
 
 def test_survey_on_a_cpu_times_packed_runs_and_every_column_with_provenance(survey):
     result, _ = survey
-    assert result["settings"]["packing"] == [1, 2] and result["settings"]["seconds"] == 0
-    [regime] = result["regimes"]
+    assert result["settings"]["packing"] == sorted({1, bench.CORES}) and result["settings"]["seconds"] == 0
+    regime, plain = result["regimes"]
     assert regime["regime"] == "off/fp32" and regime["error"] is None
-    assert set(regime["images_per_s"]) == {"1", "2"} and all(r > 0 for r in regime["images_per_s"].values())
-    assert result["best"]["regime"] == "off/fp32" and result["best"]["runs"] in (1, 2)
+    packing = {str(k) for k in result["settings"]["packing"]}
+    assert set(regime["images_per_s"]) == packing and all(r > 0 for r in regime["images_per_s"].values())
+    assert plain["regime"] == "plain/bf16" and set(plain["images_per_s"]) == packing
+    assert result["best"]["regime"] == "off/fp32", "the plain loop is a yardstick, never the suite's regime"
     assert result["packing_gain"] == pytest.approx(result["best"]["images_per_s"] / regime["images_per_s"]["1"])
     assert 0 < regime["prepare_s"]["cold"] and 0 < regime["prepare_s"]["warm"] == result["best"]["prepare_s"]
     assert list(result["columns"]) == bench.CELLS and all(r > 0 for r in result["columns"].values())
     assert {"device", "torch", "git_commit", "date", "command"} <= set(result["env"])
     assert result["env"]["command"].startswith("python -m repro.bench --survey --device cpu")
+    assert result["env"]["device_type"] == "cpu" and result["env"]["cpu_bf16_units"]
+
+
+def test_speedups_compare_the_fastest_regime_with_eager_fp32_and_the_avgpool_column_with_the_plain_loop(survey):
+    result, printed = survey
+    regime, plain = result["regimes"]
+    best, speedups = result["best"], result["speedups"]
+    assert speedups["over_eager_fp32"] == pytest.approx(best["images_per_s"] / regime["images_per_s"]["1"])
+    avgpool = result["columns"]["table1/avgpool"]
+    assert speedups["avgpool_over_plain_loop"] == pytest.approx(avgpool / plain["images_per_s"]["1"])
+    assert speedups["avgpool_packed_over_plain_loop"] == pytest.approx(
+        avgpool * result["packing_gain"] / plain["images_per_s"]["1"])
+    assert f"one run each: {speedups['avgpool_over_plain_loop']:.2f} x" in printed
 
 
 def test_projection_takes_each_column_at_its_own_speed_and_counts_each_runs_preparation(survey):
@@ -53,17 +70,18 @@ def test_the_fastest_regime_is_the_fastest_over_whole_runs_its_compiling_counted
     eager = {"prepare_s": {"warm": 5.0}}
     compiled = {"prepare_s": {"warm": 100.0}}
     images = 100 * 60_000
-    assert bench.whole_run_rate(400_000, 4, eager) == pytest.approx(4 * images / (5 + 4 * images / 400_000))
-    assert bench.whole_run_rate(600_000, 4, compiled) < bench.whole_run_rate(400_000, 4, eager)
-    assert bench.whole_run_rate(600_000, 4, {"prepare_s": {"warm": 10.0}}) > bench.whole_run_rate(400_000, 4, eager)
+    assert bench.whole_run_rate(400_000, 4, eager, images) == pytest.approx(4 * images / (5 + 4 * images / 400_000))
+    assert bench.whole_run_rate(600_000, 4, compiled, images) < bench.whole_run_rate(400_000, 4, eager, images)
+    assert bench.whole_run_rate(600_000, 4, {"prepare_s": {"warm": 10.0}}, images) > bench.whole_run_rate(
+        400_000, 4, eager, images)
 
 
 def test_survey_prints_one_table_that_says_what_the_projection_is(survey):
     _, printed = survey
     assert "fastest: off/fp32" in printed and "every column in off/fp32" in printed
-    assert "over whole fashion_mnist runs (each ready in" in printed and "s cold," in printed
+    assert "over whole cifar10 runs of the full profile (each ready in" in printed and "s cold," in printed
     assert "device-hours" in printed and "GPU-hours" not in printed
-    assert "CPU smoke test at batch 4: a test of the machinery, not a speed figure" in printed
+    assert "to adopt it: python -m repro.launch ... --profile full --executor local --compile off" in printed
     assert "full recipe" not in printed
 
 
@@ -82,15 +100,31 @@ def test_without_columns_the_projection_says_it_takes_the_heaviest_speed_for_all
     assert "every column in off/fp32" not in printed
 
 
+def test_a_budget_projection_covers_its_data_sets_at_its_epochs_and_batch(tmp_path, capsys):
+    argv = ["--survey", "--device", "cpu", "--profile", "budget", "--datasets", "fashion_mnist"]
+    args = bench.parser().parse_args(argv)
+    bench.settle(args)
+    assert args.batch_size == 1000 and args.regimes == bench.SURVEY_REGIMES["cpu"], "a real CPU figure"
+    argv += ["--batch-size", "8", "--steps", "1", "--seconds", "0", "--regimes", "off/fp32", "--packing", "1",
+             "--no-columns", "--out", str(tmp_path)]
+    assert bench.main(argv) == 0
+    [path] = tmp_path.glob("cpu-*.json")
+    result = json.loads(path.read_text())
+    rate, prepare = result["regimes"][0]["images_per_s"]["1"], result["best"]["prepare_s"]
+    cell_hours = 5 * (10 * 60_000 / rate + prepare) / 3600
+    assert result["projected_device_hours"]["all"] == pytest.approx(8 * cell_hours)
+    assert "budget profile (10 epochs, not the paper's 100)" in capsys.readouterr().out
+
+
 def test_help_gives_the_gpu_and_the_cpu_default():
     text = " ".join(bench.parser().format_help().split())
-    assert "1000 on a GPU, 8 on a CPU" in text and "3.0 on a GPU, 0.0 on a CPU" in text
-    assert "1 2 4 8 on a GPU, 1 2 on a CPU" in text
+    assert "images per step (default: the profile's" in text and "3.0 on a GPU, 8.0 on a CPU" in text
+    assert f"1 2 4 8 on a GPU, {' '.join(map(str, sorted({1, bench.CORES})))} on a CPU" in text
     assert "device-hours" in text and "GPU-hours" not in text
 
 
 def test_a_failing_regime_is_recorded_and_named(capsys):
-    args = argparse.Namespace(batch_size=4, steps=2, device="cuda", seconds=0.0)  # this machine has no GPU
+    args = argparse.Namespace(batch_size=4, steps=2, device="cuda", seconds=0.0, datasets=["cifar10"], profile="full")
     failed = bench._attempt("off/bf16", False, lambda: bench.measure_regime("off/bf16", [1], args))
     assert failed["images_per_s"] == {} and "CUDA is not available" in failed["error"]
     assert "off/bf16" in capsys.readouterr().out
@@ -100,6 +134,7 @@ def test_a_failing_regime_is_recorded_and_named(capsys):
     (["--batch-size", "0"], "must be positive"),
     (["--packing", "2", "4"], "must include 1"),
     (["--regimes", "fast/bf16"], "unknown regime 'fast/bf16'"),
+    (["--datasets", "mnist"], "unknown data set(s) mnist"),
 ])
 def test_bench_rejects_bad_options(tmp_path, capsys, argv, message):
     assert bench.main(["--device", "cpu", "--out", str(tmp_path), *argv]) == 2
