@@ -1,0 +1,75 @@
+"""The budget profile (10 epochs of the full data, named as not the paper's wherever it shows) and the CPU's
+precision: bf16 + channels_last where the processor has bf16 units, fp32 elsewhere, named in the record."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from analysis import make_figures, make_tables
+from repro import experiments, launch, status, tracking, train
+from repro.config import RunConfig
+from tests.test_analysis import write_run
+
+
+def test_budget_runs_are_the_full_data_at_the_papers_batch_for_ten_epochs():
+    runs = experiments.plan("all", 5, ["fashion_mnist"], profile="budget")
+    assert len(runs) == 40 and {r.epochs for r in runs} == {10} and {r.batch_size for r in runs} == {1000}
+    assert {(r.train_subset, r.test_subset) for r in runs} == {(0, 0)}
+    assert {experiments.profile_of(r) for r in runs} == {"budget"}
+    assert {r.run_id for r in runs}.isdisjoint({r.run_id for r in experiments.plan("all", 5, ["fashion_mnist"])})
+
+
+def test_launch_and_status_take_the_budget_profile_and_say_what_it_is(tmp_path, capsys):
+    argv = ["all", "--profile", "budget", "--datasets", "fashion_mnist", "--seeds", "2",
+            "--results-dir", str(tmp_path)]
+    assert launch.main([*argv, "--dry-run"]) == 0
+    assert "(budget profile, suite recipe): 8 cells x 2 seeds = 16 runs" in capsys.readouterr().out
+    assert status.main(argv) == 0
+    assert "16 pending" in capsys.readouterr().out
+    help_text = " ".join(launch.parser().format_help().split())
+    assert "budget: 10 epochs of the full data at batch 1000" in help_text and "not the paper's" in help_text
+
+
+def test_wandb_tags_name_the_profile_and_recipe():
+    config = experiments.cell_config("table2", "fashion_mnist", "flexpool", "budget")
+    assert {"profile=budget", "recipe=suite", "sac"} <= set(tracking.tags(config))
+
+
+def test_budget_tables_and_figures_say_it_is_not_the_papers_experiment(tmp_path):
+    for column in experiments.COLUMNS:
+        for seed in range(2):
+            write_run(tmp_path, "table1", "fashion_mnist", column, seed, 0.88 + seed / 100, profile="budget")
+    out = tmp_path / "tables"
+    make_tables.main(["--runs", str(tmp_path / "runs"), "--out", str(out), "--profile", "budget"])
+    words = "budget profile (10 epochs, not the paper's 100)"
+    assert all(words in (out / name).read_text().lower() for name in ("table1.md", "table2.md", "claims.md"))
+    assert pd.read_csv(out / "table1.csv").set_index(["dataset", "column"]).loc[
+        ("fashion_mnist", "flexpool"), "n"] == 2
+    figures = tmp_path / "figures"
+    make_figures.main(["--runs", str(tmp_path / "runs"), "--out", str(figures), "--profile", "budget"])
+    assert (figures / "figure2.png").stat().st_size > 0
+    loaded = make_tables.load_summary(make_figures.parse_args(["--runs", str(tmp_path / "runs"), "--profile",
+                                                               "budget"]))
+    titles = [fig._suptitle.get_text() for *_, fig in make_figures.figures(
+        loaded.runs, loaded.summary, "std", "budget", ["suite"])]
+    assert len(titles) == 3 and all(words in title for title in titles)  # Figures 2 and 4, the weights
+
+
+@pytest.mark.parametrize("units,bf16", [("AMX-BF16 + AVX512-BF16", True), ("", False)])
+def test_precision_auto_on_a_cpu_is_bf16_channels_last_only_with_bf16_units(monkeypatch, units, bf16):
+    monkeypatch.setattr(train, "cpu_bf16_units", lambda: units)
+    cpu, config = torch.device("cpu"), RunConfig(dataset="synthetic")
+    assert train.uses_bf16(config, cpu) is bf16
+    assert train.memory_format(config, cpu) == (torch.channels_last if bf16 else torch.contiguous_format)
+    assert not train.uses_bf16(config.replace(precision="fp32"), cpu)
+    assert train.uses_bf16(config.replace(precision="bf16"), cpu)
+
+
+def test_a_cpu_record_names_the_processor_and_its_bf16_units(tmp_path):
+    config = RunConfig(dataset="synthetic", epochs=1, batch_size=256, train_subset=512, test_subset=256,
+                       wandb="disabled", results_dir=str(tmp_path), device="cpu")
+    env = train.run(config)["env"]
+    assert env["device_type"] == "cpu" and env["device"] not in ("", "cpu")
+    assert env["cpu_bf16_units"] == (train.cpu_bf16_units() or "none") and env["cpus"] >= 1
