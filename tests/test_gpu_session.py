@@ -1,4 +1,4 @@
-"""The campaign call of tests/gpu/session.sh, on this CPU: a lent GPU session has minutes, none for a script's
+"""The campaign chunk of tests/gpu/session.sh, on this CPU: a GPU held for minutes has none for a script's
 bugs. It starts the launcher in its own session in the regime a survey named, brings the records back as one
 archive, and a second call finds the runs done."""
 
@@ -16,7 +16,7 @@ CAMPAIGN = "table1 --datasets fashion_mnist --profile smoke --columns avgpool fl
 
 
 def call(phase: str, state: Path, out: Path) -> subprocess.CompletedProcess:
-    env = os.environ | {"OUT": str(out), "FLEXPOOL_STATE": str(state), "FLEXPOOL_CAMPAIGN": CAMPAIGN,
+    env = os.environ | {"FLEXPOOL_OUT": str(out), "FLEXPOOL_STATE": str(state), "FLEXPOOL_CAMPAIGN": CAMPAIGN,
                         "FLEXPOOL_SECONDS": "240", "FLEXPOOL_GIT_COMMIT": "0" * 40,
                         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # its python3
     return subprocess.run(["bash", "tests/gpu/session.sh", phase], cwd=ROOT, env=env, capture_output=True,

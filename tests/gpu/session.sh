@@ -1,21 +1,22 @@
 #!/usr/bin/env bash
-# The calls of a lent GPU session (the device tool's `run`), prepared so that no device time goes to typing.
-# A session has 15 minutes of device time in all, a machine's start included, and 10 minutes a call:
-#   1. bash tests/gpu/session.sh first      # GPU tests, the speed survey, then the campaign until the call ends
-#   2. bash tests/gpu/session.sh campaign   # at once (the machine goes back after 30 s idle): the campaign goes
-#                                           # on, the records come back at the end; timeout_s what status leaves
-# A later session that finds results/bench/cuda-*.json committed runs `campaign` alone, in calls of 10 minutes.
-# Put FLEXPOOL_GIT_COMMIT=<git rev-parse HEAD> in front (the copy there has no .git, and every record and bench
-# JSON names its commit) and FLEXPOOL_SECONDS=<timeout_s - 20> (when to stop and collect; default 580). Carry
-# .whl (submitit's wheel, which that Python lacks; README: Speed) and .devdata (fashion-mnist/*.gz from
-# ../shared/data). The campaign is FLEXPOOL_CAMPAIGN (launch's plan arguments; default: both tables,
-# Fashion-MNIST, 5 seeds): `repro.launch` in its own session (setsid), so it outlives a call while the machine
-# stays warm, in the regime the survey named (else eager, 4 runs side by side), skipping the runs whose records
-# are committed. Back through $OUT: logs, the bench JSON, records.tgz (the records and run logs so far; unpack
-# its runs/ into results/runs/ and commit the JSONs) and status.txt. Runs cut off there train again next time.
+# A GPU machine held for a short time, in time-boxed chunks (tests/gpu/README.md): the GPU tests, the speed
+# survey, then the campaign, with the records packed into one archive at the end of each chunk.
+#   1. bash tests/gpu/session.sh first      # GPU tests, the speed survey, then the campaign until time is up
+#   2. bash tests/gpu/session.sh campaign   # the campaign goes on (started again if it is not running) until
+#                                           # time is up; the records come back at the end
+# Once results/bench/cuda-*.json is committed, `campaign` alone, as often as the machine allows.
+# FLEXPOOL_SECONDS: how long a chunk may take (default 580), FLEXPOOL_OUT: where its logs, the bench JSON,
+# records.tgz (the records and run logs so far; unpack its runs/ into results/runs/ and commit the JSONs) and
+# status.txt go (default /tmp/flexpool-out), FLEXPOOL_STATE: what lives from chunk to chunk (default
+# /root/flexpool), FLEXPOOL_GIT_COMMIT: the commit that records and bench JSONs name where the checkout has no
+# .git. Wheels in .whl/ are installed first (for a Python without submitit), Fashion-MNIST's *.gz are taken from
+# .devdata/fashion-mnist/. The campaign is FLEXPOOL_CAMPAIGN (launch's plan arguments; default: both tables,
+# Fashion-MNIST, 5 seeds): `repro.launch` in its own session (setsid), so it outlives a chunk while the machine
+# is held, in the regime the survey named (else eager, 4 runs side by side), skipping the runs whose records
+# are committed. Runs cut off when the machine goes train again next time.
 set -uo pipefail
 phase=${1:?usage: bash tests/gpu/session.sh first|tests|survey|campaign}
-out=${OUT:-/tmp/out}
+out=${FLEXPOOL_OUT:-/tmp/flexpool-out}
 state=${FLEXPOOL_STATE:-/root/flexpool}  # outside the checkout: kept between calls while the machine is warm
 until_s=${FLEXPOOL_SECONDS:-580}
 campaign=${FLEXPOOL_CAMPAIGN:-all --datasets fashion_mnist --seeds 5}
