@@ -6,6 +6,7 @@ same run always lands on the same record path and a relaunch knows what is done.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -76,6 +77,10 @@ RECIPES = {
     "paper": {"optimizer": "adam", "weight_decay": 0.0},
 }
 
+# A params file tunes the cells of the plan: it may not make them other cells, nor pick their seeds.
+CELL_FIELDS = ("dataset", "pool", "sac", "seed")
+RUNTIME_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig) if not f.metadata["id"])
+
 # Tuned values only replace a knob where the column uses it: a tuned "reg" must not switch on the
 # regulariser in the plain FlexPool column, nor dropout in the columns without it, and a FlexPool learning-rate
 # multiplier must not make the AvgPool column a run of its own.
@@ -122,6 +127,11 @@ def load_params(path: str | Path) -> dict:
     check(isinstance(params, dict), f"params file {path} must hold a mapping of field -> value")
     unknown = sorted(set(params) - set(field_names()))
     check(not unknown, f"params file {path}: unknown field(s) {', '.join(unknown)}")
+    for name in params:
+        check(name not in CELL_FIELDS, f"params file {path}: {name} says what a cell is (or which of its runs); "
+                                       "choose it with --datasets, --columns, --seeds or the target")
+        check(name not in RUNTIME_FIELDS, f"params file {path}: {name} says where or how a run executes, not what "
+                                          "it computes: a params file holds tuned values only")
     try:
         RunConfig().replace(**params)
     except ConfigError as e:

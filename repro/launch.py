@@ -24,6 +24,7 @@ import io
 import multiprocessing
 import os
 import queue
+import re
 import shlex
 import shutil
 import signal
@@ -39,7 +40,7 @@ from pathlib import Path
 import submitit
 from tqdm import tqdm
 
-from repro import records
+from repro import experiments, records
 from repro.config import COMPILE_MODES, ConfigError, RunConfig, check, plural
 from repro.data import DataError, prepare
 from repro.status import add_plan_args, failure_lines, plan_from_args, run_log_path, summary, survey
@@ -58,11 +59,13 @@ PROFILE_FIELDS = {
     "qos": "slurm_qos",
     "constraint": "slurm_constraint",
     "array_parallelism": "slurm_array_parallelism",
+    "timeout_requeues": "slurm_max_num_timeout",
 }
 # A local job has no scheduler limit; submitit's local default (2 minutes) would interrupt every run.
 LOCAL_TIMEOUT_MIN = 30 * 24 * 60
 RUN_LOCKED = 3  # exit code of a run process whose run another process is training
 RUN_STOPPED = 128 + signal.SIGTERM  # exit code of a run process that SIGTERM stopped (train.Stopped)
+RUN_UNWRITABLE = 4  # exit code of a run process whose files could not be written (disk full, read-only)
 
 
 class SubmitError(OSError):
@@ -79,12 +82,24 @@ def load_cluster(name: str) -> dict:
     check(not missing, f"cluster profile {path} lacks field(s) {', '.join(missing)}; see slurm/example.yaml")
     unknown = sorted(set(profile) - set(PROFILE_FIELDS))
     check(not unknown, f"cluster profile {path}: unknown field(s) {', '.join(unknown)}")
-    for key, least in (("gpus_per_node", 0), ("cpus_per_task", 1), ("timeout_min", 1), ("array_parallelism", 1)):
+    for key, least in (("gpus_per_node", 0), ("cpus_per_task", 1), ("timeout_min", 1), ("array_parallelism", 1),
+                       ("timeout_requeues", 0)):
         check(isinstance(profile[key], int) and not isinstance(profile[key], bool) and profile[key] >= least,
               f"cluster profile {path}: {key} must be an integer >= {least}, got {profile[key]!r}")
     check(isinstance(profile["mem_gb"], (int, float)) and profile["mem_gb"] > 0,
           f"cluster profile {path}: mem_gb must be a positive number, got {profile['mem_gb']!r}")
     return profile
+
+
+def profile_label(config: RunConfig, profile: str) -> str:
+    """The plan's profile as its records name it: 'smoke profile', or 'custom profile: smoke with epochs=20 from
+    --params' when tuned values change a field that the profiles set (a record's 'profile')."""
+    if experiments.profile_of(config) == profile:
+        return f"{profile} profile"
+    base = experiments.cell_config(**experiments.parse_cell(config.cell), profile=profile)
+    keys = sorted({k for fields in experiments.PROFILES.values() for k in fields})
+    changed = ", ".join(f"{k}={getattr(config, k)}" for k in keys if getattr(config, k) != getattr(base, k))
+    return f"custom profile: {profile} with {changed} from --params"
 
 
 def executor_kind(choice: str) -> str:
@@ -149,6 +164,9 @@ def _train(config: dict, log: str, gpu: str | None, threads: int | None) -> None
     except train.Stopped as e:
         print(f"stopped: {e}", flush=True)
         sys.exit(RUN_STOPPED)
+    except records.WriteError as e:  # the disk's fault, not the run's: no record, a launch resumes it later
+        print(f"error: {e}; nothing recorded, launching again resumes the run", flush=True)
+        sys.exit(RUN_UNWRITABLE)
     if record is None:
         print("another process holds this run's lock: it is trained there", flush=True)
         sys.exit(RUN_LOCKED)
@@ -162,6 +180,7 @@ class RunPack(submitit.helpers.Checkpointable):
     """
 
     def __call__(self, configs: list[RunConfig], runs_per_gpu: int) -> list[dict]:
+        self._started = time.time()
         self._lock = threading.Lock()
         self._stopping = False
         self._procs: list[multiprocessing.Process] = []
@@ -206,22 +225,51 @@ class RunPack(submitit.helpers.Checkpointable):
         state = _state(config, proc.exitcode, self._stopping)
         if state == "stopped":
             self._stopping = True  # the whole task is being stopped: start no more runs
-        if state not in ("done", "failed", "elsewhere"):  # the run could not say so itself (e.g. kill -9)
+        if state not in ("stopped", "interrupted"):  # this task is done with the run, even if it ended unfinished
+            release(config)
+        if state not in ("done", "failed", "elsewhere", "unwritable"):  # it could not say so itself (kill -9)
             with open(outcome["log"], "a") as log:
                 log.write(f"== {datetime.datetime.now():%Y-%m-%d %H:%M:%S} run process ended without a record: "
                           f"{state}\n")
         return {**outcome, "state": state}
 
-    def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
+    def checkpoint(self, configs: list[RunConfig], runs_per_gpu: int) -> submitit.helpers.DelayedSubmission:
         """Preempted or out of time: stop the runs (each resumes from its last epoch's checkpoint) and requeue
-        the same pack; a fresh RunPack, because processes and locks do not pickle."""
+        the same pack; a fresh RunPack, because processes and locks do not pickle. A task in which no run
+        finished an epoch is not requeued: another allocation as long would end alike, for ever."""
         with self._lock:
             self._stopping = True
             for proc in self._procs:
                 proc.terminate()
         for proc in self._procs:
             proc.join(timeout=60)
-        return submitit.helpers.DelayedSubmission(RunPack(), *args, **kwargs)
+        if not any(progressed(c, self._started) for c in configs):
+            raise NoProgress("not requeued: no run finished an epoch in this allocation; the time limit is "
+                             "shorter than start-up plus one epoch: raise timeout_min in the cluster profile")
+        return submitit.helpers.DelayedSubmission(RunPack(), configs, runs_per_gpu)
+
+
+class NoProgress(RuntimeError):
+    """A task's signal (its time limit) came before any of its runs finished an epoch: the task's error."""
+
+
+def progressed(config: RunConfig, since: float) -> bool:
+    """Whether the run wrote a checkpoint (each epoch does) or its record since `since`."""
+    for path in (records.checkpoint_path(config), records.record_path(config)):
+        with contextlib.suppress(OSError):
+            if path.stat().st_mtime >= since:
+                return True
+    return False
+
+
+def release(config: RunConfig) -> None:
+    """Drop the run's queue file if it names this task: a run that ended unfinished (kill -9, a full disk) is
+    then pending at once, for a relaunch to take, not queued until the whole job has ended. A queue file
+    another launch has written since stays."""
+    path = records.queue_path(config)
+    with contextlib.suppress(OSError, IndexError):
+        if path.read_text().split()[-1] == submitit.JobEnvironment().job_id:
+            path.unlink()
 
 
 def _state(config: RunConfig, exitcode: int | None, stopping: bool) -> str:
@@ -230,6 +278,8 @@ def _state(config: RunConfig, exitcode: int | None, stopping: bool) -> str:
         return {"completed": "done", "failed": "failed"}[recorded]
     if exitcode == RUN_LOCKED:
         return "elsewhere"
+    if exitcode == RUN_UNWRITABLE:
+        return "unwritable"
     if exitcode in (RUN_STOPPED, -signal.SIGTERM):  # -SIGTERM: it came before train.run could handle it
         return "interrupted" if stopping else "stopped"
     if stopping:
@@ -248,15 +298,27 @@ def launch_folder(results_dir: str, target: str) -> Path:
 def make_executor(kind: str, folder: Path, profile: dict | None, name: str) -> submitit.Executor:
     if kind == "local":  # LocalExecutor itself: AutoExecutor does not pass visible_gpus on
         executor = submitit.LocalExecutor(folder)
-        # The job outlives this command: detach it from the terminal (no hang-up, no output to a closed tty).
-        detach = ["trap '' HUP", f"exec </dev/null >>{shlex.quote(str(folder / 'local-job.log'))} 2>&1"]
-        executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN, setup=detach, **local_gpus())
+        executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN, setup=detached(executor.folder), **local_gpus())
         return executor
-    executor = submitit.AutoExecutor(folder=folder, cluster=kind)
-    executor.update_parameters(name=name)
-    if kind == "slurm":
-        executor.update_parameters(**{PROFILE_FIELDS[k]: v for k, v in profile.items()})
+    resources = {PROFILE_FIELDS[k]: v for k, v in (profile or {}).items()}
+    # submitit takes the number of time-outs when the executor is made, the other resources after
+    timeouts = {"slurm_max_num_timeout": resources.pop("slurm_max_num_timeout")} if profile else {}
+    executor = submitit.AutoExecutor(folder=folder, cluster=kind, **timeouts)
+    executor.update_parameters(name=name, **resources)
     return executor
+
+
+def detached(folder: Path) -> list[str]:
+    """The local job's setup: the job outlives this command, so it runs in a session of its own, away from the
+    terminal (Ctrl-C and hang-ups reach only this command, no output goes to a closed tty), and its process group,
+    whose id is the job's, stops all of it: `kill -- -ID`, as scancel stops a SLURM job.
+
+    submitit starts `sh -c "SETUP && CONTROLLER"` in this command's process group; the setup's last line execs
+    the same controller through setsid (the pid, the job's id, stays), so what follows it never runs. The
+    controller, told it was not started from a shell, then takes its own pid for the job's, not its parent's."""
+    controller = [sys.executable, "-m", "submitit.local._local", str(folder)]
+    return [f"exec </dev/null >>{shlex.quote(str(folder / 'local-job.log'))} 2>&1",
+            f"exec env SUBMITIT_LOCAL_WITH_SHELL= setsid {shlex.join(controller)}"]
 
 
 def local_gpus() -> dict:
@@ -374,7 +436,7 @@ def follow(jobs: list, configs: list[RunConfig]) -> dict[RunConfig, str]:
 
 def problems(jobs: list, states: dict[RunConfig, str]) -> list[str]:
     """Failed runs, runs that never finished, and jobs that ended with an error of their own."""
-    unfinished = [f"NOT FINISHED {c.cell} seed {c.seed}: {state} (log: {run_log_path(c)})"
+    unfinished = [f"NOT FINISHED {c.cell} seed {c.seed}: {state}{last_words(c)} (log: {run_log_path(c)})"
                   for c, state in states.items() if state not in ("done", "failed")]
     lines = failure_lines(states) + unfinished
     for job in jobs:
@@ -383,9 +445,25 @@ def problems(jobs: list, states: dict[RunConfig, str]) -> list[str]:
         if unfinished and not job.paths.result_pickle.exists():
             lines.append(f"JOB {job.job_id} ended without a result (log: {job.paths.stderr})")
         elif job.exception() is not None:
-            last = ([line for line in (job.stderr() or "").splitlines() if line.strip()] or ["?"])[-1]
-            lines.append(f"JOB {job.job_id} failed: {last.strip()} (log: {job.paths.stderr})")
+            lines.append(f"JOB {job.job_id} failed: {job_cause(job.exception())} (log: {job.paths.stderr})")
     return lines
+
+
+def job_cause(error: Exception) -> str:
+    """Why a job failed: the last line of its task's traceback (submitit's error quotes it between dashed
+    lines), without the exception's module path; not the task log's last line, which may be srun's noise."""
+    parts = str(error).split("-" * 22 + "\n")
+    trace = parts[1] if len(parts) > 2 else str(error)
+    last = ([line.strip() for line in trace.splitlines() if line.strip()] or ["?"])[-1]
+    return re.sub(r"^[\w.]+: ", "", last)
+
+
+def last_words(config: RunConfig) -> str:
+    """': ' and the last line of the run's log, which says how its process ended ('' without a log)."""
+    with contextlib.suppress(OSError):
+        lines = [line for line in run_log_path(config).read_text(errors="replace").splitlines() if line.strip()]
+        return f": {lines[-1].strip()}" if lines else ""
+    return ""
 
 
 def status_command(args: argparse.Namespace) -> str:
@@ -441,7 +519,7 @@ def launch(args: argparse.Namespace) -> int:
     profile = load_cluster(args.cluster) if kind == "slurm" else None
     configs = [c.replace(compile=args.compile) for c in plan_from_args(args)]
     states = survey(configs)
-    print(f"plan: {args.target} ({args.profile} profile, {args.recipe} recipe): {summary(states)}")
+    print(f"plan: {args.target} ({profile_label(configs[0], args.profile)}, {args.recipe} recipe): {summary(states)}")
     runs = to_run(states, args.force, args.retry_failed)
     where = f"slurm, profile {args.cluster}" if kind == "slurm" else kind
     if not runs:
@@ -458,15 +536,22 @@ def launch(args: argparse.Namespace) -> int:
         forget(runs)
     folder = launch_folder(configs[0].results_dir, args.target)
     jobs = submit(runs, kind, profile, args.runs_per_gpu, folder, f"flexpool-{args.target}", not args.no_snapshot)
-    print(f"submitted: job {jobs[0].job_id.split('_')[0]}, {len(jobs)} task(s)"
-          + (", in the background on this machine: it goes on after this command returns"
-             if kind == "local" and not args.wait else ""))
+    job = jobs[0].job_id.split("_")[0]
+    print(f"submitted: job {job}, {len(jobs)} task(s)" + (
+        f", in the background on this machine: it goes on after this command returns; stop it: kill -- -{job}"
+        if kind == "local" else ""))
     print(f"job logs: {folder}\nrun logs: {Path(configs[0].results_dir) / 'slurm-logs' / 'runs'}\n"
           f"records:  {Path(configs[0].results_dir) / 'runs'}")
     if not args.wait:
         print(f"progress: {status_command(args)}")
         return 0
-    final = follow(jobs, runs)
+    try:
+        final = follow(jobs, runs)
+    except KeyboardInterrupt:  # Ctrl-C stops the following, not the jobs (the debug executor's is this process)
+        if kind == "debug":
+            raise
+        print(f"still running: {status_command(args)} to follow", file=sys.stderr)
+        return 130  # 128 + SIGINT, as a shell says
     print(f"finished: {summary(final)}")
     lines = problems(jobs, final)
     for line in lines:

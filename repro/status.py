@@ -83,33 +83,54 @@ def run_state(config: RunConfig, queued: bool = False) -> str:
     return "queued" if queued and state in ("pending", "unusable") else state
 
 
-def survey(configs: list[RunConfig]) -> dict[RunConfig, str]:
-    held = queued(configs)
-    return {c: run_state(c, c in held) for c in configs}
+class Survey(dict):
+    """RunConfig -> state, and `note`: why some states are a guess ('' when none is), for the summary line."""
+
+    note = ""
 
 
-def queued(configs: list[RunConfig]) -> set[RunConfig]:
-    """The runs whose job (records.queue_path) is still alive: waiting in SLURM's queue or running, or a local
-    job whose process lives on this machine."""
+def survey(configs: list[RunConfig]) -> Survey:
     jobs = {}
     for config in configs:
         with contextlib.suppress(OSError, ValueError):
             kind, host, job = records.queue_path(config).read_text().split()
             jobs[config] = (kind, host, job)
-    slurm = slurm_jobs() if any(kind == "slurm" for kind, _, _ in jobs.values()) else set()
+    submitted = [config for config, (kind, _, _) in jobs.items() if kind == "slurm"]
+    try:
+        held = queued(jobs, slurm_jobs() if submitted else set())
+        note = ""
+    except QueueUnreadable as e:
+        # Their jobs may wait or run: counted as pending, they would be submitted a second time.
+        held = queued(jobs, set()) | set(submitted)
+        note = f"SLURM's queue could not be read ({e}): {plural(len(submitted), 'run')} submitted to SLURM " \
+               "counted as queued"
+    states = Survey({c: run_state(c, c in held) for c in configs})
+    states.note = note
+    return states
+
+
+def queued(jobs: dict[RunConfig, tuple[str, str, str]], slurm: set[str]) -> set[RunConfig]:
+    """The runs whose job (records.queue_path: kind, host, id) is still alive: in `slurm`, SLURM's jobs waiting
+    or running, or a local job whose process lives on this machine."""
     here = socket.gethostname()
     return {config for config, (kind, host, job) in jobs.items()
             if (kind == "slurm" and job in slurm) or (kind == "local" and host == here and process_lives(job))}
 
 
+class QueueUnreadable(OSError):
+    """squeue failed (the controller does not answer, no squeue here): the message is its error, one line."""
+
+
 def slurm_jobs() -> set[str]:
-    """This user's SLURM jobs, waiting or running, one id per array task (12345_3); none when squeue fails, and
-    their runs then count as pending."""
+    """This user's SLURM jobs, waiting or running, one id per array task (12345_3)."""
     try:
         out = subprocess.run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i"], capture_output=True,
                              text=True, timeout=60, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return set()
+    except subprocess.CalledProcessError as e:
+        lines = [line.strip() for line in e.stderr.splitlines() if line.strip()] or [f"exit code {e.returncode}"]
+        raise QueueUnreadable(f"squeue: {lines[-1]}") from None
+    except (OSError, subprocess.SubprocessError) as e:
+        raise QueueUnreadable(f"squeue: {e}") from None
     return set(out.split())
 
 
@@ -125,11 +146,13 @@ def process_lives(pid: str) -> bool:
 
 def summary(states: dict[RunConfig, str]) -> str:
     """'16 cells x 5 seeds = 80 runs: 10 done, 0 running, 0 queued, 2 failed, 0 unusable, 68 pending'; when not
-    every cell has every seed (a relaunch of some runs), '10 runs in 4 cells, seeds 0-2: ...'."""
+    every cell has every seed (a relaunch of some runs), '10 runs in 4 cells, seeds 0-2: ...'; then a survey's
+    note, if it has one."""
     cells = {c.cell for c in states}
     seeds = sorted({c.seed for c in states})
     n = Counter(states.values())
     counts = ", ".join(f"{n[s]} {s}" for s in STATES)
+    counts += f"; {states.note}" if getattr(states, "note", "") else ""
     if len(states) == len(cells) * len(seeds):
         return f"{plural(len(cells), 'cell')} x {plural(len(seeds), 'seed')} = {plural(len(states), 'run')}: {counts}"
     seed_range = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {seeds[0]}-{seeds[-1]}"

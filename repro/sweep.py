@@ -115,10 +115,11 @@ def check_fields(study: Study) -> None:
         check(fields[name].metadata["id"], f"{where}: {name!r} says where a run executes; pass it on the command line")
     both = sorted(set(study.fixed) & set(study.space))
     check(not both, f"{where}: {', '.join(both)} both fixed and searched")
+    ends = {name: extremes(name, spec, fields[name].default, where) for name, spec in study.space.items()}
     try:
         base = RunConfig.from_dict(study.fixed)
-        for name, spec in study.space.items():
-            for value in extremes(name, spec, fields[name].default, where):
+        for name, values in ends.items():
+            for value in values:
                 RunConfig.from_dict({**study.fixed, name: value})
     except (TypeError, ConfigError) as e:
         raise ConfigError(f"{where}: {e}") from None
@@ -144,6 +145,7 @@ def extremes(name: str, spec, default, where: str) -> list:
     check(all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) and low < high,
           f"{where}: {name}: low and high must be numbers with low < high")
     check(not spec.get("log") or low > 0, f"{where}: {name}: a log range needs low > 0")
+    check(not (spec.get("log") and spec.get("step")), f"{where}: {name}: a range takes log or step, not both")
     check(not isinstance(default, int) or isinstance(default, bool) or (isinstance(low, int) and isinstance(high, int)),
           f"{where}: {name} is an integer option: low and high must be integers")
     return [low, high]
@@ -530,7 +532,7 @@ def wandb_parameter(name: str, spec: dict) -> dict:
     kind = ("q_log_uniform_values" if ints else "log_uniform_values") if spec.get("log") else (
         "int_uniform" if ints else "uniform")
     extra = {"q": spec["step"]} if spec.get("step") else {}
-    return {"distribution": "q_uniform" if extra and not spec.get("log") else kind, "min": spec["low"],
+    return {"distribution": "q_uniform" if extra else kind, "min": spec["low"],
             "max": spec["high"], **extra}
 
 

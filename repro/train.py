@@ -417,7 +417,7 @@ def make_record(config: RunConfig, status: str, history: list, started: float, d
         # `started` is moved back by the wall time of the run's earlier attempts (see _run_locked)
         "timing": {"wall_s": time.time() - started, "train_s": train_s,
                    "images_per_s": images / train_s if train_s else None},
-        "env": environment(device),
+        "env": environment(device) | {"precision": "bf16" if uses_bf16(config, device) else "fp32"},  # as trained
         "flexpool": flexpool_summary(model) if model is not None else {},
     }
 
@@ -525,10 +525,13 @@ def _run_locked(config: RunConfig, on_epoch, stop: _StopOnSigterm) -> dict:
         record = make_record(config, status, history, started, device, model=model)
         records.write_record(record, records.record_path(config))
     except Exception as e:
-        failed = make_record(config, "failed", history, started, device, error=f"{type(e).__name__}: {e}",
-                             model=model)
-        with contextlib.suppress(OSError):  # a full or read-only disk: the error raised below says so
-            records.write_record(failed, records.record_path(config))
+        # A full or read-only disk is not the run's failure: no record, so a launch resumes the run once the disk
+        # takes writes again (a failed record would make it skip the run).
+        if not isinstance(e, records.WriteError):
+            failed = make_record(config, "failed", history, started, device, error=f"{type(e).__name__}: {e}",
+                                 model=model)
+            with contextlib.suppress(OSError):  # the disk failed just now: the error raised below says so
+                records.write_record(failed, records.record_path(config))
         tracker.finish(exit_code=1)
         raise
     except BaseException:  # Stopped (SIGTERM), KeyboardInterrupt: the checkpoint stays, no record yet
@@ -584,10 +587,24 @@ def resume(config, model, optimizer) -> list[dict]:
         return []
     if state is None or state.get("run_id") != config.run_id:
         return []
+    unfit = misfit(model, state["model"])
+    if unfit:  # e.g. the model's code changed since: its weights cannot go on, as an unreadable file cannot
+        print(f"warning: {path}: does not fit the model ({unfit}); starting run {config.run_id} from scratch",
+              file=sys.stderr)
+        return []
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     print(f"resuming run {config.run_id} after epoch {len(state['history'])} from {path}")
     return state["history"]
+
+
+def misfit(model: torch.nn.Module, saved: dict) -> str:
+    """Why saved weights do not fit the model ('' when they do), checked before loading: load_state_dict fills
+    what fits before it raises, which would leave a half-restored model."""
+    own = model.state_dict()
+    wrong = sorted(set(own) ^ set(saved)) + sorted(k for k in own.keys() & saved.keys()
+                                                    if own[k].shape != saved[k].shape)
+    return f"{len(wrong)} tensor(s) missing, extra or of another shape, e.g. {wrong[0]}" if wrong else ""
 
 
 # --- command line ------------------------------------------------------------------------------------------

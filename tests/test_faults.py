@@ -21,7 +21,7 @@ import pytest
 from analysis import collect
 from repro import experiments, launch, records, status, sweep, train
 from repro.config import ConfigError, RunConfig
-from tests.test_launch import configs, main, selection, smoke, training_starts, wait_for
+from tests.test_launch import configs, fake_squeue, main, selection, smoke, training_starts, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--dataset", "synthetic", "--epochs", "1", "--train-subset", "128", "--test-subset", "64",
@@ -83,7 +83,7 @@ def test_quoted_numbers_stay_strings(tmp_path):
 @pytest.mark.parametrize("name,text,message", [
     ("p.json", '{"epochs": 2.5}', "epochs must be an integer, got 2.5"),
     ("p.yaml", "lr: abc\n", "lr must be a number, got 'abc'"),
-    ("p.json", '{"sac": "yes"}', "sac must be true or false, got 'yes'"),
+    ("p.json", '{"augment": "yes"}', "augment must be true or false, got 'yes'"),
     ("p.yaml", "sac_weights: [0.5, 0.5]\n", "sac_weights must be a list of 3 numbers"),
     ("p.json", '{"reg": 1e-4,}', "is not valid JSON"),
     ("p.json", '{"label_smoothing": "0.1"}', "label_smoothing must be a number, got '0.1'"),  # every run failed
@@ -214,15 +214,14 @@ def leftovers(results: Path) -> list[Path]:
     return [p for p in results.rglob("*") if p.name.endswith(".tmp")]
 
 
-def test_full_disk_fails_a_run_in_one_line_naming_enospc(small_disk):
+def test_full_disk_stops_a_run_in_one_line_naming_enospc_and_records_nothing(small_disk):
+    """The disk's fault, not the run's: no failed record, which a relaunch would skip; running it again resumes."""
     results = small_disk / "results"
     done = shell("repro.train", *TINY, "--results-dir", results)
     assert done.returncode == 1
     assert not list(results.rglob("*.pt")) and not leftovers(results)  # no checkpoint, not even half of one
-    (record,) = (results / "runs").rglob("*.json")
+    assert not list((results / "runs").rglob("*.json"))
     one_line_error(done.stderr, "No space left on device (ENOSPC)", str(results / "checkpoints"))
-    error = records.read_record(record)["error"]
-    assert error.startswith("WriteError: cannot write") and "No space left on device (ENOSPC)" in error
 
 
 @pytest.mark.parametrize("module", ["train", "launch", "sweep"])
@@ -358,3 +357,160 @@ def test_sigterm_to_a_sweep_worker_queues_its_trial_again(tmp_path, sigterm_guar
     stopped_trial, queued = optuna_study.trials
     assert stopped_trial.state == optuna.trial.TrialState.FAIL and queued.state == optuna.trial.TrialState.WAITING
     assert queued.params == stopped_trial.params
+
+
+# ---- 7. the accidents of a long campaign: Ctrl-C, kill -9, full disk, dead controller, bad params --------------
+
+def test_ctrl_c_stops_only_the_following_and_kill_of_the_printed_group_stops_the_job(tmp_path, data_root):
+    """Ctrl-C signals the terminal's foreground process group: the launcher's, which the local job must not be in.
+    The job id printed is the job's own process group: `kill -- -ID` stops its runs as scancel would, with their
+    checkpoints and no W&B traceback in their logs."""
+    def launched(epochs, *flags):
+        argv = smoke(tmp_path, data_root, "--columns", "avgpool", "--params",
+                     write(tmp_path / f"p{epochs}.yaml", f"epochs: {epochs}\n"), "--no-snapshot", *flags)
+        return subprocess.Popen([sys.executable, "-m", "repro.launch", "table1", *map(str, argv)], cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)  # a terminal of its own: its foreground group
+
+    following = launched(30, "--wait")
+    (config,) = configs(tmp_path, data_root, columns=["avgpool"], epochs=30)
+    wait_for(lambda: records.checkpoint_path(config).exists(), what="the first checkpoint")
+    os.killpg(following.pid, signal.SIGINT)  # Ctrl-C
+    out, err = following.communicate(timeout=60)
+    assert following.returncode == 130 and "Traceback" not in err, err
+    assert err.count("\n") == 1 and "still running: python -m repro.status" in err, err
+    wait_for(lambda: records.run_status(config) == "completed", what="the job to finish the run")
+
+    stopped = launched(500)
+    out, _ = stopped.communicate(timeout=60)
+    group = int(re.search(r"stop it: kill -- -(\d+)", out).group(1))
+    (config,) = configs(tmp_path, data_root, columns=["avgpool"], epochs=500)
+    wait_for(lambda: records.checkpoint_path(config).exists(), what="the first checkpoint")
+    os.killpg(group, signal.SIGTERM)
+    wait_for(lambda: status.survey([config]) == {config: "pending"}, timeout=60, what="the job to end")
+    log = status.run_log_path(config).read_text()
+    assert "stopped: SIGTERM" in log and records.checkpoint_path(config).exists()
+
+
+def test_a_killed_run_is_pending_at_once_while_its_job_goes_on(tmp_path, data_root):
+    first, second = configs(tmp_path, data_root, columns=["avgpool", "flexpool"], epochs=200)
+    folder = tmp_path / "results" / "slurm-logs" / "job"
+    (job,) = launch.submit([first, second], "local", None, 1, folder, "kill", snapshot=False)
+    try:
+        wait_for(lambda: records.checkpoint_path(first).exists(), what="the first checkpoint")
+        os.kill(status.lock_holder(first), signal.SIGKILL)
+        wait_for(lambda: status.lock_holder(second) is not None, what="the job to go on with the next run")
+        assert status.survey([first, second]) == {first: "pending", second: "running"}
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(int(job.job_id), signal.SIGTERM)  # the job's own process group: all of it
+
+
+def test_full_disk_leaves_the_runs_of_a_job_resumable(capsys, small_disk, data_root):
+    argv = smoke(small_disk, data_root, "--columns", "avgpool", "flexpool", "--no-snapshot", "--wait")
+    code, out, _ = main(capsys, launch, "table1", *argv)
+    assert code == 1 and "FAILED" not in out
+    runs = configs(small_disk, data_root, columns=["avgpool", "flexpool"])
+    for config in runs:
+        assert records.run_status(config) == "missing"
+        assert re.search(rf"NOT FINISHED {config.cell} seed 0: pending: error: cannot write \S+: No space left "
+                         r"on device \(ENOSPC\); nothing recorded, launching again resumes the run", out), out
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)  # the space is freed
+    code, out, _ = main(capsys, launch, "table1", *argv)
+    assert code == 0 and "submitting 2 runs" in out and "2 done" in out
+
+
+def test_status_says_when_the_queue_cannot_be_read(capsys, tmp_path, data_root, monkeypatch):
+    fake_squeue(tmp_path, monkeypatch, "echo 'slurm_load_jobs error: Unable to contact slurm controller "
+                                       "(connect failure)' >&2; exit 1")
+    first, _ = configs(tmp_path, data_root, columns=["avgpool", "flexpool"])
+    records.queue_path(first).parent.mkdir(parents=True)
+    records.queue_path(first).write_text("slurm somewhere 4242_0\n")
+    code, out, _ = main(capsys, status, "table1", *selection(tmp_path, data_root, "--columns", "avgpool",
+                                                             "flexpool"))
+    assert code == 0 and "0 done, 0 running, 1 queued, 0 failed, 0 unusable, 1 pending" in out
+    (line,) = [line for line in out.splitlines() if "squeue" in line]
+    assert line.endswith("; SLURM's queue could not be read (squeue: slurm_load_jobs error: Unable to contact "
+                         "slurm controller (connect failure)): 1 run submitted to SLURM counted as queued")
+
+
+@pytest.mark.parametrize("text,message", [
+    ("pool: flex\n", "pool says what a cell is"),
+    ("sac: true\n", "sac says what a cell is"),
+    ("dataset: cifar10\n", "dataset says what a cell is"),
+    ("seed: 3\n", "seed says what a cell is"),
+    ("cell: table1/cifar10/avgpool\n", "cell says where or how a run executes"),
+    ("results_dir: /tmp\n", "results_dir says where or how a run executes"),
+    ("data_root: /tmp\n", "data_root says where or how a run executes"),
+])
+def test_params_file_sets_only_what_tunes_a_cell(capsys, tmp_path, text, message):
+    path = write(tmp_path / "p.yaml", text)
+    for module in (launch, status):
+        code, out, err = main(capsys, module, "table1", "--params", path, "--results-dir", tmp_path,
+                              *(["--dry-run"] if module is launch else []))
+        assert code == 2 and out == ""
+        one_line_error(err, f"params file {path}: {message}")
+
+
+def test_plan_names_a_profile_changed_by_params_as_the_records_do(capsys, tmp_path):
+    path = write(tmp_path / "p.yaml", "epochs: 20\nreg: 1e-4\n")
+    code, out, _ = main(capsys, launch, "table1", "--params", path, "--results-dir", tmp_path, "--dry-run",
+                        "--profile", "smoke")
+    (config,) = configs(tmp_path, tmp_path, columns=["avgpool"], epochs=20)
+    assert experiments.profile_of(config) == "custom"
+    assert code == 0 and "plan: table1 (custom profile: smoke with epochs=20 from --params, suite recipe)" in out
+
+
+@pytest.mark.parametrize("space,message", [
+    ("reg: {low: 1e-5, high: 1e-2, log: true, step: 1e-5}", "reg: a range takes log or step, not both"),
+    ("dropout: {low: 0.5, high: 0.1}", "dropout: low and high must be numbers with low < high"),
+])
+def test_study_ranges_are_checked_in_one_line_naming_the_file_once(tmp_path, space, message):
+    study = write(tmp_path / "tiny.yaml", "trials: 2\nfixed: {dataset: synthetic, epochs: 1, val_fraction: 0.2}\n"
+                                          f"space:\n  {space}\n")
+    with pytest.raises(ConfigError) as error:
+        sweep.load_study(str(study))
+    assert str(error.value) == f"{study.resolve()}: {message}"
+
+
+def test_a_checkpoint_that_does_not_fit_the_model_is_a_warning_and_a_fresh_start(tmp_path, capsys):
+    config = RunConfig(dataset="synthetic", epochs=1, train_subset=128, test_subset=64, batch_size=64,
+                       wandb="disabled", results_dir=str(tmp_path))
+    other = config.replace(pool="flex")  # another model: its weights do not fit this one
+    model = train.make_model(other, train.torch.device("cpu"))
+    train.save(config, model, train.make_optimizer(other, model), [{"epoch": 1, "wall_s": 1.0}])
+    record = train.run(config)
+    assert record["status"] == "completed" and [h["epoch"] for h in record["history"]] == [1]
+    err = capsys.readouterr().err
+    assert f"warning: {records.checkpoint_path(config)}: does not fit the model" in err
+    assert "starting run" in err and "Traceback" not in err
+
+
+def task_pid(job) -> int:
+    """The process of a local job's one task: the job's controller starts it."""
+    return int(Path(f"/proc/{job.job_id}/task/{job.job_id}/children").read_text().split()[0])
+
+
+def test_a_task_signalled_before_any_epoch_says_so_instead_of_requeueing(tmp_path, data_root):
+    """The job's signal (the time limit) to a task in which no run has finished an epoch: another allocation of
+    the same length would end alike, so it is not requeued, and --wait's summary names that as the cause."""
+    (config,) = configs(tmp_path, data_root, columns=["avgpool"], epochs=500)
+    folder = tmp_path / "results" / "slurm-logs" / "job"
+    (job,) = launch.submit([config], "local", None, 1, folder, "limit", snapshot=False)
+    wait_for(lambda: "RunPack: 1 runs" in (job.stdout() or ""), what="the task to start its run")
+    os.kill(task_pid(job), signal.SIGUSR2)  # before the run's first epoch: it is still importing torch
+    states = launch.follow([job], [config])
+    assert states == {config: "pending"} and not records.checkpoint_path(config).exists()
+    cause = launch.problems([job], states)[-1]
+    assert re.fullmatch(rf"JOB {job.job_id} failed: not requeued: no run finished an epoch in this allocation; .*"
+                        r"raise timeout_min in the cluster profile \(log: .*\)", cause), cause
+
+
+def test_a_task_signalled_after_progress_is_requeued_and_its_run_completes(tmp_path, data_root):
+    (config,) = configs(tmp_path, data_root, columns=["avgpool"], epochs=30)
+    folder = tmp_path / "results" / "slurm-logs" / "job"
+    (job,) = launch.submit([config], "local", None, 1, folder, "limit", snapshot=False)
+    wait_for(lambda: records.checkpoint_path(config).exists(), what="the first checkpoint")
+    os.kill(task_pid(job), signal.SIGUSR2)
+    assert launch.follow([job], [config]) == {config: "done"}
+    assert "resuming run" in status.run_log_path(config).read_text()

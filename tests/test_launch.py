@@ -184,7 +184,18 @@ def test_returns_at_once_the_local_job_goes_on_and_its_runs_are_not_submitted_tw
     assert all(training_starts(c) == 1 for c in planned)
 
 
-def test_a_run_whose_job_is_gone_is_pending_again(tmp_path, data_root):
+def fake_squeue(tmp_path, monkeypatch, script: str) -> None:
+    """An squeue that runs `script` (sh), first on the PATH."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    squeue = bin_dir / "squeue"
+    squeue.write_text(f"#!/bin/sh\n{script}\n")
+    squeue.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+
+
+def test_a_run_whose_job_is_gone_is_pending_again(tmp_path, data_root, monkeypatch):
+    fake_squeue(tmp_path, monkeypatch, "echo 4242_0")  # the controller answers: job 4294967_0 is gone
     (config,) = configs(tmp_path, data_root, columns=["avgpool"])
     path = records.queue_path(config)
     path.parent.mkdir(parents=True)

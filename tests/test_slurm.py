@@ -161,3 +161,27 @@ def test_unreachable_controller_is_one_line(capsys, tmp_path, data_root, slurm, 
         code = module.main([str(a) for a in argv])
         err = capsys.readouterr().err
         assert code == 1 and err.startswith(f"error: {expected}") and err.count("\n") == 1, err
+
+
+def test_time_limits_requeue_a_run_that_progresses_past_submitits_default_of_three(capsys, tmp_path, data_root,
+                                                                                    slurm):
+    """Four time-outs, one more than submitit's default max_num_timeout: the profile's timeout_requeues decides.
+    Under 10 minutes of limit, submitit takes every signal for a time-out."""
+    profile = tmp_path / "short.yaml"
+    profile.write_text((ROOT / "slurm" / "local.yaml").read_text().replace("timeout_min: 60", "timeout_min: 5"))
+    params = tmp_path / "long.yaml"
+    params.write_text("epochs: 40\n")
+    argv = ("table1", *selection(tmp_path, data_root, "--columns", "avgpool", "--params", params),
+            "--cluster", profile)
+    code, out = main(capsys, launch, *argv)
+    assert code == 0
+    (config,) = configs(tmp_path, data_root, columns=["avgpool"], epochs=40)
+    for _ in range(4):
+        written = records.checkpoint_path(config).stat().st_mtime if records.checkpoint_path(config).exists() else 0
+        wait_for(lambda w=written: records.checkpoint_path(config).exists()
+                 and records.checkpoint_path(config).stat().st_mtime > w, what="an epoch of this allocation")
+        subprocess.run(["scancel", "--signal=USR2", job_id(out)], check=True)
+        wait_for(lambda: status.lock_holder(config) is None, what="the run to stop")
+    wait_for(lambda: records.run_status(config) == "completed", timeout=600, what="the requeued run's record")
+    task_log = next(Path(re.search(r"job logs: (\S+)", out).group(1)).glob("*_log.out")).read_text()
+    assert task_log.count("this job is timed-out") == 4
