@@ -73,3 +73,4 @@ def test_a_cpu_record_names_the_processor_and_its_bf16_units(tmp_path):
     env = train.run(config)["env"]
     assert env["device_type"] == "cpu" and env["device"] not in ("", "cpu")
     assert env["cpu_bf16_units"] == (train.cpu_bf16_units() or "none") and env["cpus"] >= 1
+    assert env["precision"] == ("bf16" if train.cpu_bf16_units() else "fp32")
