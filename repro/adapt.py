@@ -6,16 +6,19 @@
     loss = model.loss(model(x), y)                  # Eq. 3 (+ reg * pooling.regularization(model) for Eq. 2)
 
 Torch only: timm's pooling module is recognised by its class name, so timm is not needed to import this.
+A global pool written in forward() (DenseNet's F.adaptive_avg_pool2d, MNASNet's and ShuffleNet's x.mean) is found
+by tracing forward() with torch.fx; such a model comes back as a torch.fx.GraphModule.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import fx, nn
 
 from repro.pooling import FlexPool2d, LazyFlexPool2d
 
@@ -28,6 +31,11 @@ def _is_global_avg_pool(module: nn.Module) -> bool:
     if type(module).__name__ == "SelectAdaptivePool2d":  # timm's; pool_type "avg" holds an AdaptiveAvgPool2d
         module = module.pool
     return isinstance(module, nn.AdaptiveAvgPool2d) and module.output_size in (1, (1, 1))
+
+
+def _keepdim(pool: nn.Module) -> bool:
+    """Whether the pool module gives N x C x 1 x 1, not N x C as timm's SelectAdaptivePool2d(flatten=True) does."""
+    return not isinstance(getattr(pool, "flatten", None), nn.Flatten)
 
 
 def _describe(name: str, module: nn.Module) -> str:
@@ -44,15 +52,17 @@ def find_global_pool(model: nn.Module) -> str:
                            if name and "Pool" in type(m).__name__)
         raise GlobalPoolError(
             "no global average pool module (nn.AdaptiveAvgPool2d(1) or timm's SelectAdaptivePool2d('avg')) in "
-            f"{type(model).__name__}; found {others or 'no pooling modules at all'}. A pool written in forward() "
-            "(e.g. F.adaptive_avg_pool2d or x.mean) cannot be replaced: put a FlexPool2d there by hand")
+            f"{type(model).__name__}; found {others or 'no pooling modules at all'}")
     depth = min(name.count(".") for name, _ in found)
     outermost = [(name, m) for name, m in found if name.count(".") == depth]
     if len(outermost) > 1:
-        names = ", ".join(_describe(name, m) for name, m in outermost)
-        raise GlobalPoolError(f"several global average pools in {type(model).__name__}: {names}; replace the "
-                              f"right one by hand with FlexPool2d or LazyFlexPool2d")
+        raise _several(model, [_describe(name, m) for name, m in outermost])
     return outermost[0][0]
+
+
+def _several(model: nn.Module, descriptions: list[str]) -> GlobalPoolError:
+    return GlobalPoolError(f"several global average pools in {type(model).__name__}: {', '.join(descriptions)}; "
+                           f"replace the right one by hand with FlexPool2d or LazyFlexPool2d")
 
 
 @contextlib.contextmanager
@@ -68,15 +78,172 @@ def _dry_run(model: nn.Module):
             m.training = training
 
 
-def replace_global_pool(model: nn.Module, example_input: torch.Tensor, softmax: bool = False) -> nn.Module:
-    """Swap the model's global average pool for a FlexPool2d sized by a forward pass of `example_input` (one
-    image is enough; its resolution is the one the model will be trained at). Returns the model, changed in place.
+class _ForwardTracer(fx.Tracer):
+    """Traces the model's own forward() only. Its submodules stay single calls: they keep their forward hooks
+    (SAC's), their own control flow does not stop tracing, and pools inside them (squeeze-and-excitation)
+    are not candidates."""
 
-    The FlexPool gives the output shape the pool gave (N x C x 1 x 1, or N x C where timm's pool flattens), so
-    at initialisation the model computes what it computed before. Raises GlobalPoolError if there is no pool
-    module, or more than one, or if it does not run exactly once in a forward pass.
-    """
-    name = find_global_pool(model)
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return True
+
+
+class _ShapeRecorder(fx.Interpreter):
+    """Runs the traced forward() and keeps what each node gives as a tensor on the meta device: its shape and
+    dtype, no data. (fx's ShapeProp prints a traceback where a trace does not run; here that only means falling
+    back to the pool modules.)"""
+
+    def run_node(self, node: fx.Node):
+        result = super().run_node(node)
+        node.meta["value"] = result.to("meta") if isinstance(result, torch.Tensor) else None
+        return result
+
+
+def _untraceable(model: nn.Module, what: str, error: Exception) -> GlobalPoolError:
+    reason = f"{type(error).__name__}: {str(error).strip()}".splitlines()[0]
+    return GlobalPoolError(f"torch.fx {what} forward() of {type(model).__name__} to look for a pool written there "
+                           f"({reason})")
+
+
+def _trace(model: nn.Module) -> fx.GraphModule:
+    try:
+        graph = _ForwardTracer().trace(model)
+    except Exception as error:  # whatever stops symbolic tracing (TraceError, TypeError, ...) has one meaning here
+        raise _untraceable(model, "cannot trace", error) from error
+    return fx.GraphModule(model, graph, type(model).__name__)
+
+
+def _trace_with_shapes(model: nn.Module, example_input: torch.Tensor) -> fx.GraphModule:
+    traced = _trace(model)
+    try:
+        with _dry_run(model):
+            _ShapeRecorder(traced).run(example_input)
+    except Exception as error:  # the trace does not run as forward() does, e.g. a layer writes into a list it gets
+        raise _untraceable(model, "cannot run its trace of", error) from error
+    return traced
+
+
+def _mean_arguments(input, dim=None, keepdim=False, *, dtype=None):
+    """torch.mean's and Tensor.mean's signature, to read a traced call's arguments by name."""
+    return input, dim, keepdim, dtype
+
+
+def _adaptive_arguments(input, output_size):
+    return input, output_size
+
+
+def _arguments(signature, node: fx.Node) -> tuple | None:
+    """The traced call's arguments through `signature`, or None where they do not fit it (e.g. numpy's axis=)."""
+    try:
+        return signature(*node.args, **node.kwargs)
+    except TypeError:
+        return None
+
+
+def _module_pool(node: fx.Node, traced: fx.GraphModule) -> tuple[fx.Node, bool] | None:
+    module = traced.get_submodule(node.target)
+    if not _is_global_avg_pool(module):
+        return None
+    return node.all_input_nodes[0], _keepdim(module)
+
+
+def _adaptive_pool(node: fx.Node) -> tuple[fx.Node, bool] | None:
+    x, size = _arguments(_adaptive_arguments, node) or (None, None)
+    return (x, True) if size in (1, (1, 1), [1, 1]) else None
+
+
+def _mean_pool(node: fx.Node) -> tuple[fx.Node, bool] | None:
+    x, dim, keepdim, dtype = _arguments(_mean_arguments, node) or (None, None, False, None)
+    dims = dim if isinstance(dim, (tuple, list)) else [dim]
+    over_h_and_w = all(isinstance(d, int) for d in dims) and sorted(d % 4 for d in dims) == [2, 3]
+    return (x, bool(keepdim)) if over_h_and_w and dtype is None else None
+
+
+def _shape(node) -> tuple | None:
+    """The shape of what a node gave in the dry run if that was a tensor, else None."""
+    value = node.meta.get("value") if isinstance(node, fx.Node) else None
+    return None if value is None else tuple(value.shape)
+
+
+def _as_global_pool(node: fx.Node, traced: fx.GraphModule) -> tuple[fx.Node, bool] | None:
+    """(its input, keepdim) if `node` averages an N x C x H x W map over all of H and W, else None: a mean over
+    channels, over H alone or of a 3-D tensor is none."""
+    if node.op == "call_module":
+        found = _module_pool(node, traced)
+    elif node.op == "call_function" and node.target is F.adaptive_avg_pool2d:
+        found = _adaptive_pool(node)
+    elif (node.op, node.target) in (("call_method", "mean"), ("call_function", torch.mean)):
+        found = _mean_pool(node)
+    else:
+        return None
+    shape = _shape(found[0]) if found else None
+    return found if shape is not None and len(shape) == 4 else None
+
+
+def _is_feature_map(node: fx.Node) -> bool:
+    """A computed N x C x H x ... tensor with more than one position: what convolutions work on, and what a
+    global pool ends."""
+    shape = _shape(node)
+    return node.op.startswith("call") and shape is not None and len(shape) >= 3 and math.prod(shape[2:]) > 1
+
+
+def _describe_node(node: fx.Node, traced: fx.GraphModule) -> str:
+    if node.op == "call_module":
+        return _describe(node.target, traced.get_submodule(node.target))
+    target = node.target
+    written = f"Tensor.{target}" if node.op == "call_method" else f"{target.__module__}.{target.__name__}"
+    return f"{node.name!r} ({written})"
+
+
+def _final_pool(traced: fx.GraphModule) -> fx.Node | None:
+    """The global average pool in forward() (shapes from the dry run) that feeds the output: after it, nothing
+    gives a feature map any more, only flatten, dropout, linear layers and the like. A pool whose result goes back
+    into a feature map, like squeeze-and-excitation's, is not it. None where forward() has no global pool."""
+    nodes = list(traced.graph.nodes)
+    pools = [n for n in nodes if _as_global_pool(n, traced)]
+    last_map = max((i for i, n in enumerate(nodes) if _is_feature_map(n)), default=-1)
+    final = [n for n in nodes[last_map + 1:] if n in pools]
+    if pools and not final:
+        last = nodes[last_map]
+        raise GlobalPoolError(
+            f"no global average pool in forward() of {type(traced).__name__} feeds its output: after "
+            f"{', '.join(_describe_node(n, traced) for n in pools)}, {last.name!r} still gives a "
+            f"{' x '.join(map(str, _shape(last)))} feature map (a pool inside a block, like squeeze-and-excitation's, "
+            f"is not the model's global pool); put a FlexPool2d there by hand")
+    if len(final) > 1:
+        raise _several(traced, [_describe_node(n, traced) for n in final])
+    return final[0] if final else None
+
+
+def _reads_training(model: nn.Module, traced: fx.GraphModule) -> bool:
+    """Whether forward() reads self.training (e.g. F.dropout(x, training=self.training)): its traced copy would
+    keep the mode it was traced in, whatever .train() and .eval() say later."""
+    model.training = not model.training
+    try:
+        return _trace(model).code != traced.code
+    finally:
+        model.training = not model.training
+
+
+def _replace_traced_pool(model: nn.Module, traced: fx.GraphModule, node: fx.Node, example_input: torch.Tensor,
+                         softmax: bool) -> fx.GraphModule:
+    name = type(model).__name__
+    if _reads_training(model, traced):
+        raise GlobalPoolError(f"forward() of {name} reads self.training, which a torch.fx trace would freeze; put "
+                              f"a FlexPool2d there by hand")
+    if hasattr(traced, "flexpool"):
+        raise GlobalPoolError(f"{name} has an attribute 'flexpool' already, the name its FlexPool2d would get")
+    x, keepdim = _as_global_pool(node, traced)
+    flex = FlexPool2d(*_shape(x)[1:], softmax=softmax, keepdim=keepdim)
+    flex.to(example_input.device, x.meta["value"].dtype).train(model.training)
+    traced.add_submodule("flexpool", flex)
+    with traced.graph.inserting_before(node):
+        node.replace_all_uses_with(traced.graph.call_module("flexpool", (x,)))
+    traced.graph.erase_node(node)
+    traced.recompile()
+    return traced
+
+
+def _replace_pool_module(model: nn.Module, name: str, example_input: torch.Tensor, softmax: bool) -> nn.Module:
     pool = model.get_submodule(name)
     inputs = []
     handle = pool.register_forward_hook(lambda module, args, output: inputs.append(args[0]))
@@ -91,12 +258,46 @@ def replace_global_pool(model: nn.Module, example_input: torch.Tensor, softmax: 
     x = inputs[0]
     if x.dim() != 4:
         raise GlobalPoolError(f"the global pool {name!r} gets input of shape {tuple(x.shape)}, not N x C x H x W")
-    flattens = isinstance(getattr(pool, "flatten", None), nn.Flatten)  # timm's SelectAdaptivePool2d(flatten=True)
-    flex = FlexPool2d(*x.shape[1:], softmax=softmax, keepdim=not flattens).to(x.device, x.dtype)
+    flex = FlexPool2d(*x.shape[1:], softmax=softmax, keepdim=_keepdim(pool)).to(x.device, x.dtype)
     flex.train(pool.training)
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent), child, flex)
     return model
+
+
+def _pool_module_name(model: nn.Module, not_in_forward: str) -> str:
+    try:
+        return find_global_pool(model)
+    except GlobalPoolError as error:
+        raise GlobalPoolError(f"{error}. {not_in_forward}") from None
+
+
+def replace_global_pool(model: nn.Module, example_input: torch.Tensor, softmax: bool = False) -> nn.Module:
+    """Swap the model's global average pool for a FlexPool2d sized by a forward pass of `example_input` (one
+    image is enough; its resolution is the one the model will be trained at).
+
+    forward() is traced with torch.fx (its submodules not traced into) and the global average pool that feeds the
+    output is taken: a pool module (nn.AdaptiveAvgPool2d(1), timm's SelectAdaptivePool2d('avg')) is swapped in
+    place and the model itself returned; a pool written as F.adaptive_avg_pool2d(x, 1) or a mean over dims 2, 3
+    is replaced in the traced copy, a torch.fx.GraphModule that shares the model's layers, which is returned: use
+    it instead of the model. Where forward() cannot be traced or has no global pool, the outermost pool module is
+    swapped. The FlexPool gives the output shape the pool gave (N x C x 1 x 1 or N x C), so at initialisation the
+    model computes what it computed before. Raises GlobalPoolError, one line, where there is no such pool, or
+    several, or where the swap would not be faithful: a pool module that does not run exactly once in a forward
+    pass, a forward() that reads self.training (a trace would freeze the mode).
+    """
+    try:
+        traced = _trace_with_shapes(model, example_input)
+    except GlobalPoolError as untraceable:
+        return _replace_pool_module(model, _pool_module_name(model, str(untraceable)), example_input, softmax)
+    node = _final_pool(traced)
+    if node is None:
+        name = _pool_module_name(model, "forward() itself has no global average pool either (F.adaptive_avg_pool2d("
+                                        "x, 1) or a mean over dims 2, 3 of an N x C x H x W map)")
+        return _replace_pool_module(model, name, example_input, softmax)
+    if node.op == "call_module":
+        return _replace_pool_module(model, node.target, example_input, softmax)
+    return _replace_traced_pool(model, traced, node, example_input, softmax)
 
 
 def sac_head(pool: str, num_classes: int) -> nn.Sequential:

@@ -2,6 +2,7 @@
 
 import copy
 import io
+import operator
 
 import onnxruntime
 import pytest
@@ -14,16 +15,37 @@ from torch import nn
 from repro.adapt import GlobalPoolError, replace_global_pool, with_sac
 from repro.pooling import FlexPool2d, LazyFlexPool2d, regularization
 
+
+class SqueezeExcitedMobileNet(nn.Module):
+    """MobileNetV3's layers, whose squeeze-and-excitation blocks each hold an nn.AdaptiveAvgPool2d(1), under a
+    global pool written in forward() as `pool` writes it."""
+
+    def __init__(self, pool):
+        super().__init__()
+        mobilenet = torchvision.models.mobilenet_v3_small(num_classes=10)
+        self.features, self.classifier, self.pool = mobilenet.features, mobilenet.classifier, pool
+
+    def forward(self, x):
+        return self.classifier(self.pool(self.features(x)))
+
+
 MODELS = {
     "resnet18": lambda: torchvision.models.resnet18(num_classes=10),
     "mobilenet_v3_small": lambda: torchvision.models.mobilenet_v3_small(num_classes=10),
     "efficientnet_b0": lambda: torchvision.models.efficientnet_b0(num_classes=10),
     "convnext_tiny": lambda: torchvision.models.convnext_tiny(num_classes=10),
     "timm_resnet18": lambda: timm.create_model("resnet18", pretrained=False, num_classes=10),
+    # global pools written in forward(): F.adaptive_avg_pool2d, x.mean([2, 3]) (twice)
+    "densenet121": lambda: torchvision.models.densenet121(num_classes=10),
+    "mnasnet0_5": lambda: torchvision.models.mnasnet0_5(num_classes=10),
+    "shufflenet_v2_x0_5": lambda: torchvision.models.shufflenet_v2_x0_5(num_classes=10),
+    "mobilenet_v3_small_mean": lambda: SqueezeExcitedMobileNet(lambda x: x.mean((2, 3))),
 }
+TRACED = {"densenet121", "mnasnet0_5", "shufflenet_v2_x0_5", "mobilenet_v3_small_mean"}
 SIZES = (224, 64)
 LAST_CHANNELS = {"resnet18": 512, "mobilenet_v3_small": 576, "efficientnet_b0": 1280, "convnext_tiny": 768,
-                 "timm_resnet18": 512}
+                 "timm_resnet18": 512, "densenet121": 1024, "mnasnet0_5": 1280, "shufflenet_v2_x0_5": 1024,
+                 "mobilenet_v3_small_mean": 576}
 
 
 def build(name: str) -> nn.Module:
@@ -61,14 +83,16 @@ def test_conversion_keeps_outputs_mode_and_batchnorm_statistics(original, size):
     name, reference = original
     model = copy.deepcopy(reference).train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    assert replace_global_pool(model, torch.randn(1, 3, size, size)) is model
-    assert all(m.training for m in model.modules())
-    after = model.state_dict()
+    converted = replace_global_pool(model, torch.randn(1, 3, size, size))
+    # a pool module is swapped in place; one written in forward() in a traced copy with the same layers
+    assert converted is model if name not in TRACED else isinstance(converted, torch.fx.GraphModule)
+    assert all(m.training for m in converted.modules())
+    after = converted.state_dict()
     assert all(torch.equal(after[k], v) for k, v in before.items())
-    [pool] = flexpools(model)
+    [pool] = flexpools(converted)
     assert pool.weight.shape == (LAST_CHANNELS[name], size // 32, size // 32)
     x = torch.randn(2, 3, size, size)
-    assert_same_outputs(model.eval()(x), reference(x))
+    assert_same_outputs(converted.eval()(x), reference(x))
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -95,19 +119,21 @@ def test_converted_model_trains_and_its_state_dict_reloads(original, size):
 
 
 @pytest.fixture(scope="module")
-def small():
-    model = replace_global_pool(build("mobilenet_v3_small"), torch.randn(1, 3, 64, 64))
+def small(request):
+    model = replace_global_pool(build(request.param), torch.randn(1, 3, 64, 64))
     with torch.no_grad():
         flexpools(model)[0].weight.uniform_(0, 0.5)  # not average pooling any more: the layer itself must carry
     return model
 
 
+@pytest.mark.parametrize("small", ["mobilenet_v3_small"], indirect=True)
 def test_compiled_model_gives_the_same_outputs(small):
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert_same_outputs(torch.compile(small)(x), small(x))
 
 
+@pytest.mark.parametrize("small", ["mobilenet_v3_small", "shufflenet_v2_x0_5"], indirect=True)
 def test_onnx_export_runs_in_onnxruntime_with_the_same_outputs(small, tmp_path):
     x = torch.randn(2, 3, 64, 64)
     torch.onnx.export(small, (x,), tmp_path / "model.onnx")
@@ -117,17 +143,93 @@ def test_onnx_export_runs_in_onnxruntime_with_the_same_outputs(small, tmp_path):
         assert_same_outputs(torch.from_numpy(output), small(x))
 
 
-# --- models it cannot convert --------------------------------------------------------------------------------
+# --- global pools written in forward() ----------------------------------------------------------------------
 
-class FunctionalPool(nn.Module):
-    def __init__(self):
+class WrittenPool(nn.Module):
+    """A convolution (and a max pool), then `pool` written in forward(): the model's output is what it gives."""
+
+    def __init__(self, pool):
         super().__init__()
         self.conv = nn.Conv2d(3, 8, 3)
         self.downsample = nn.MaxPool2d(2)
-        self.fc = nn.Linear(8, 10)
+        self.pool = pool
 
     def forward(self, x):
-        return self.fc(F.adaptive_avg_pool2d(self.downsample(self.conv(x)), 1).flatten(1))
+        return self.pool(self.downsample(self.conv(x)))
+
+
+WRITTEN = {
+    "F.adaptive_avg_pool2d(x, 1)": lambda x: F.adaptive_avg_pool2d(x, 1),
+    "F.adaptive_avg_pool2d(x, (1, 1))": lambda x: F.adaptive_avg_pool2d(x, (1, 1)),
+    "torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)": lambda x: torch.flatten(F.adaptive_avg_pool2d(x, 1), 1),
+    "x.mean((2, 3))": lambda x: x.mean((2, 3)),
+    "x.mean([-2, -1], keepdim=True)": lambda x: x.mean([-2, -1], keepdim=True),
+    "torch.mean(x, dim=(2, 3))": lambda x: torch.mean(x, dim=(2, 3)),
+    "torch.mean(x, (3, 2), True)": lambda x: torch.mean(x, (3, 2), True),
+}
+
+
+@pytest.mark.parametrize("written", list(WRITTEN))
+def test_global_pool_written_in_forward_becomes_a_flexpool_with_its_output_shape(written):
+    model = WrittenPool(WRITTEN[written]).eval()
+    x = torch.randn(2, 3, 22, 30)  # 10 x 14 after the convolution and the max pool
+    with torch.no_grad():
+        expected = model(x)
+        converted = replace_global_pool(model, x[:1])
+        [pool] = flexpools(converted)
+        assert pool.weight.shape == (8, 10, 14)
+        torch.testing.assert_close(converted(x), expected)  # the same shape: keepdim as it was
+        pool.weight.uniform_()  # the FlexPool, not the old pool, now gives the output (flattened where it was)
+        torch.testing.assert_close(converted(x), pool(model.downsample(model.conv(x))).reshape(expected.shape))
+
+
+class SqueezeExcited(nn.Module):
+    """Squeeze-and-excitation written in forward(): its pool is a global average pool too, but what it gives goes
+    back into the feature map; `pool` is the model's own global pool."""
+
+    def __init__(self, pool):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.excite = nn.Conv2d(8, 8, 1)
+        self.fc = nn.Linear(8, 10)
+        self.pool = pool
+
+    def forward(self, x):
+        x = self.conv(x)
+        x = x * torch.sigmoid(self.excite(x.mean((2, 3), keepdim=True)))
+        return self.fc(self.pool(x))
+
+
+def test_the_pool_feeding_the_classifier_is_replaced_not_a_squeeze_and_excitation_pool():
+    model = SqueezeExcited(lambda x: F.adaptive_avg_pool2d(x, 1).flatten(1)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    converted = replace_global_pool(model, x[:1])
+    [flex] = [node for node in converted.graph.nodes if node.target == "flexpool"]
+    assert flex.args[0].target is operator.mul  # the excited map, so after the squeeze-and-excitation
+    assert [node.target for node in converted.graph.nodes if node.op == "call_method"] == ["mean", "flatten"]  # SE's
+    with torch.no_grad():
+        torch.testing.assert_close(converted(x), model(x))
+
+
+def test_sac_heads_on_a_traced_model_hang_on_its_stages_by_their_names():
+    model = replace_global_pool(MODELS["shufflenet_v2_x0_5"](), torch.randn(1, 3, 64, 64))
+    model = with_sac(model, ["stage2", "stage3"], (0.1, 0.2, 0.7), num_classes=10)
+    x, y = torch.randn(2, 3, 64, 64), torch.tensor([3, 7])
+    model(x)
+    assert [p.weight.shape for p in flexpools(model)] == [(1024, 2, 2), (48, 8, 8), (96, 4, 4)]
+    model.loss(model(x), y).backward()
+    assert all(p.grad.abs().sum() > 0 for p in model.heads.parameters())
+
+
+# --- models it cannot convert --------------------------------------------------------------------------------
+
+class DropoutInForward(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+
+    def forward(self, x):
+        return F.dropout(self.conv(x).mean((2, 3)), 0.5, self.training)
 
 
 class TwoPools(nn.Module):
@@ -153,7 +255,20 @@ class SharedPool(nn.Module):
 
 
 @pytest.mark.parametrize("model, message", [
-    (FunctionalPool(), r"no global average pool module .* found 'downsample' \(MaxPool2d\)\. .*in forward"),
+    (WrittenPool(lambda x: x.mean(1)),  # over channels
+     r"no global average pool module .* found 'downsample' \(MaxPool2d\)\. forward\(\) itself has no global"),
+    (WrittenPool(lambda x: F.adaptive_avg_pool2d(x, (1, 2))), r"forward\(\) itself has no global average pool"),
+    (WrittenPool(lambda x: x.mean((1, 2, 3))), r"forward\(\) itself has no global average pool"),
+    (WrittenPool(lambda x: x.mean(3).mean(2)), r"forward\(\) itself has no global average pool"),
+    (WrittenPool(lambda x: x.mean((2, 3)) if x.sum() > 0 else x.amax((2, 3))),
+     r"'downsample' \(MaxPool2d\)\. torch\.fx cannot trace forward\(\) of WrittenPool .*\(TraceError: symbolic"),
+    (WrittenPool(lambda x: x.mean((2, 3)) + F.adaptive_avg_pool2d(x, 1).flatten(1)),
+     r"several global average pools in WrittenPool: 'mean' \(Tensor\.mean\), 'adaptive_avg_pool2d' \(torch\."),
+    (SqueezeExcited(lambda x: x.amax((2, 3))),
+     r"in forward\(\) of SqueezeExcited feeds its output: after 'mean' .*, 'mul' still gives a 1 x 8 x 30 x 30"),
+    (SqueezeExcitedMobileNet(lambda x: x.amax((2, 3))),
+     r"several global .* 'features\.1\.block\.1\.avgpool' .*\. forward\(\) itself has no global average pool"),
+    (DropoutInForward(), r"forward\(\) of DropoutInForward reads self\.training"),
     (torchvision.models.vgg11(), r"found .*'avgpool' \(AdaptiveAvgPool2d\(\(7, 7\)\)\)"),
     (TwoPools(), r"several global average pools .*'pool_a' .*'pool_b'"),
     (SharedPool(), r"'pool' ran 2 times in one forward pass"),
