@@ -33,10 +33,11 @@ PAPER_DIR = Path(__file__).resolve().parent.parent / "results" / "paper"
 PROFILE_CHOICES = (*PROFILES, "any")
 RECIPE_CHOICES = (*RECIPES, "both")
 MAIN_POOL = "pool"  # the final FlexPool's module name in a record's "flexpool"
+TIMING_KEYS = ("wall_s", "train_s", "images_per_s")  # the record's "timing" and "env" entries its row keeps
+ENV_KEYS = ("date", "git_commit", "torch", "device", "device_type", "cpu_bf16_units")
 ROW_COLUMNS = [  # the keys of _row (record_row's and its own), so an empty DataFrame still has them
     "file", "run_id", "cell", "table", "dataset", "column", "seed", "accuracy", "head_accuracies", "train_loss",
-    "eval_split", "profile", "variant", "wall_s", "images_per_s", "date", "git_commit", "config", "flexpool",
-    "recipe", "sum_dev",
+    "eval_split", "profile", "variant", *TIMING_KEYS, *ENV_KEYS, "config", "flexpool", "recipe", "sum_dev",
 ]
 
 
@@ -61,8 +62,7 @@ def record_row(record: dict, name: str) -> dict:
         "head_accuracies": metrics.get("head_accuracies"), "train_loss": metrics.get("train_loss"),
         "eval_split": record.get("eval_split", config.eval_split),
         "profile": profile_of(config), "variant": config.replace(seed=0).run_id,
-        "wall_s": timing.get("wall_s"), "images_per_s": timing.get("images_per_s"),
-        "date": env.get("date"), "git_commit": env.get("git_commit"),
+        **{key: timing.get(key) for key in TIMING_KEYS}, **{key: env.get(key) for key in ENV_KEYS},
         "config": config.to_dict(),
         "flexpool": record.get("flexpool") if isinstance(record.get("flexpool"), dict) else {},
     }

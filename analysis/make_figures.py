@@ -19,6 +19,7 @@ Writes, as PNG and PDF, to results/figures/<profile>/<recipe>/ (or --out); every
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,8 @@ DPI = 150  # the heatmaps' in-cell numbers stay legible
 TREND_SIZE = (10.0, 7.5)  # inches: 1500 x 1125 pixels at DPI
 PANEL_SIZE = (3.0, 2.8)  # inches per heatmap panel
 FIGURE_NAMES = {"table1": "figure2", "table2": "figure4"}
+TREND_TITLES = {"table1": "Figure 2: FlexPooling (Table 1)",
+                "table2": "Figure 4: FlexPooling with SAC (Table 2)"}
 SHORT_LABELS = ["AvgPool", "FlexPool", "+ Reg", "+ Reg\n+ Dropout"]
 FLEX_COLUMNS = [c for c in COLUMNS if c != "avgpool"]
 MAIN_POOL, HEAD_POOLS = collect.MAIN_POOL, ("heads.0.pool", "heads.1.pool")
@@ -121,7 +124,7 @@ def trend_figure(runs: pd.DataFrame, summary: pd.DataFrame, table: str, spread: 
     handles = {label: h for ax in fig.axes for h, label in zip(*ax.get_legend_handles_labels())}
     handles = dict(sorted(handles.items(), key=lambda item: [item[0].startswith(o) for o in order].index(True)))
     fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=len(handles), fontsize=8)
-    title = "Figure 2: FlexPooling (Table 1)" if table == "table1" else "Figure 4: FlexPooling with SAC (Table 2)"
+    title = TREND_TITLES[table]
     bars = (f"points: mean over seeds of each seed's gain; error bars: {SPREADS[spread]} over seeds"
             if (counts > 1).any() else "one seed per point: no error bars")
     fig.suptitle(f"{title}: test accuracy gained over AvgPool; {profile_text(profile)}, {' and '.join(recipes)} recipe\n"
@@ -223,10 +226,24 @@ def flexpool_figure(runs: pd.DataFrame, table: str, dataset: str, profile: str, 
     return fig
 
 
-def save(fig: Figure, out: Path, stem: str) -> list[Path]:
-    """PNG and PDF, each written then renamed so a reader never opens half a file."""
+def figures(runs: pd.DataFrame, summary: pd.DataFrame, spread: str, profile: str,
+            recipes) -> Iterator[tuple[str, str, str | None, Figure]]:
+    """(file stem, table, data set or None for a trend figure, figure): Figures 2 and 4, then the FlexPool
+    weights of each data set whose records hold any."""
+    for table in TABLES:
+        yield FIGURE_NAMES[table], table, None, trend_figure(runs, summary, table, spread, profile, recipes)
+        for dataset in DATASET_ORDER:
+            for recipe in recipes:
+                fig = flexpool_figure(runs, table, dataset, profile, recipe)
+                if fig is not None:
+                    suffix = f"-{recipe}" if len(recipes) > 1 else ""
+                    yield f"flexpool-{table}-{dataset}{suffix}", table, dataset, fig
+
+
+def save(fig: Figure, out: Path, stem: str, formats=("png", "pdf")) -> list[Path]:
+    """Each format written then renamed so a reader never opens half a file."""
     out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"{stem}.{fmt}" for fmt in ("png", "pdf")]
+    paths = [out / f"{stem}.{fmt}" for fmt in formats]
     for path in paths:
         atomic_write(path, lambda f, fmt=path.suffix[1:]: fig.savefig(f, format=fmt))
     return paths
@@ -239,19 +256,10 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    runs, _, _, summary = load_summary(args)
-    recipes, out = collect.recipes(args.recipe), out_dir(args)
-    written = []
-    for table in TABLES:
-        fig = trend_figure(runs, summary, table, args.spread, args.profile, recipes)
-        written += save(fig, out, FIGURE_NAMES[table])
-        for dataset in DATASET_ORDER:
-            for recipe in recipes:
-                fig = flexpool_figure(runs, table, dataset, args.profile, recipe)
-                if fig is not None:
-                    suffix = f"-{recipe}" if len(recipes) > 1 else ""
-                    written += save(fig, out, f"flexpool-{table}-{dataset}{suffix}")
-    if runs.empty:
+    loaded, out = load_summary(args), out_dir(args)
+    drawn = figures(loaded.runs, loaded.summary, args.spread, args.profile, collect.recipes(args.recipe))
+    written = [path for stem, _, _, fig in drawn for path in save(fig, out, stem)]
+    if loaded.runs.empty:
         print(f"note: no completed test runs of profile {args.profile!r}, recipe {args.recipe!r}: figures show "
               "the paper only", file=sys.stderr)
     print(f"wrote {len(written)} files to {out}/", file=sys.stderr)

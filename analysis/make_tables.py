@@ -15,6 +15,7 @@ import math
 import re
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 
@@ -31,6 +32,7 @@ TABLE_TITLES = {"table1": "FlexPooling (ResNet20, no SAC)",
 SPREADS = {"std": "the sample standard deviation", "sem": "the standard error of the mean"}
 FORMATS = {"md": ".md", "latex": ".tex", "csv": ".csv"}
 VERDICTS = ("supported", "contradicted", "inconclusive")
+CLAIM_HEADER = ["Claim", "Dataset", "Comparison", "n", "Δ (pp)", "95% CI", "p", "paper Δ", "Verdict"]
 OPTIMIZERS = {"sgd": "SGD", "adam": "Adam"}
 KEYS = ["recipe", "table", "dataset", "column"]
 SUM_DEV = "|Σw−1|: the final FlexPool's mean distance of a channel's weight sum from 1, which Eq. 2 penalises"
@@ -68,6 +70,12 @@ def without_runs(summary: pd.DataFrame, recipe: str) -> list[str]:
     return [DATASET_LABELS[d] for d in DATASET_ORDER if n[d] == 0]
 
 
+def untested(summary: pd.DataFrame, recipe: str) -> str:
+    """'No runs, so no claims tested: CIFAR100, Tiny ImageNet.', or '' when every data set has runs."""
+    missing = without_runs(summary, recipe)
+    return f"No runs, so no claims tested: {', '.join(missing)}." if missing else ""
+
+
 def recipe_text(recipes) -> str:
     """'suite recipe (sgd, weight decay 0.0005)', from experiments.RECIPES; 'custom' for any other config."""
     def one(name):
@@ -81,7 +89,7 @@ def profile_text(profile: str) -> str:
     return profile_words(profile) if profile in PROFILES else f"{profile} profile (all profiles)"
 
 
-def _fmt(x: float, sign: bool = False) -> str:
+def fmt(x: float, sign: bool = False) -> str:
     return "n/a" if pd.isna(x) else f"{x:+.2f}" if sign else f"{x:.2f}"
 
 
@@ -91,12 +99,12 @@ def _count(cell: dict) -> str:
 
 
 def md_cell(cell: dict, spread: str) -> str:
-    paper = f"paper {_fmt(cell['paper'])}"
+    paper = f"paper {fmt(cell['paper'])}"
     if cell["n"] == 0:
         return f"missing ({_count(cell)}); {paper}"
     ours = f"{cell['mean']:.2f}" + (f" ± {cell[spread]:.2f}" if cell["n"] > 1 else "")
     dev = "" if pd.isna(cell["sum_dev"]) else rf"; \|Σw−1\| {cell['sum_dev']:.2f}"  # a bare | ends the cell
-    return f"{ours} ({_count(cell)}); {paper}; Δ {_fmt(cell['diff'], sign=True)}{dev}"
+    return f"{ours} ({_count(cell)}); {paper}; Δ {fmt(cell['diff'], sign=True)}{dev}"
 
 
 def caption(summary: pd.DataFrame, table: str, spread: str, profile: str, recipes) -> str:
@@ -112,18 +120,22 @@ def caption(summary: pd.DataFrame, table: str, spread: str, profile: str, recipe
             f"skipped); Δ = ours − paper; {SUM_DEV}. The paper's \"ImageNet\" is Tiny ImageNet at 32x32.")
 
 
+def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(row) + " |" for row in rows)]
+
+
 def table_md(summary: pd.DataFrame, table: str, spread: str, profile: str, recipes) -> str:
-    header = ["Dataset"] + [COLUMN_LABELS[c] for c in COLUMNS]
-    lines = [f"## Table {table[-1]}: {TABLE_TITLES[table]} ({profile} profile, {' and '.join(recipes)} recipe)",
-             "", caption(summary, table, spread, profile, recipes), "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for d in DATASET_ORDER:
         for recipe in recipes:
             part = summary[(summary["recipe"] == recipe) & (summary["table"] == table) & (summary["dataset"] == d)]
             cells = [md_cell(cell, spread) for cell in part.set_index("column").loc[list(COLUMNS)].reset_index()
                      .to_dict("records")]
-            label = DATASET_LABELS[d] + (f" ({recipe})" if len(recipes) > 1 else "")
-            lines.append("| " + " | ".join([label, *cells]) + " |")
+            rows.append([DATASET_LABELS[d] + (f" ({recipe})" if len(recipes) > 1 else ""), *cells])
+    title = f"## Table {table[-1]}: {TABLE_TITLES[table]} ({profile} profile, {' and '.join(recipes)} recipe)"
+    lines = [title, "", caption(summary, table, spread, profile, recipes), "",
+             *md_table(["Dataset"] + [COLUMN_LABELS[c] for c in COLUMNS], rows)]
     return "\n".join(lines) + "\n"
 
 
@@ -207,27 +219,33 @@ def claims_intro(profile: str, recipes) -> str:
             + (" Runs of two recipes are never paired." if len(recipes) > 1 else ""))
 
 
+def claim_lines(part: pd.DataFrame, summarize_claim=claim_summary) -> list[str]:
+    """'- **(a) FlexPool beats AvgPool**: <summarize_claim of its rows>', one line per claim."""
+    return [f"- **({claim}) {text}**: {summarize_claim(part[part['claim'] == claim])}"
+            for claim, text in stats.CLAIMS.items()]
+
+
+def claim_cells(r) -> list[str]:
+    """One comparison's cells under CLAIM_HEADER."""
+    ci = "n/a" if pd.isna(r.ci_low) else f"[{r.ci_low:+.2f}, {r.ci_high:+.2f}]"
+    p = "n/a" if pd.isna(r.p) else f"{r.p:.3g}"
+    return [f"({r.claim})", DATASET_LABELS.get(r.dataset, r.dataset), r.comparison, str(r.n),
+            fmt(r.mean_diff, sign=True), ci, p, fmt(r.paper_diff, sign=True),
+            f"**{r.verdict}** ({r.reason})"]
+
+
 def claims_md(claims: pd.DataFrame, summary: pd.DataFrame, profile: str, recipes) -> str:
     lines = [f"## Claims ({profile} profile, {' and '.join(recipes)} recipe)", "", claims_intro(profile, recipes)]
-    header = ["Claim", "Dataset", "Comparison", "n", "Δ (pp)", "95% CI", "p", "paper Δ", "Verdict"]
     for recipe in recipes:
         part = claims[claims["recipe"] == recipe]
         if len(recipes) > 1:
             lines += ["", f"### {recipe_text([recipe])}"]
-        missing = without_runs(summary, recipe)
-        lines += [""] + ([f"No runs, so no claims tested: {', '.join(missing)}.", ""] if missing else [])
+        missing = untested(summary, recipe)
+        lines += [""] + ([missing, ""] if missing else [])
         if part.empty:
             continue
-        for claim, text in stats.CLAIMS.items():
-            lines.append(f"- **({claim}) {text}**: {claim_summary(part[part['claim'] == claim])}")
-        lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for r in part.itertuples():
-            ci = "n/a" if pd.isna(r.ci_low) else f"[{r.ci_low:+.2f}, {r.ci_high:+.2f}]"
-            p = "n/a" if pd.isna(r.p) else f"{r.p:.3g}"
-            cells = [f"({r.claim})", DATASET_LABELS.get(r.dataset, r.dataset), r.comparison, str(r.n),
-                     _fmt(r.mean_diff, sign=True), ci, p, _fmt(r.paper_diff, sign=True),
-                     f"**{r.verdict}** ({r.reason})"]
-            lines.append("| " + " | ".join(cells) + " |")
+        rows = [claim_cells(r) for r in part.itertuples()]
+        lines += [*claim_lines(part), "", *md_table(CLAIM_HEADER, rows)]
     return "\n".join(lines) + "\n"
 
 
@@ -256,13 +274,13 @@ def claims_latex(claims: pd.DataFrame, summary: pd.DataFrame, profile: str, reci
     tables = []
     for recipe in recipes:
         part = claims[claims["recipe"] == recipe]
-        missing = without_runs(summary, recipe)
+        missing = untested(summary, recipe)
         for group in CLAIM_TABLES:
             rows = part[part["claim"].isin(group)]
             named = " and ".join(f"({claim}) {stats.CLAIMS[claim]}" for claim in group)
             text = latex(f"The paper's claim{'s' if len(group) > 1 else ''} {named}, tested. "
                          f"{profile_text(profile).capitalize()}, {recipe_text([recipe])}. {CLAIMS_METHOD} "
-                         f"{SHORT_LEGEND}" + (f" No runs, so no claims tested: {', '.join(missing)}." if missing else ""))
+                         f"{SHORT_LEGEND}" + (f" {missing}" if missing else ""))
             letter = len(group) > 1  # a column of claim letters only where the table holds two claims
             width = 7 + letter
             lines = [r"\begin{table}[tbp]", r"\centering", f"\\caption{{{text}}}",
@@ -324,17 +342,27 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def load_summary(args):
-    """(runs, skipped records, the paper's values, per-cell summary) for the CLI's input arguments."""
-    runs, skipped, _ = collect.load_from_args(args)
+class Loaded(NamedTuple):
+    """What the command-line tools read: the selected runs, the skipped records, notes on the runs left out,
+    the paper's values per table and the per-cell summary."""
+
+    runs: pd.DataFrame
+    skipped: list[dict]
+    notes: list[str]
+    paper: dict[str, pd.Series]
+    summary: pd.DataFrame
+
+
+def load_summary(args) -> Loaded:
+    runs, skipped, notes = collect.load_from_args(args)
     paper = {t: collect.load_paper(t, args.paper) for t in TABLES}
     counts = collect.skipped_counts(skipped, args.profile)
-    return runs, skipped, paper, summarize(runs, paper, counts, collect.recipes(args.recipe))
+    return Loaded(runs, skipped, notes, paper, summarize(runs, paper, counts, collect.recipes(args.recipe)))
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    runs, skipped, paper, summary = load_summary(args)
+    runs, skipped, _, paper, summary = load_summary(args)
     recipes = collect.recipes(args.recipe)
     claims = stats.evaluate_claims(runs, paper, DATASET_ORDER, recipes)
     outputs = render(summary, claims, args.spread, args.profile, recipes)

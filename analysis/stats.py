@@ -4,10 +4,17 @@ Runs of different columns share seeds (seed k of every cell starts from the same
 two cells seed by seed: the differences' mean, a 95% confidence interval from the t distribution and a paired
 t-test. Verdict: supported if the interval lies above 0, contradicted if below, inconclusive otherwise (or with
 fewer than 2 seeds in both cells, where no interval exists). Runs of two recipes are never paired.
+
+How sure, and how to be surer (`assess`): Holm's adjustment of p over the comparisons of one recipe and data
+set (a table holds many, and some would pass at 0.05 by chance alone); where the paper's own difference lies
+against the interval (its size, not only its direction); and how many paired seeds a two-sided paired t-test
+at 0.05 needs for 80% power against the paper's difference, given the measured spread of the paired
+differences.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 
 import numpy as np
@@ -17,6 +24,9 @@ from scipy import stats
 from repro.experiments import COLUMN_LABELS, COLUMNS, TABLES
 
 CONFIDENCE = 0.95
+ALPHA = 1 - CONFIDENCE  # the tests' level: a verdict survives Holm when its adjusted p is below it
+POWER = 0.8
+MAX_SEEDS = 1000  # the seeds-needed search ends here: more is beyond any campaign of this suite
 
 CLAIMS = {
     "a": "FlexPool beats AvgPool",
@@ -24,16 +34,17 @@ CLAIMS = {
     "c": "SAC (Table 2) beats the same column without it (Table 1)",
 }
 
-CLAIM_COLUMNS = ["recipe", "claim", "dataset", "comparison", "baseline", "treatment", "n", "mean_diff", "ci_low",
-                 "ci_high", "p", "verdict", "reason", "paper_diff"]
+CLAIM_COLUMNS = ["recipe", "claim", "dataset", "comparison", "baseline", "treatment", "n", "mean_diff", "sd",
+                 "ci_low", "ci_high", "p", "verdict", "reason", "paper_diff"]
 
 
 def paired(baseline: pd.Series, treatment: pd.Series, confidence: float = CONFIDENCE) -> dict:
-    """treatment - baseline over the seeds (the index) both have: n, mean_diff, ci_low, ci_high, p, verdict, reason."""
+    """treatment - baseline over the seeds (the index) both have: n, mean_diff, sd (of the differences),
+    ci_low, ci_high, p, verdict, reason."""
     seeds = baseline.index.intersection(treatment.index)
     diff = (treatment[seeds] - baseline[seeds]).to_numpy(dtype=float)
     n = len(diff)
-    result = {"n": n, "mean_diff": float(diff.mean()) if n else math.nan,
+    result = {"n": n, "mean_diff": float(diff.mean()) if n else math.nan, "sd": math.nan,
               "ci_low": math.nan, "ci_high": math.nan, "p": math.nan}
     if n < 2:
         return {**result, "verdict": "inconclusive", "reason": f"too few paired seeds (n={n})"}
@@ -50,7 +61,8 @@ def paired(baseline: pd.Series, treatment: pd.Series, confidence: float = CONFID
         verdict, reason = "contradicted", f"{confidence:.0%} CI below 0"
     else:
         verdict, reason = "inconclusive", f"{confidence:.0%} CI contains 0"
-    return {**result, "ci_low": low, "ci_high": high, "p": p, "verdict": verdict, "reason": reason}
+    return {**result, "sd": float(sd), "ci_low": low, "ci_high": high, "p": p, "verdict": verdict,
+            "reason": reason}
 
 
 def comparisons(datasets) -> list[dict]:
@@ -96,3 +108,55 @@ def evaluate_claims(runs: pd.DataFrame, paper: dict[str, pd.Series], datasets, r
                          "comparison": describe(c["base"], c["treat"]), "baseline": "/".join(c["base"]),
                          "treatment": "/".join(c["treat"]), **result, "paper_diff": paper_diff})
     return pd.DataFrame(rows, columns=CLAIM_COLUMNS)
+
+
+def holm(p: pd.Series) -> pd.Series:
+    """Holm's step-down adjustment: the k-th smallest of m p-values times m - k + 1, never below the one
+    before, at most 1. NaN p-values (no test: under 2 paired seeds) stay NaN and do not count in m."""
+    tested = p.dropna().sort_values()
+    adjusted = (tested * np.arange(len(tested), 0, -1)).cummax().clip(upper=1)
+    return adjusted.reindex(p.index)
+
+
+def size_verdict(paper_diff: float, ci_low: float, ci_high: float) -> str:
+    """Where the paper's difference lies against our interval: a supported direction can still be a far
+    smaller gain than the paper's."""
+    if pd.isna(paper_diff) or pd.isna(ci_low):
+        return "n/a"
+    if paper_diff > ci_high:
+        return "paper above"
+    return "paper below" if paper_diff < ci_low else "consistent"
+
+
+def paired_power(n: int, effect: float) -> float:
+    """Power of a two-sided paired t-test at ALPHA on n seeds when the true mean difference is `effect`
+    standard deviations of the differences: its t statistic then follows a noncentral t (n - 1 dof,
+    noncentrality effect * sqrt(n))."""
+    dof, shift = n - 1, effect * math.sqrt(n)
+    critical = stats.t.ppf(1 - ALPHA / 2, dof)
+    # P(T < -critical) as the mirrored upper tail: scipy's nct.cdf is NaN that far out at large noncentrality
+    return float(stats.nct.sf(critical, dof, shift) + stats.nct.sf(critical, dof, -shift))
+
+
+def seeds_needed(diff: float, sd: float) -> float:
+    """The fewest paired seeds (at least 2) that give POWER against a true difference `diff` when the
+    differences spread with standard deviation `sd`: inf beyond MAX_SEEDS (or for a difference of 0), NaN
+    without a measured spread."""
+    if pd.isna(diff) or not sd > 0:
+        return math.nan
+    seeds = range(2, MAX_SEEDS + 1)
+    # power grows with n, so the first n that reaches POWER is found by bisection
+    i = bisect.bisect_left(seeds, True, key=lambda n: paired_power(n, abs(diff) / sd) >= POWER)
+    return seeds[i] if i < len(seeds) else math.inf
+
+
+def assess(claims: pd.DataFrame) -> pd.DataFrame:
+    """evaluate_claims' rows plus p_holm (Holm over the comparisons of one recipe and data set), survives (a
+    supported or contradicted verdict whose p_holm is below ALPHA), size (size_verdict) and seeds_needed (for
+    POWER against the paper's difference at the measured spread)."""
+    p_holm = claims.groupby(["recipe", "dataset"])["p"].transform(holm)
+    rows = list(claims.itertuples())
+    return claims.assign(
+        p_holm=p_holm, survives=(claims["verdict"] != "inconclusive") & (p_holm < ALPHA),
+        size=[size_verdict(r.paper_diff, r.ci_low, r.ci_high) for r in rows],
+        seeds_needed=[seeds_needed(r.paper_diff, r.sd) for r in rows])

@@ -342,9 +342,9 @@ def test_outputs_of_each_profile_and_recipe_go_to_their_own_folder(results, monk
         "full/suite", "smoke/suite", "full/both"}
     full, smoke = (tables / "full/suite/table1.md").read_text(), (tables / "smoke/suite/table1.md").read_text()
     assert "(full profile, suite recipe)" in full and "(smoke profile, suite recipe)" in smoke
-    assert "full profile (100 epochs)" in (tables / "full/suite/table1.tex").read_text()
-    assert "smoke profile (2 epochs)" in (tables / "smoke/suite/table1.tex").read_text()
-    assert "Smoke profile (2 epochs)" in (tables / "smoke/suite/claims.tex").read_text()
+    assert "full profile (100 epochs, the paper's)" in (tables / "full/suite/table1.tex").read_text()
+    assert "smoke profile (2 epochs, a subset of the images, not the paper's 100)" in (tables / "smoke/suite/table1.tex").read_text()
+    assert "Smoke profile (2 epochs, a subset of the images, not the paper's 100)" in (tables / "smoke/suite/claims.tex").read_text()
     assert "1 run in 1 of 16 cells" in smoke
     assert {p.relative_to(figures).as_posix() for p in figures.rglob("*.png")} == {
         "smoke/suite/figure2.png", "smoke/suite/figure4.png", "smoke/suite/flexpool-table1-cifar10.png"}
@@ -394,7 +394,7 @@ def test_trend_figure_layout(results, tmp_path):
     assert panels["Fashion-MNIST"].get_ylabel().startswith("ours")
     assert panels["CIFAR100"].get_ylabel().startswith("accuracy")
     heading = fig.get_suptitle()
-    assert "full profile, suite and paper recipe" in heading and "error bars" in heading
+    assert "full profile (100 epochs, the paper's), suite and paper recipe" in heading and "error bars" in heading
     assert [t.get_text() for t in legend.get_texts()] == [
         "paper (published values)", "ours, suite recipe (seeds per point at the bottom)",
         "ours, paper recipe (2 seeds)"]
@@ -408,7 +408,7 @@ def test_flexpool_figure_names_pools_in_words_with_legible_numbers(results):
     FigureCanvasAgg(fig).draw()
     texts = [fig.get_suptitle()] + [t.get_text() for ax in fig.axes for t in (ax.title, ax.xaxis.label,
                                                                               ax.yaxis.label)]
-    assert "full profile, suite recipe" in texts[0] and "CIFAR100, Table 2" in texts[0]
+    assert "full profile (100 epochs, the paper's), suite recipe" in texts[0] and "CIFAR100, Table 2" in texts[0]
     assert not any("1 seeds" in t or "heads." in t for t in texts)
     assert any(t.startswith("SAC head 1 (stage 1, 32x32)") for t in texts)
     hist = next(ax for ax in fig.axes if "weight sums" in ax.get_title())

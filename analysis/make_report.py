@@ -1,0 +1,289 @@
+"""One results page per profile and recipe: what was run, what it found, how sure, what would make it surer.
+
+    python -m analysis.make_report                   # results/runs -> results/report/full/suite/README.md
+    python -m analysis.make_report --profile budget --seeds 3
+
+Writes README.md and the PNG figures it shows to results/report/<profile>/<recipe>/ (or --out), from the run
+records and the paper's transcribed numbers only: tables and paired claims are make_tables' numbers, figures
+make_figures' drawings, Holm, size and seeds needed stats.assess'. Its parts: what was run, Tables 1 and 2,
+the claims (direction, size, Holm), seeds needed, figures, and the commands that reproduce the page.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from analysis import collect, make_figures, stats
+from analysis.make_tables import (
+    CLAIM_HEADER,
+    DATASET_LABELS,
+    DATASET_ORDER,
+    Loaded,
+    claim_cells,
+    claim_lines,
+    claim_summary,
+    claims_intro,
+    fmt,
+    load_summary,
+    md_table,
+    out_dir,
+    output_parser,
+    recipe_text,
+    table_md,
+    untested,
+    without_runs,
+)
+from repro.config import plural
+from repro.experiments import COLUMNS, PROFILE_NOTES, PROFILES, RECIPES, TABLES, cell_config, profile_words
+from repro.records import atomic_write
+
+PAGE = "README.md"  # a code-hosting site shows a folder's README.md as its page
+CELLS = len(TABLES) * len(DATASET_ORDER) * len(COLUMNS)
+ALPHA = f"{stats.ALPHA:.2g}"
+TABLE_NOTE = ("Each cell: our mean ± standard deviation over seeds with the number of runs n, the paper's "
+              "value and Δ = ours − paper, in percent. A cell with one seed shows no spread; one without "
+              "runs shows as missing.")
+HOLM_AND_SIZE = ("Holm p: p adjusted (Holm) over the comparisons of one data set, since a table makes many "
+                 f"and some pass at {ALPHA} by chance; a supported or contradicted verdict survives when "
+                 f"its Holm p is below {ALPHA}. Size: the paper's own Δ against our 95% CI: consistent "
+                 "(inside it), paper above (the paper's difference is larger than the interval admits), "
+                 "paper below (smaller); n/a without an interval.")
+CLAIMS_HEADER = [*CLAIM_HEADER, "Holm p", "After Holm", "Size"]
+SEEDS_NOTE = (f"How many paired seeds a two-sided paired t-test at {ALPHA} needs for {stats.POWER:.0%} "
+              "power to detect the paper's Δ, if the paired differences spread as they do here (noncentral "
+              f"t): the runs per cell that settle each comparison. > {stats.MAX_SEEDS}: more than that (the "
+              "paper's Δ is small against the spread, or 0); n/a: no spread measured (under 2 paired "
+              "seeds, or the same difference on every seed).")
+SEEDS_HEADER = ["Claim", "Dataset", "Comparison", "paper Δ", "SD of paired Δ (pp)", "Seeds now",
+                "Seeds needed"]
+REPRODUCE_WHERE = "From the repository root, with the data sets in `./data` (or `$FLEXPOOL_DATA`):"
+REPRODUCE_OTHERS = ("`python -m analysis.make_tables` and `python -m analysis.make_figures` with the same "
+                    "`--profile` and `--recipe` write these tables as LaTeX and CSV and the figures as PDF.")
+
+
+def duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
+
+
+def device_name(device, bf16_units) -> str:
+    """The device as its records name it; a CPU's bf16 units beside it, as they set its speed."""
+    name = device if isinstance(device, str) else "device not recorded"
+    return f"{name}, bf16 units {bf16_units}" if isinstance(bf16_units, str) else name
+
+
+def compute(runs: pd.DataFrame) -> str:
+    """'cuda: 2.5 h of training (NVIDIA H200: 24 runs); cpu: ...': summed training time per device type."""
+    frame = runs.assign(kind=runs["device_type"].fillna("device type not recorded"),
+                        name=[device_name(d, u) for d, u in zip(runs["device"], runs["cpu_bf16_units"])],
+                        train_s=pd.to_numeric(runs["train_s"]))
+    parts = []
+    for kind, group in frame.groupby("kind"):
+        devices = ", ".join(f"{name}: {plural(len(g), 'run')}" for name, g in group.groupby("name"))
+        parts.append(f"{kind}: {duration(group['train_s'].sum())} of training ({devices})")
+    return "; ".join(parts) or "none"
+
+
+def short_commit(commit: str) -> str:
+    """The first 10 hex digits (still unique in this repository), keeping a '-dirty' mark."""
+    return re.sub(r"^([0-9a-f]{10})[0-9a-f]{30}", r"\1", commit)
+
+
+def counted(values: pd.Series) -> str:
+    """'2.5.1 (24 runs), 2.6.0 (8 runs)': each value the records hold, and how often."""
+    counts = values.fillna("not recorded").value_counts()
+    return ", ".join(f"{value} ({plural(n, 'run')})" for value, n in counts.items()) or "none"
+
+
+def provenance(runs: pd.DataFrame) -> str:
+    dates = pd.to_datetime(runs["date"], utc=True, errors="coerce", format="ISO8601").dropna()
+    span = f"{dates.min():%Y-%m-%d} to {dates.max():%Y-%m-%d}" if len(dates) else "not recorded"
+    commits = counted(runs["git_commit"].map(short_commit, na_action="ignore"))
+    return f"dates {span}; torch {counted(runs['torch'])}; commits {commits}"
+
+
+def seeds_per_cell(summary: pd.DataFrame) -> str:
+    """'3 in 24 cells, 1 in 1 cell, none in 7 cells'."""
+    counts = summary["n"].value_counts().sort_index(ascending=False)
+    return ", ".join(f"{n or 'none'} in {plural(cells, 'cell')}" for n, cells in counts.items())
+
+
+def data_sets(summary: pd.DataFrame, recipe: str) -> str:
+    """'CIFAR10 (32 runs), Fashion-MNIST (20 runs); no runs: CIFAR100, Tiny ImageNet'."""
+    n = summary.groupby("dataset")["n"].sum()
+    ran = ", ".join(f"{DATASET_LABELS[d]} ({plural(n[d], 'run')})" for d in DATASET_ORDER if n[d]) or "none"
+    missing = without_runs(summary, recipe)
+    return ran + (f"; no runs: {', '.join(missing)}" if missing else "")
+
+
+def tuned_cells(runs: pd.DataFrame, profile: str, recipe: str) -> list[str]:
+    """Cells whose runs have another config than the plan's (tuned --params): the launch command alone does
+    not train them again."""
+    planned = {cell: cell_config(*cell.split("/"), profile, recipe=recipe).run_id
+               for cell in set(runs["cell"])}
+    return sorted({cell for cell, variant in zip(runs["cell"], runs["variant"]) if variant != planned[cell]})
+
+
+def configs(runs: pd.DataFrame, profile: str, recipe: str) -> str:
+    tuned = tuned_cells(runs, profile, recipe)
+    if not tuned:
+        return "every cell as planned (no tuned parameters)"
+    return f"{plural(len(tuned), 'cell')} with tuned parameters, not the plan's: {', '.join(tuned)}"
+
+
+def left_out(loaded: Loaded, profile: str, recipe: str) -> list[str]:
+    """The skipped records of this profile and recipe, or of none known (unreadable), and why; then the notes
+    on runs of other profiles, recipes or configs."""
+    mine = [s for s in loaded.skipped if s["profile"] in (profile, None) and s["recipe"] in (recipe, None)]
+    return [f"`{s['file']}`: {s['reason']}" for s in mine] + loaded.notes
+
+
+def completed(runs: pd.DataFrame, seeds: int) -> str:
+    """'37 completed of 96 planned (32 cells × 3 seeds)'."""
+    return f"{len(runs)} completed of {CELLS * seeds} planned ({CELLS} cells × {plural(seeds, 'seed')})"
+
+
+def what_was_run(loaded: Loaded, profile: str, recipe: str, seeds: int) -> str:
+    runs, summary = loaded.runs, loaded.summary
+    skipped = left_out(loaded, profile, recipe)
+    items = [
+        f"**Profile**: {profile_words(profile)}: {PROFILE_NOTES[profile]}.",
+        f"**Recipe**: {recipe_text([recipe])}.",
+        f"**Data sets**: {data_sets(summary, recipe)}.",
+        f"**Seeds per cell**: {seeds_per_cell(summary)}.",
+        f"**Runs**: {completed(runs, seeds)}.",
+        f"**Compute**: {compute(runs)}.",
+        f"**Records**: {provenance(runs)}.",
+        f"**Configs**: {configs(runs, profile, recipe)}.",
+        "**Skipped or left out**:" + ("" if skipped else " none."),
+    ]
+    return "\n".join(["## What was run", "", *(f"- {item}" for item in items),
+                      *(f"  - {line}" for line in skipped)]) + "\n"
+
+
+def demote(markdown: str) -> str:
+    """Every heading one level down, so that make_tables' tables sit under a heading of this page."""
+    return re.sub(r"^#", "##", markdown, flags=re.MULTILINE)
+
+
+def tables(summary: pd.DataFrame, spread: str, profile: str, recipe: str) -> str:
+    parts = [demote(table_md(summary, table, spread, profile, [recipe])) for table in TABLES]
+    return "\n".join(["## The tables", "", TABLE_NOTE, "", *parts])
+
+
+def holm_summary(rows: pd.DataFrame) -> str:
+    """claim_summary, and how many of its supported or contradicted verdicts survive Holm."""
+    decided = rows[rows["verdict"] != "inconclusive"]
+    survive = f"; {decided['survives'].sum()} of {len(decided)} survive Holm" if len(decided) else ""
+    return claim_summary(rows) + survive
+
+
+def holm_cells(r) -> list[str]:
+    """The cells after CLAIM_HEADER's: Holm p, whether the verdict survives it, the size verdict."""
+    after = "—" if r.verdict == "inconclusive" else "survives" if r.survives else "does not survive"
+    return ["n/a" if pd.isna(r.p_holm) else f"{r.p_holm:.3g}", after, r.size]
+
+
+def claims_section(claims: pd.DataFrame, summary: pd.DataFrame, profile: str, recipe: str) -> str:
+    missing = untested(summary, recipe)
+    lines = ["## The claims", "", f"{claims_intro(profile, [recipe])} {HOLM_AND_SIZE}", ""]
+    lines += [missing, ""] if missing else []
+    if not claims.empty:
+        rows = [claim_cells(r) + holm_cells(r) for r in claims.itertuples()]
+        lines += [*claim_lines(claims, holm_summary), "", *md_table(CLAIMS_HEADER, rows), ""]
+    return "\n".join(lines)
+
+
+def needed(seeds: float) -> str:
+    return "n/a" if pd.isna(seeds) else f"> {stats.MAX_SEEDS}" if seeds == float("inf") else str(int(seeds))
+
+
+def seeds_section(claims: pd.DataFrame) -> str:
+    rows = [[f"({r.claim})", DATASET_LABELS[r.dataset], r.comparison, fmt(r.paper_diff, sign=True), fmt(r.sd),
+             str(r.n), needed(r.seeds_needed)] for r in claims.itertuples()]
+    body = md_table(SEEDS_HEADER, rows) if rows else ["No comparison has runs yet."]
+    return "\n".join(["## Seeds needed", "", SEEDS_NOTE, "", *body, ""])
+
+
+def figure_note(table: str, dataset: str | None) -> str:
+    """What the figure shows and what to look at, in a sentence."""
+    if dataset is None:
+        return (f"**{make_figures.TREND_TITLES[table]}**: per data set, the accuracy each FlexPool column "
+                "gains over AvgPool, ours beside the paper's; look at whether our points climb from left to "
+                "right as the paper's do, and whether their error bars clear 0.")
+    return (f"**Learned FlexPool weights, {DATASET_LABELS[dataset]}, Table {table[-1]}**: the weights × H·W, "
+            "so 1 is average pooling; look for structure far from 1 (red: pixels that count more than in "
+            "average pooling, blue: less) and for the weight sums' histogram at 1, where Eq. 2 pulls them.")
+
+
+def draw_figures(loaded: Loaded, spread: str, profile: str, recipe: str,
+                 out: Path) -> list[tuple[str, str, str | None]]:
+    """make_figures' figures as PNGs next to the page: (file name, table, data set or None) for each."""
+    drawn = []
+    for stem, table, dataset, fig in make_figures.figures(loaded.runs, loaded.summary, spread, profile,
+                                                           [recipe]):
+        [path] = make_figures.save(fig, out, stem, formats=("png",))
+        drawn.append((path.name, table, dataset))
+    return drawn
+
+
+def figures_section(drawn: list[tuple[str, str, str | None]]) -> str:
+    lines = ["## Figures", ""]
+    for name, table, dataset in drawn:
+        lines += [figure_note(table, dataset), "", f"![{Path(name).stem}]({name})", ""]
+    return "\n".join(lines)
+
+
+def reproduce(profile: str, recipe: str, seeds: int, spread: str) -> str:
+    plan = f"all --seeds {seeds} --profile {profile} --recipe {recipe}"
+    report = f"--profile {profile} --recipe {recipe} --seeds {seeds} --spread {spread}"
+    commands = [f"python -m repro.launch {plan}   # trains the runs; those with records are skipped",
+                f"python -m repro.status {plan}   # how many are done",
+                f"python -m analysis.make_report {report}"]
+    return "\n".join(["## How to reproduce this page", "", REPRODUCE_WHERE, "", "```bash", *commands, "```",
+                      "", REPRODUCE_OTHERS, ""])
+
+
+def page(loaded: Loaded, claims: pd.DataFrame, drawn, args, seeds: int) -> str:
+    profile, recipe = args.profile, args.recipe
+    made = (f"Made by `python -m analysis.make_report` from {plural(len(loaded.runs), 'run record')} of this "
+            "profile and recipe and the paper's transcribed numbers (`results/paper/`); every number below "
+            "comes from them.")
+    head = [f"# FlexPooling reproduction: {profile} profile, {recipe} recipe", "", made, ""]
+    return "\n".join([*head, what_was_run(loaded, profile, recipe, seeds),
+                      tables(loaded.summary, args.spread, profile, recipe),
+                      claims_section(claims, loaded.summary, profile, recipe), seeds_section(claims),
+                      figures_section(drawn), reproduce(profile, recipe, seeds, args.spread)])
+
+
+def parse_args(argv=None):
+    parser = output_parser("python -m analysis.make_report", __doc__, "results/report")
+    parser.add_argument("--seeds", type=int,
+                        help="seeds per cell the campaign plans, for the runs planned and the commands "
+                             "(default: the highest seed in the records + 1)")
+    args = parser.parse_args(argv)
+    if args.profile not in PROFILES or args.recipe not in RECIPES:
+        parser.error("a page tells of one profile and one recipe: --profile any and --recipe both do not "
+                     "apply")
+    if args.seeds is not None and args.seeds < 1:
+        parser.error(f"--seeds must be at least 1, got {args.seeds}")
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    loaded, out = load_summary(args), out_dir(args)
+    seeds = args.seeds or (int(loaded.runs["seed"].max()) + 1 if len(loaded.runs) else 1)
+    claims = stats.assess(stats.evaluate_claims(loaded.runs, loaded.paper, DATASET_ORDER, [args.recipe]))
+    drawn = draw_figures(loaded, args.spread, args.profile, args.recipe, out)
+    text = page(loaded, claims, drawn, args, seeds)
+    atomic_write(out / PAGE, lambda f: f.write(text.encode()))
+    print(f"wrote {out / PAGE} and {plural(len(drawn), 'figure')} ({plural(len(loaded.runs), 'run')}, "
+          f"{plural(len(loaded.skipped), 'record')} skipped)", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    collect.run_cli(main)

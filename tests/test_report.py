@@ -1,0 +1,266 @@
+"""analysis/make_report.py: the results page, checked against numbers computed here, not by analysis/."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from scipy import integrate
+from scipy import stats as scipy_stats
+
+from analysis import collect, make_report, stats
+from tests.test_analysis import ROOT, write_run
+
+LABELS = {"avgpool": "AvgPool", "flexpool": "FlexPool", "flexpool-reg": "FlexPool + Reg",
+          "flexpool-reg-dropout": "FlexPool + Reg + Dropout"}
+DATASETS = {"cifar10": "CIFAR10", "fashion_mnist": "Fashion-MNIST"}
+GAINS = {"avgpool": 0.0, "flexpool": 0.4, "flexpool-reg": 2.4, "flexpool-reg-dropout": 2.5}  # pp over AvgPool
+SAC = {"table1": 0.0, "table2": -0.5}
+ENV = {"cifar10": {"device": "NVIDIA H200", "device_type": "cuda", "torch": "2.5.1", "git_commit": "a" * 40,
+                   "date": "2026-01-02T09:00:00+00:00"},
+       "fashion_mnist": {"device": "Intel Xeon", "device_type": "cpu", "cpu_bf16_units": "AMX-BF16",
+                         "torch": "2.6.0", "git_commit": "b" * 40 + "-dirty",
+                         "date": "2026-01-05T18:00:00+00:00"}}
+STEPS = [("avgpool", "flexpool"), ("flexpool", "flexpool-reg"), ("flexpool-reg", "flexpool-reg-dropout")]
+SECTIONS = ["What was run", "The tables", "The claims", "Seeds needed", "Figures",
+            "How to reproduce this page"]
+PAPER = {t: pd.read_csv(ROOT / f"results/paper/{t}.csv").set_index(["dataset", "column"])["accuracy"]
+         for t in SAC}
+
+
+def one_seed_or_none(table: str, dataset: str, column: str, seed: int) -> bool:
+    """Table 2 on Fashion-MNIST has one run, AvgPool seed 0: a one-seed cell beside cells without runs."""
+    return table == "table2" and dataset == "fashion_mnist" and (column != "avgpool" or seed > 0)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    """Two data sets, both tables, 3 seeds, known gains plus noise (accuracies in steps of 0.01 pp, so no mean
+    lies on a rounding boundary), a one-seed cell and a failed record; the page made from them."""
+    root = tmp_path_factory.mktemp("report")
+    rng = np.random.default_rng(3)
+    known = []
+    for table, dataset, column, seed in itertools.product(SAC, DATASETS, LABELS, range(3)):
+        if one_seed_or_none(table, dataset, column, seed):
+            continue
+        acc = round(90 + GAINS[column] + SAC[table] + rng.normal(0, 0.1), 2)
+        train_s = 600.0 * (seed + 1)
+        write_run(root, table, dataset, column, seed, acc / 100, profile="budget", env=ENV[dataset],
+                  timing={"wall_s": train_s + 5, "train_s": train_s, "images_per_s": 1000.0})
+        known.append({"table": table, "dataset": dataset, "column": column, "seed": seed, "acc": acc,
+                      "train_s": train_s})
+    failed = write_run(root, "table1", "cifar100", "avgpool", 0, 0.6, profile="budget", status="failed")
+    out = root / "report"
+    make_report.main(["--runs", str(root / "runs"), "--profile", "budget", "--out", str(out)])
+    page = (out / "README.md").read_text()
+    return page, out, pd.DataFrame(known), failed.relative_to(root / "runs").as_posix()
+
+
+def section(page: str, heading: str) -> str:
+    return page.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def table_rows(text: str) -> dict[tuple[str, str], list[str]]:
+    """A page table's rows that start with a claim letter, keyed by (data set, comparison)."""
+    rows = [line.strip("| ").split(" | ") for line in text.splitlines() if line.startswith("| (")]
+    return {(cells[1], cells[2]): cells for cells in rows}
+
+
+def comparisons() -> list[tuple[str, str, tuple, tuple]]:
+    """(data set, comparison as the page words it, baseline cell, treatment cell): the paper's claims (a), (b)
+    and (c), written out here rather than taken from analysis/stats.py."""
+    out = []
+    for dataset in DATASETS:
+        for table in SAC:
+            out += [(dataset, f"T{table[-1]}: {LABELS[b]} vs {LABELS[a]}", (table, a), (table, b))
+                    for a, b in STEPS]
+        out += [(dataset, f"{LABELS[c]}: T2 vs T1", ("table1", c), ("table2", c)) for c in LABELS]
+    return out
+
+
+def power(n: int, effect: float) -> float:
+    """A two-sided paired t-test's power at 0.05, from T = (Z + effect * sqrt(n)) / sqrt(V / (n - 1)) with Z
+    normal and V chi-square: the probability of |T| above the critical value, integrated over V."""
+    dof, shift = n - 1, effect * math.sqrt(n)
+    critical = scipy_stats.t.ppf(0.975, dof)
+
+    def rejects(v):
+        bound = critical * math.sqrt(v / dof)
+        normal = scipy_stats.norm.cdf(shift - bound) + scipy_stats.norm.cdf(-shift - bound)
+        return normal * scipy_stats.chi2.pdf(v, dof)
+
+    # over all but 1e-10 of V's mass at each end: on [0, inf) quad misses where it lies for a large dof
+    return integrate.quad(rejects, *scipy_stats.chi2.ppf([1e-10, 1 - 1e-10], dof))[0]
+
+
+def expected_claims(known: pd.DataFrame) -> pd.DataFrame:
+    """Each comparison's paired numbers and Holm's adjusted p over a data set's tests."""
+    acc = known.set_index(["table", "dataset", "column", "seed"])["acc"]
+    rows = []
+    for dataset, label, base, treat in comparisons():
+        a, b = (acc.get((t, dataset, c), pd.Series(dtype=float)) for t, c in (base, treat))
+        seeds = sorted(set(a.index) & set(b.index))
+        d = np.array([b[s] - a[s] for s in seeds])
+        row = {"dataset": DATASETS[dataset], "comparison": label, "n": len(d),
+               "paper": PAPER[treat[0]][dataset, treat[1]] - PAPER[base[0]][dataset, base[1]]}
+        if len(d) >= 2:
+            sd = d.std(ddof=1)
+            half = scipy_stats.t.ppf(0.975, len(d) - 1) * sd / math.sqrt(len(d))
+            t = d.mean() / (sd / math.sqrt(len(d)))
+            row.update(mean=d.mean(), sd=sd, low=d.mean() - half, high=d.mean() + half,
+                       p=2 * scipy_stats.t.sf(abs(t), len(d) - 1))
+        rows.append(row)
+    claims = pd.DataFrame(rows)
+    for _, family in claims.dropna(subset=["p"]).groupby("dataset"):
+        ordered = family.sort_values("p")
+        m, running = len(ordered), 0.0
+        for k, (i, p) in enumerate(ordered["p"].items()):
+            running = max(running, min(1.0, (m - k) * p))
+            claims.loc[i, "holm"] = running
+    return claims
+
+
+def test_page_has_its_six_parts_in_order(report):
+    page = report[0]
+    headings = re.findall(r"^## (.+)$", page, flags=re.MULTILINE)
+    assert headings == SECTIONS
+    assert page.startswith("# FlexPooling reproduction: budget profile, suite recipe\n")
+
+
+def test_tables_equal_an_independent_computation(report):
+    page, _, known, _ = report
+    tables = dict(zip(SAC, section(page, "The tables").split("\n### Table 2: ")))
+    for (table, dataset, column), cell in known.groupby(["table", "dataset", "column"]):
+        value, mean = PAPER[table][dataset, column], cell["acc"].mean()
+        ours = f"{mean:.2f} ± {cell['acc'].std(ddof=1):.2f} (n=3)" if len(cell) > 1 else f"{mean:.2f} (n=1)"
+        assert f"{ours}; paper {value:.2f}; Δ {mean - value:+.2f}" in tables[table]
+
+
+def test_claims_holm_and_size_equal_an_independent_computation(report):
+    page, _, known, _ = report
+    expected = expected_claims(known)
+    rows = table_rows(section(page, "The claims"))
+    assert len(rows) == len(expected) == 20
+    for r in expected.itertuples():
+        cells = rows[(r.dataset, r.comparison)]
+        assert cells[3] == str(r.n)
+        if r.n < 2:
+            assert cells[5:7] == ["n/a", "n/a"] and cells[9:] == ["n/a", "—", "n/a"]
+            assert f"too few paired seeds (n={r.n})" in cells[8]
+            continue
+        verdict = "supported" if r.low > 0 else "contradicted" if r.high < 0 else "inconclusive"
+        size = "paper above" if r.paper > r.high else "paper below" if r.paper < r.low else "consistent"
+        after = "—" if verdict == "inconclusive" else "survives" if r.holm < 0.05 else "does not survive"
+        numbers = [f"{r.mean:+.2f}", f"[{r.low:+.2f}, {r.high:+.2f}]", f"{r.p:.3g}", f"{r.paper:+.2f}"]
+        assert cells[4:8] == numbers
+        assert cells[8].startswith(f"**{verdict}**")
+        assert cells[9:] == [f"{r.holm:.3g}", after, size]
+    # the records are made so that the page shows every kind of verdict the parts can give
+    shown = {cells[-1] for cells in rows.values()} | {cells[-2] for cells in rows.values()}
+    assert shown == {"consistent", "paper above", "paper below", "n/a", "survives", "does not survive", "—"}
+
+
+def test_seeds_needed_are_the_fewest_with_80_percent_power(report):
+    """Each value N on the page: power at N seeds reaches 0.8, at N - 1 not ('> 1000': not even at 1000)."""
+    page, _, known, _ = report
+    rows = table_rows(section(page, "Seeds needed"))
+    for r in expected_claims(known).itertuples():
+        cells = rows[(r.dataset, r.comparison)]
+        assert cells[3:6] == [f"{r.paper:+.2f}", "n/a" if r.n < 2 else f"{r.sd:.2f}", str(r.n)]
+        if r.n < 2:
+            assert cells[6] == "n/a"
+            continue
+        effect = abs(r.paper) / r.sd
+        if cells[6] == "> 1000":
+            assert power(1000, effect) < 0.8
+        else:
+            needed = int(cells[6])
+            assert power(needed, effect) >= 0.8 and (needed == 2 or power(needed - 1, effect) < 0.8)
+
+
+@pytest.mark.parametrize("effect, seeds", [(0.2, 199), (0.5, 34), (0.8, 15), (1.0, 10), (-0.5, 34)])
+def test_seeds_needed_match_published_power_tables(effect, seeds):
+    """Paired t-test, two-sided, 0.05, power 0.8: the sample sizes G*Power gives for effect size d."""
+    assert stats.seeds_needed(effect * 0.3, 0.3) == seeds
+
+
+def test_seeds_needed_without_a_spread_or_a_difference():
+    assert math.isnan(stats.seeds_needed(1.0, math.nan)) and math.isnan(stats.seeds_needed(1.0, 0.0))
+    assert stats.seeds_needed(0.0, 0.3) == math.inf
+
+
+def test_holm_against_hand_computed_values():
+    p = pd.Series([0.01, 0.04, 0.03, 0.005, math.nan])
+    np.testing.assert_allclose(stats.holm(p), [0.03, 0.06, 0.06, 0.02, math.nan])
+    np.testing.assert_allclose(stats.holm(pd.Series([0.6, 0.7])), [1.0, 1.0])
+
+
+def test_one_seed_cells_and_data_sets_without_runs_are_shown_as_such(report):
+    page, _, known, _ = report
+    [one] = known.loc[(known["table"] == "table2") & (known["dataset"] == "fashion_mnist"), "acc"]
+    cells = f"{one:.2f} (n=1); paper 93.55; Δ {one - 93.55:+.2f} | missing (n=0); paper 93.65 |"
+    assert f"| Fashion-MNIST | {cells}" in section(page, "The tables")
+    assert "missing (n=0, 1 skipped); paper 66.18" in page  # CIFAR100 AvgPool: its failed record
+    claim = table_rows(section(page, "The claims"))["Fashion-MNIST", "AvgPool: T2 vs T1"]
+    assert claim[3] == "1" and "too few paired seeds (n=1)" in claim[8]
+    seeds = table_rows(section(page, "Seeds needed"))["Fashion-MNIST", "AvgPool: T2 vs T1"]
+    assert seeds[-2:] == ["1", "n/a"]
+    assert "No runs, so no claims tested: CIFAR100, Tiny ImageNet." in section(page, "The claims")
+    assert "no runs: CIFAR100, Tiny ImageNet" in section(page, "What was run")
+    assert "**Seeds per cell**: 3 in 12 cells, 1 in 1 cell, none in 19 cells." in page
+
+
+def test_what_was_run_names_profile_runs_compute_and_provenance(report):
+    page, _, known, failed = report
+    part = section(page, "What was run")
+    assert "budget profile (10 epochs, not the paper's 100)" in part and "not the paper's 100-epoch" in part
+    assert "**Recipe**: suite recipe (SGD, weight decay 0.0005)." in part
+    assert f"**Runs**: {len(known)} completed of 96 planned (32 cells × 3 seeds)." in part
+    hours = known.assign(cuda=known["dataset"] == "cifar10").groupby("cuda")["train_s"].sum() / 3600
+    assert (f"cpu: {hours[False]:.1f} h of training (Intel Xeon, bf16 units AMX-BF16: 13 runs); "
+            f"cuda: {hours[True]:.1f} h of training (NVIDIA H200: 24 runs)") in part
+    assert "dates 2026-01-02 to 2026-01-05; torch 2.5.1 (24 runs), 2.6.0 (13 runs)" in part
+    assert "commits aaaaaaaaaa (24 runs), bbbbbbbbbb-dirty (13 runs)" in part
+    assert "every cell as planned" in part
+    assert f"  - `{failed}`: status 'failed': RuntimeError: CUDA out of memory" in part
+
+
+def test_every_linked_file_exists_and_is_a_png(report):
+    page, out, _, _ = report
+    links = re.findall(r"\]\(([^)]+)\)", page)
+    assert sorted(links) == ["figure2.png", "figure4.png", "flexpool-table1-cifar10.png",
+                             "flexpool-table1-fashion_mnist.png", "flexpool-table2-cifar10.png"]
+    for link in links:
+        with Image.open(out / link) as image:
+            assert image.format == "PNG"
+    figures = section(page, "Figures")
+    assert figures.count("**Figure") == 2 and figures.count("**Learned FlexPool weights") == 3
+
+
+def test_reproduce_gives_the_commands_of_this_page(report):
+    block = section(report[0], "How to reproduce this page").split("```bash\n")[1].split("```")[0]
+    commands = block.splitlines()
+    assert [c.split("  #")[0].strip() for c in commands] == [
+        "python -m repro.launch all --seeds 3 --profile budget --recipe suite",
+        "python -m repro.status all --seeds 3 --profile budget --recipe suite",
+        "python -m analysis.make_report --profile budget --recipe suite --seeds 3 --spread std"]
+
+
+@pytest.mark.parametrize("option", [["--profile", "any"], ["--recipe", "both"], ["--seeds", "0"]])
+def test_options_a_page_cannot_tell_exit_2_in_one_line(report, option, capsys):
+    with pytest.raises(SystemExit) as exit:
+        collect.run_cli(lambda: make_report.main(["--runs", "unused", *option]))
+    assert exit.value.code == 2 and capsys.readouterr().err.count("\n") == 1
+
+
+def test_make_report_never_imports_torch():
+    code = "import sys, analysis.make_report; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(ROOT))
