@@ -29,6 +29,7 @@ from analysis.make_tables import (
     claims_intro,
     fmt,
     load_summary,
+    md_cell,
     md_table,
     out_dir,
     output_parser,
@@ -38,11 +39,19 @@ from analysis.make_tables import (
     without_runs,
 )
 from repro.config import plural
-from repro.experiments import COLUMNS, PROFILE_NOTES, PROFILES, RECIPES, TABLES, cell_config, profile_words
+from repro.experiments import (
+    COLUMN_LABELS,
+    COLUMNS,
+    PROFILE_NOTES,
+    PROFILES,
+    RECIPES,
+    TABLES,
+    cell_config,
+    profile_words,
+)
 from repro.records import atomic_write
 
 PAGE = "README.md"  # a code-hosting site shows a folder's README.md as its page
-CELLS = len(TABLES) * len(DATASET_ORDER) * len(COLUMNS)
 ALPHA = f"{stats.ALPHA:.2g}"
 TABLE_NOTE = ("Each cell: our mean ± standard deviation over seeds with the number of runs n, the paper's "
               "value and Δ = ours − paper, in percent. A cell with one seed shows no spread; one without "
@@ -69,16 +78,18 @@ def duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
 
 
-def device_name(device, bf16_units) -> str:
-    """The device as its records name it; a CPU's bf16 units beside it, as they set its speed."""
+def device_name(device, bf16_units, cpus) -> str:
+    """The device as its records name it; a CPU's cores and bf16 units beside it, as they set its speed."""
     name = device if isinstance(device, str) else "device not recorded"
+    name += f" ({cpus:.0f} cores)" if isinstance(cpus, (int, float)) and pd.notna(cpus) else ""
     return f"{name}, bf16 units {bf16_units}" if isinstance(bf16_units, str) else name
 
 
 def compute(runs: pd.DataFrame) -> str:
     """'cuda: 2.5 h of training (NVIDIA H200: 24 runs); cpu: ...': summed training time per device type."""
     frame = runs.assign(kind=runs["device_type"].fillna("device type not recorded"),
-                        name=[device_name(d, u) for d, u in zip(runs["device"], runs["cpu_bf16_units"])],
+                        name=[device_name(*device) for device in zip(runs["device"], runs["cpu_bf16_units"],
+                                                                     runs["cpus"])],
                         train_s=pd.to_numeric(runs["train_s"]))
     parts = []
     for kind, group in frame.groupby("kind"):
@@ -141,12 +152,13 @@ def left_out(loaded: Loaded, profile: str, recipe: str) -> list[str]:
     return [f"`{s['file']}`: {s['reason']}" for s in mine] + loaded.notes
 
 
-def completed(runs: pd.DataFrame, seeds: int) -> str:
+def completed(runs: pd.DataFrame, seeds: int, datasets: list[str]) -> str:
     """'37 completed of 96 planned (32 cells × 3 seeds)'."""
-    return f"{len(runs)} completed of {CELLS * seeds} planned ({CELLS} cells × {plural(seeds, 'seed')})"
+    cells = len(TABLES) * len(datasets) * len(COLUMNS)
+    return f"{len(runs)} completed of {cells * seeds} planned ({cells} cells × {plural(seeds, 'seed')})"
 
 
-def what_was_run(loaded: Loaded, profile: str, recipe: str, seeds: int) -> str:
+def what_was_run(loaded: Loaded, profile: str, recipe: str, seeds: int, datasets: list[str]) -> str:
     runs, summary = loaded.runs, loaded.summary
     skipped = left_out(loaded, profile, recipe)
     items = [
@@ -154,7 +166,7 @@ def what_was_run(loaded: Loaded, profile: str, recipe: str, seeds: int) -> str:
         f"**Recipe**: {recipe_text([recipe])}.",
         f"**Data sets**: {data_sets(summary, recipe)}.",
         f"**Seeds per cell**: {seeds_per_cell(summary)}.",
-        f"**Runs**: {completed(runs, seeds)}.",
+        f"**Runs**: {completed(runs, seeds, datasets)}.",
         f"**Compute**: {compute(runs)}.",
         f"**Records**: {provenance(runs)}.",
         f"**Configs**: {configs(runs, profile, recipe)}.",
@@ -237,12 +249,24 @@ def figures_section(drawn: list[tuple[str, str, str | None]]) -> str:
     return "\n".join(lines)
 
 
-def reproduce(profile: str, recipe: str, seeds: int, spread: str) -> str:
-    plan = f"all --seeds {seeds} --profile {profile} --recipe {recipe}"
-    report = f"--profile {profile} --recipe {recipe} --seeds {seeds} --spread {spread}"
-    commands = [f"python -m repro.launch {plan}   # trains the runs; those with records are skipped",
-                f"python -m repro.status {plan}   # how many are done",
-                f"python -m analysis.make_report {report}"]
+def reproduce_commands(args, seeds: int) -> list[str]:
+    """The launch and status commands of the plan: all of it, or the data sets --datasets names."""
+    only = "" if set(args.datasets) == set(DATASET_ORDER) else f" --datasets {' '.join(args.datasets)}"
+    plan = f"all --seeds {seeds}{only} --profile {args.profile} --recipe {args.recipe}"
+    return [f"python -m repro.launch {plan}", f"python -m repro.status {plan}"]
+
+
+def report_command(args, seeds: int) -> str:
+    only = "" if set(args.datasets) == set(DATASET_ORDER) else f" --datasets {' '.join(args.datasets)}"
+    return (f"python -m analysis.make_report --profile {args.profile} --recipe {args.recipe} --seeds {seeds}{only} "
+            f"--spread {args.spread}")
+
+
+def reproduce(args, seeds: int) -> str:
+    launch, status = reproduce_commands(args, seeds)
+    commands = [f"{launch}   # trains the runs; those with records are skipped",
+                f"{status}   # how many are done",
+                report_command(args, seeds)]
     return "\n".join(["## How to reproduce this page", "", REPRODUCE_WHERE, "", "```bash", *commands, "```",
                       "", REPRODUCE_OTHERS, ""])
 
@@ -253,10 +277,74 @@ def page(loaded: Loaded, claims: pd.DataFrame, drawn, args, seeds: int) -> str:
             "profile and recipe and the paper's transcribed numbers (`results/paper/`); every number below "
             "comes from them.")
     head = [f"# FlexPooling reproduction: {profile} profile, {recipe} recipe", "", made, ""]
-    return "\n".join([*head, what_was_run(loaded, profile, recipe, seeds),
+    return "\n".join([*head, what_was_run(loaded, profile, recipe, seeds, args.datasets),
                       tables(loaded.summary, args.spread, profile, recipe),
                       claims_section(claims, loaded.summary, profile, recipe), seeds_section(claims),
-                      figures_section(drawn), reproduce(profile, recipe, seeds, args.spread)])
+                      figures_section(drawn), reproduce(args, seeds)])
+
+
+README_END = "<!-- end of results -->"
+
+
+def readme_start(args, seeds: int) -> str:
+    return (f"<!-- results: written by {report_command(args, seeds)} --readme {args.readme}; made from the "
+            "records, not edited by hand -->")
+
+
+def limits(profile: str) -> str:
+    """What runs of a shorter profile can and cannot say about the paper's claims, in plain words."""
+    epochs, paper = PROFILES[profile]["epochs"], PROFILES["full"]["epochs"]
+    if epochs >= paper:
+        return ""
+    return (f"What this can say: how the columns compare when ResNet20 trains for {epochs} epochs instead of "
+            f"{paper} (the same one-cycle schedule, compressed), on the data sets above, with the spread "
+            "between seeds measured rather than assumed. What it cannot say: whether a gain the paper reports "
+            f"after {paper} epochs holds there. Short training leaves every column below its converged "
+            "accuracy, so the absolute numbers sit below the paper's, and a difference between columns can "
+            f"grow, shrink or reverse as training goes on. A verdict here is about {epochs}-epoch training "
+            f"only; the {paper}-epoch runs (`--profile full`) settle the paper's claims.")
+
+
+def readme_section(loaded: Loaded, claims: pd.DataFrame, drawn, args, seeds: int, page_path: Path) -> str:
+    """The top-level README's Results: this page in brief, every number from the same records."""
+    runs, summary, profile, recipe = loaded.runs, loaded.summary, args.profile, args.recipe
+    base = Path(args.readme).resolve().parent
+    link = page_path.resolve().relative_to(base).as_posix()
+    ran = [d for d in DATASET_ORDER if summary.loc[summary["dataset"] == d, "n"].sum()]
+    rows = [[f"Table {table[-1]}, {DATASET_LABELS[d]}",
+             *(md_cell(cell, args.spread) for cell in summary[(summary["table"] == table) & (
+                 summary["dataset"] == d)].set_index("column").loc[list(COLUMNS)].reset_index().to_dict("records"))]
+            for d in ran for table in TABLES]
+    figure = next((name for name, _, dataset in drawn if dataset is None), None)
+    intro = (f"**{profile_words(profile).capitalize()}, {recipe_text([recipe])}**: "
+             f"{completed(runs, seeds, args.datasets)}; {compute(runs)}; {provenance(runs)}. Trained by "
+             f"`{reproduce_commands(args, seeds)[0]}`. The whole page, with each claim's Holm-adjusted p, "
+             f"whether the paper's Δ fits our interval and the seeds that would settle it: [{link}]({link}).")
+    lines = [readme_start(args, seeds), "", intro, "",
+             *md_table(["Test accuracy (%)", *(COLUMN_LABELS[c] for c in COLUMNS)], rows), ""]
+    if not claims.empty:
+        lines += [f"The paper's claims, paired by seed ({CLAIMS_METHOD_SHORT}):", "",
+                  *md_table(CLAIM_HEADER, [claim_cells(r) for r in claims.itertuples()]), ""]
+    if figure:
+        lines += [f"![{Path(figure).stem}]({(page_path.parent / figure).resolve().relative_to(base).as_posix()})",
+                  ""]
+    return "\n".join([*lines, *([limits(profile), ""] if limits(profile) else []), README_END])
+
+
+CLAIMS_METHOD_SHORT = (f"Δ in points, its {stats.CONFIDENCE:.0%} CI from the t distribution, p of the paired "
+                       "t-test; supported or contradicted where the CI excludes 0")
+
+
+def write_readme(path: Path, section: str) -> None:
+    """Replace the README's Results block (from its start marker to README_END) by `section`."""
+    text = path.read_text() if path.is_file() else ""
+    start = text.find("<!-- results: ")
+    end = text.find(README_END, start)
+    if start < 0 or end < 0:
+        raise collect.AnalysisError(f"{path} has no results block to replace: put a line starting with "
+                                    f"'<!-- results: ' and, below it, '{README_END}' where it goes")
+    text = text[:start] + section + text[end + len(README_END):]
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def parse_args(argv=None):
@@ -264,6 +352,11 @@ def parse_args(argv=None):
     parser.add_argument("--seeds", type=int,
                         help="seeds per cell the campaign plans, for the runs planned and the commands "
                              "(default: the highest seed in the records + 1)")
+    parser.add_argument("--datasets", nargs="+", default=list(DATASET_ORDER), choices=DATASET_ORDER,
+                        metavar="D", help="the data sets the campaign plans, for the runs planned and the "
+                                          "commands (default: all four)")
+    parser.add_argument("--readme", metavar="FILE",
+                        help="also write this page in brief into FILE's results block (README.md's Results)")
     args = parser.parse_args(argv)
     if args.profile not in PROFILES or args.recipe not in RECIPES:
         parser.error("a page tells of one profile and one recipe: --profile any and --recipe both do not "
@@ -281,6 +374,8 @@ def main(argv=None) -> None:
     drawn = draw_figures(loaded, args.spread, args.profile, args.recipe, out)
     text = page(loaded, claims, drawn, args, seeds)
     atomic_write(out / PAGE, lambda f: f.write(text.encode()))
+    if args.readme:
+        write_readme(Path(args.readme), readme_section(loaded, claims, drawn, args, seeds, out / PAGE))
     print(f"wrote {out / PAGE} and {plural(len(drawn), 'figure')} ({plural(len(loaded.runs), 'run')}, "
           f"{plural(len(loaded.skipped), 'record')} skipped)", file=sys.stderr)
 

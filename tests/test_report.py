@@ -264,3 +264,31 @@ def test_options_a_page_cannot_tell_exit_2_in_one_line(report, option, capsys):
 def test_make_report_never_imports_torch():
     code = "import sys, analysis.make_report; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(ROOT))
+
+
+def test_readme_results_are_the_page_in_brief_between_its_markers(report, tmp_path):
+    _, out, known, _ = report
+    runs = out.parent / "runs"
+    readme = tmp_path / "README.md"
+    readme.write_text("# Project\n\n## Results\n\n<!-- results: old -->\nold numbers\n<!-- end of results -->\n\n"
+                      "## Next\n")
+    argv = ["--runs", str(runs), "--profile", "budget", "--out", str(tmp_path / "page"), "--datasets",
+            "cifar10", "fashion_mnist", "--seeds", "3", "--readme", str(readme)]
+    make_report.main(argv)
+    text = readme.read_text()
+    assert text.startswith("# Project\n\n## Results\n\n<!-- results: written by python -m analysis.make_report "
+                           "--profile budget --recipe suite --seeds 3 --datasets cifar10 fashion_mnist")
+    assert text.endswith("<!-- end of results -->\n\n## Next\n") and "old numbers" not in text
+    assert f"{len(known)} completed of 48 planned (16 cells × 3 seeds)" in text
+    assert "`python -m repro.launch all --seeds 3 --datasets cifar10 fashion_mnist --profile budget" in text
+    for (table, dataset, column), cell in known.groupby(["table", "dataset", "column"]):
+        label = f"| Table {table[-1]}, {DATASETS[dataset]} |"
+        row = next(line for line in text.splitlines() if line.startswith(label))
+        assert f"{cell['acc'].mean():.2f}" in row.split(" | ")[1 + list(LABELS).index(column)]
+    assert text.count("| (a) |") == 4 and "What it cannot say: whether a gain the paper reports after 100" in text
+    for link in re.findall(r"\]\(([^)]+)\)", text):
+        assert (tmp_path / link).is_file(), link
+    readme.write_text("# no block\n")
+    with pytest.raises(collect.AnalysisError, match="has no results block"):
+        make_report.main(argv)
+    assert readme.read_text() == "# no block\n"
