@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 
 
-def readme_section(title: str) -> str:
-    return README.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+def readme_section(title: str, readme: str = README) -> str:
+    return readme.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
 
 
 def smoke_command() -> list[str]:
@@ -87,7 +87,7 @@ def test_readme_lists_every_key_a_run_logs_to_wandb(tmp_path, monkeypatch):
                        sac=True, cell="table2/synthetic/flexpool", results_dir=str(tmp_path))
     monkeypatch.setenv("WANDB_MODE", "disabled")
     train.run(config)
-    text = readme_section("Tracking with Weights & Biases")
+    text = readme_section("Tracking with Weights & Biases", (ROOT / "repro" / "README.md").read_text())
     per_epoch = text.split("Per epoch", 1)[1].split("Summary:", 1)[0]
     for key in logged:
         if key.startswith("flexpool/"):
@@ -97,3 +97,9 @@ def test_readme_lists_every_key_a_run_logs_to_wandb(tmp_path, monkeypatch):
             assert "`head1..3_accuracy`" in per_epoch
         else:
             assert f"`{key}`" in per_epoch, f"W&B key {key} is not in the README"
+
+
+def test_readme_is_short_and_every_folder_readme_it_names_exists():
+    assert len(README.splitlines()) <= 150, "the details belong in the folders' READMEs"
+    named = re.findall(r"`((?:[\w.]+/)+(?:README\.md)?)`", readme_section("More"))
+    assert len(named) >= 6 and all((ROOT / path).exists() for path in named), named
