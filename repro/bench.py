@@ -146,23 +146,22 @@ def timed(prepared: Prepared, seconds: float, barrier) -> float:
 
 
 def _worker(index: int, commands, replies, barriers: dict) -> None:
-    """Commands: ("prepare", key, (config, steps, compile threads, plain loop?)), ("time", key, (seconds, runs
-    side by side)), None to end. Replies: (index, key, seconds it took to prepare, or images/s), the value "error: ..."
-    where the command failed."""
-    cores = torch.get_num_threads()
+    """Commands: ("prepare", key, (config, steps, compile threads, torch threads, plain loop?)), ("time", key,
+    (seconds, runs side by side)), None to end. Replies: (index, key, seconds it took to prepare, or images/s),
+    the value "error: ..." where the command failed. On a CPU the step trains with the torch threads it was
+    prepared with: inductor writes its CPU kernels for the thread count they are compiled at."""
     prepared: dict[str, Prepared] = {}
     while (command := commands.get()) is not None:
         kind, key, payload = command
         try:
             if kind == "prepare":
-                config, steps, torch._inductor.config.compile_threads, plain = payload
+                config, steps, torch._inductor.config.compile_threads, threads, plain = payload
+                torch.set_num_threads(threads)
                 start = time.perf_counter()
                 prepared[key] = prepare(config, steps, plain)
                 replies.put((index, key, time.perf_counter() - start))
             else:
                 seconds, runs = payload
-                if prepared[key].device.type == "cpu":  # as the launcher: a share of the cores each
-                    torch.set_num_threads(max(1, cores // runs))
                 replies.put((index, key, timed(prepared[key], seconds, barriers.get(runs))))
         except Exception as e:  # noqa: BLE001 - every failure is reported, and the survey goes on
             replies.put((index, key, "error: " + data.one_line(e)))
@@ -265,34 +264,46 @@ def bench_config(cell: str, regime: str, args) -> RunConfig:
 
 
 def measure_regime(regime: str, packing: list[int], args, env: dict | None = None) -> tuple[dict, dict]:
-    """({runs side by side: summed images/s}, {"cold": s, "warm": s} to prepare a run) of the heaviest column
-    (the plain loop: the AvgPool network) in one regime. Warm is the slowest of the runs prepared side by side
-    after the first (cold where there is only one)."""
-    plain = is_plain(regime)
+    """({runs side by side: summed images/s}, {"cold": s, "warm": s, "warm_by_runs": {runs: s}} to prepare a
+    run) of the heaviest column (the plain loop: the AvgPool network) in one regime. Cold: the first run alone;
+    warm: the slowest of the runs prepared side by side after it (from the compile cache). On a GPU the runs are
+    prepared once for every packing; on a CPU again for each, with the share of the cores each run trains with
+    (the launcher's), for which inductor writes its kernels."""
+    plain, cpu = is_plain(regime), args.device == "cpu"
     cell = PLAIN_CELL if plain else HEAVIEST
-    config, size = bench_config(cell, regime, args), max(packing)
-    with Pool(size, packing, env) as pool:
-        # the first alone with every core, the others side by side then find its compiled code in the cache
-        [cold] = pool.ask([(0, ("prepare", cell, (config, args.steps, CORES, plain)))], PREPARE_TIMEOUT_S).values()
-        threads = max(1, CORES // max(1, size - 1))
-        warm = pool.ask([(i, ("prepare", cell, (config, args.steps, threads, plain))) for i in range(1, size)],
-                        PREPARE_TIMEOUT_S).values()
-        prepare_s = {"cold": cold, "warm": max(warm, default=cold)}
-        print(f"  {regime + (' + MPS' if env else ''):<{WIDTH}} ready in {cold:.1f} s cold, "
-              f"{prepare_s['warm']:.1f} s warm", flush=True)
-        rates = {}
+    config, name = bench_config(cell, regime, args), regime + (" + MPS" if env else "")
+    rates, warm, cold = {}, {}, None
+    with Pool(max(packing), packing, env) as pool:
         for k in packing:
+            if cpu or not warm:
+                first, warm[k] = prepare_side_by_side(pool, cell, config, k if cpu else max(packing), plain, args)
+                cold = first if cold is None else cold
+                print(f"  {name:<{WIDTH}} ready in {cold:.1f} s cold, {warm[k]:.1f} s warm", flush=True)
             answers = pool.ask([(i, ("time", cell, (args.seconds, k))) for i in range(k)], PREPARE_TIMEOUT_S)
             rates[k] = sum(answers.values())
-            name = regime + (" + MPS" if env else "")
             print(f"  {name:<{WIDTH}} {plural(k, 'run'):>7}: {rates[k]:>12,.0f} images/s", flush=True)
-    return rates, prepare_s
+    by_runs = {k: warm.get(k, warm[packing[0]]) for k in packing}
+    return rates, {"cold": cold, "warm": by_runs[packing[0]], "warm_by_runs": by_runs}
+
+
+def prepare_side_by_side(pool: Pool, cell: str, config: RunConfig, runs: int, plain: bool, args):
+    """(seconds, seconds): worker 0 prepares alone, with every core to compile; then workers 0..runs-1 again side
+    by side, finding its compiled code in the cache: the slowest of them. Each trains with its share of the
+    cores on a CPU."""
+    threads = max(1, CORES // runs) if args.device == "cpu" else torch.get_num_threads()
+
+    def order(worker: int, compile_threads: int) -> tuple:
+        return worker, ("prepare", cell, (config, args.steps, compile_threads, threads, plain))
+
+    [first] = pool.ask([order(0, CORES)], PREPARE_TIMEOUT_S).values()
+    again = pool.ask([order(i, max(1, CORES // runs)) for i in range(runs)], PREPARE_TIMEOUT_S).values()
+    return first, max(again)
 
 
 def measure_columns(regime: str, workers: int, args) -> dict:
     """{cell: images/s of one run} of every column in one regime: prepared side by side, timed one at a time."""
     owner, threads = {cell: i % workers for i, cell in enumerate(CELLS)}, max(1, CORES // workers)
-    orders = [(owner[c], ("prepare", c, (bench_config(c, regime, args), args.steps, threads, False)))
+    orders = [(owner[c], ("prepare", c, (bench_config(c, regime, args), args.steps, threads, CORES, False)))
               for c in CELLS]
     with Pool(workers, [1]) as pool:
         pool.ask(orders, PREPARE_TIMEOUT_S * len(CELLS) / workers)
@@ -317,7 +328,7 @@ def survey(args) -> dict:
         raise BenchError("every regime failed: " + "; ".join(f"{r['regime']}: {r['error']}" for r in results))
     shortest = run_images(min(args.datasets, key=TRAIN_IMAGES.get), args.profile)
     best = max(({"regime": r["regime"], "mps": r["mps"], "runs": k, "images_per_s": rate,
-                 "prepare_s": r["prepare_s"]["warm"], "whole_run_images_per_s": whole_run_rate(rate, k, r, shortest)}
+                 "prepare_s": warm_s(r, k), "whole_run_images_per_s": whole_run_rate(rate, k, r, shortest)}
                 for r in results if r["regime"] in suite for k, rate in r["images_per_s"].items()),
                key=lambda b: b["whole_run_images_per_s"])
     gain = best["images_per_s"] / single[best["regime"]]
@@ -354,7 +365,12 @@ def run_images(dataset: str, profile: str) -> int:
 def whole_run_rate(rate: float, runs: int, result: dict, images: int) -> float:
     """Summed images/s of `runs` runs of `images` images side by side, each first getting ready (warm), then
     training its share of `rate`."""
-    return runs * images / (result["prepare_s"]["warm"] + runs * images / rate)
+    return runs * images / (warm_s(result, runs) + runs * images / rate)
+
+
+def warm_s(result: dict, runs: int) -> float:
+    """Seconds a run takes to get ready (warm) with `runs` side by side: measured for each on a CPU."""
+    return result["prepare_s"].get("warm_by_runs", {}).get(runs, result["prepare_s"]["warm"])
 
 
 def mps_results(args) -> list[dict]:
