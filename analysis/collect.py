@@ -26,7 +26,7 @@ import pandas as pd
 
 from repro.config import RunConfig, field_names
 from repro.experiments import PROFILES, RECIPES, TABLES, parse_cell, profile_of, profiles_help, recipe_of
-from repro.records import RecordError, read_record, verdict
+from repro.records import RecordError, read_record, record_state
 
 DEFAULT_RUNS = Path("results/runs")
 PAPER_DIR = Path(__file__).resolve().parent.parent / "results" / "paper"
@@ -47,7 +47,7 @@ class AnalysisError(Exception):
 
 def record_row(record: dict, name: str) -> dict:
     """One DataFrame row from a record; raises RecordError saying why the record cannot count."""
-    state, reason = verdict(record)  # the launcher's and status's reading of a record too
+    state, reason = record_state(record)  # the launcher's and status's reading of a record too
     if state != "completed":
         raise RecordError(reason if state == "unusable" else f"status {state!r}: {reason}")
     config = RunConfig.from_dict(record["config"])

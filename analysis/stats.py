@@ -80,7 +80,7 @@ def comparisons(datasets) -> list[dict]:
     return out
 
 
-def describe(base: tuple, treat: tuple) -> str:
+def comparison_text(base: tuple, treat: tuple) -> str:
     """'T1: FlexPool vs AvgPool' or 'AvgPool: T2 vs T1', the comparison in words."""
     if base[0] == treat[0]:
         return f"T{base[0][-1]}: {COLUMN_LABELS[treat[2]]} vs {COLUMN_LABELS[base[2]]}"
@@ -105,7 +105,7 @@ def evaluate_claims(runs: pd.DataFrame, paper: dict[str, pd.Series], datasets, r
             paper_diff = (paper[c["treat"][0]].get(c["treat"][1:], np.nan)
                           - paper[c["base"][0]].get(c["base"][1:], np.nan))
             rows.append({"recipe": recipe, "claim": c["claim"], "dataset": c["dataset"],
-                         "comparison": describe(c["base"], c["treat"]), "baseline": "/".join(c["base"]),
+                         "comparison": comparison_text(c["base"], c["treat"]), "baseline": "/".join(c["base"]),
                          "treatment": "/".join(c["treat"]), **result, "paper_diff": paper_diff})
     return pd.DataFrame(rows, columns=CLAIM_COLUMNS)
 

@@ -333,10 +333,10 @@ def survey(args) -> dict:
                key=lambda b: b["whole_run_images_per_s"])
     gain = best["images_per_s"] / single[best["regime"]]
     if args.no_columns:  # every column at the heaviest one's speed: an upper bound on the hours
-        print(f"fastest: {describe(best, args)}", flush=True)
+        print(f"fastest: {best_text(best, args)}", flush=True)
         columns, speeds = {}, {cell: single[best["regime"]] for cell in CELLS}
     else:
-        print(f"fastest: {describe(best, args)}; every column in {best['regime']}, one run at a time:", flush=True)
+        print(f"fastest: {best_text(best, args)}; every column in {best['regime']}, one run at a time:", flush=True)
         columns = speeds = measure_columns(best["regime"], max(args.packing), args)
     return {"regimes": results, "best": best, "packing_gain": gain, "columns": columns,
             "speedups": speedups(single, best, gain, columns),
@@ -397,7 +397,7 @@ def _attempt(regime: str, mps: bool, measure) -> dict:
         return {"regime": regime, "mps": mps, "images_per_s": {}, "prepare_s": {}, "error": str(e)}
 
 
-def describe(best: dict, args) -> str:
+def best_text(best: dict, args) -> str:
     mps = " under MPS" if best["mps"] else ""
     shortest = min(args.datasets, key=TRAIN_IMAGES.get)
     return (f"{best['regime']}, {plural(best['runs'], 'run')} side by side{mps}, {best['images_per_s']:,.0f} "
@@ -432,7 +432,7 @@ def table(result: dict, args, device: torch.device) -> str:
             if r["prepare_s"] else ""
         lines.append(f"  {name:<{WIDTH}}{cells}" + (f"  failed: {r['error']}" if r["error"] else ready))
     best = result["best"]
-    lines.append(f"fastest: {describe(best, args)}; {result['packing_gain']:.2f} x one run's training")
+    lines.append(f"fastest: {best_text(best, args)}; {result['packing_gain']:.2f} x one run's training")
     if result["columns"]:
         lines.append(f"every column in {best['regime']}, one run, images/s:")
         lines += [f"  {cell:<{WIDTH}}{rate:>12,.0f}" for cell, rate in result["columns"].items()]

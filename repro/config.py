@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 
 DATASETS = ("cifar10", "cifar100", "fashion_mnist", "tiny_imagenet", "synthetic")
@@ -117,6 +118,11 @@ class RunConfig:
         return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
     @property
+    def folder(self) -> str:
+        """Where the run's record, log and W&B group live: its table cell, or adhoc/<dataset> outside a table."""
+        return self.cell or f"adhoc/{self.dataset}"
+
+    @property
     def eval_split(self) -> str:
         return "val" if self.val_fraction > 0 else "test"
 
@@ -146,6 +152,10 @@ def check(condition: bool, message: str) -> None:
 def plural(n: int, word: str) -> str:
     """'1 seed', '5 seeds': counts in messages, tables and figures."""
     return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def default_data_root() -> str:
+    return os.environ.get("FLEXPOOL_DATA") or "./data"
 
 
 def field_names() -> list[str]:

@@ -23,6 +23,8 @@ import torchvision
 from PIL import Image
 from torchvision.datasets.utils import download_and_extract_archive
 
+from repro.config import default_data_root
+
 TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 TINY_IMAGENET_MD5 = "90528d7ca1a48142e341f4ef8d21d0de"
 VAL_SPLIT_SEED = 20230101  # fixed, not the run's seed: every run and trial tunes on the same held-out images
@@ -51,17 +53,13 @@ INFO = {
 }
 
 
-def default_root() -> str:
-    return os.environ.get("FLEXPOOL_DATA", "./data")
-
-
 def load(name: str, root: str | os.PathLike = "", split: str = "train", download: bool = False):
     """(images uint8 N x C x H x W, labels int64 N) of a data set's "train" or "test" split, on the CPU."""
     if name not in INFO:
         raise DataError(f"unknown dataset {name!r}; choose from {', '.join(INFO)}")
     if split not in ("train", "test"):
         raise DataError(f"unknown split {split!r}; choose train or test")
-    root = Path(root or default_root())
+    root = Path(root or default_data_root())
     if name == "synthetic":
         return synthetic(split)
     if name == "tiny_imagenet":

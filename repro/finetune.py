@@ -19,6 +19,7 @@ import torchvision
 
 from repro import data
 from repro.adapt import replace_global_pool
+from repro.config import default_data_root
 
 SIZE = 64
 LEARNING_RATE = 0.05
@@ -75,7 +76,7 @@ def main(argv=None) -> int:
                     "converted by repro.adapt.replace_global_pool (FlexPool). Prints both test accuracies. "
                     f"Images are upsampled to {SIZE}x{SIZE} and repeated to 3 channels. A few minutes on 2 cores "
                     "at the defaults.")
-    parser.add_argument("--data-root", default=data.default_root(),
+    parser.add_argument("--data-root", default=default_data_root(),
                         help="folder holding FashionMNIST/raw/ (default: $FLEXPOOL_DATA, else ./data)")
     parser.add_argument("--steps", type=positive, default=300, help="training steps per model (default 300)")
     parser.add_argument("--batch-size", type=positive, default=12, help="images per step (default 12)")

@@ -43,7 +43,7 @@ from tqdm import tqdm
 from repro import experiments, records
 from repro.config import COMPILE_MODES, ConfigError, RunConfig, check, plural
 from repro.data import DataError, prepare
-from repro.status import add_plan_args, failure_lines, plan_from_args, run_log_path, summary, survey
+from repro.status import add_plan_args, failure_lines, plan_from_args, run_log_path, run_states, summary
 
 ROOT = Path(__file__).resolve().parents[1]
 SLURM_DIR = ROOT / "slurm"
@@ -64,7 +64,6 @@ PROFILE_FIELDS = {
 # A local job has no scheduler limit; submitit's local default (2 minutes) would interrupt every run.
 LOCAL_TIMEOUT_MIN = 30 * 24 * 60
 RUN_LOCKED = 3  # exit code of a run process whose run another process is training
-RUN_STOPPED = 128 + signal.SIGTERM  # exit code of a run process that SIGTERM stopped (train.Stopped)
 RUN_UNWRITABLE = 4  # exit code of a run process whose files could not be written (disk full, read-only)
 
 
@@ -163,7 +162,7 @@ def _train(config: dict, log: str, gpu: str | None, threads: int | None) -> None
         record = train.run(RunConfig.from_dict(config))
     except train.Stopped as e:
         print(f"stopped: {e}", flush=True)
-        sys.exit(RUN_STOPPED)
+        sys.exit(records.STOPPED_EXIT)
     except records.WriteError as e:  # the disk's fault, not the run's: no record, a launch resumes it later
         print(f"error: {e}; nothing recorded, launching again resumes the run", flush=True)
         sys.exit(RUN_UNWRITABLE)
@@ -201,7 +200,7 @@ class RunPack(submitit.helpers.Checkpointable):
             # and a result file, even an error, makes the job count as ended while its requeued run trains on.
             print("RunPack: runs stopped by SIGTERM; they resume from their checkpoints when the task runs again",
                   flush=True)
-            raise SystemExit(RUN_STOPPED)
+            raise SystemExit(records.STOPPED_EXIT)
         return outcomes
 
     def _run(self, config: RunConfig, slots: queue.SimpleQueue) -> dict:
@@ -280,7 +279,7 @@ def _state(config: RunConfig, exitcode: int | None, stopping: bool) -> str:
         return "elsewhere"
     if exitcode == RUN_UNWRITABLE:
         return "unwritable"
-    if exitcode in (RUN_STOPPED, -signal.SIGTERM):  # -SIGTERM: it came before train.run could handle it
+    if exitcode in (records.STOPPED_EXIT, -signal.SIGTERM):  # -SIGTERM: it came before train.run could handle it
         return "interrupted" if stopping else "stopped"
     if stopping:
         return "interrupted"
@@ -411,12 +410,12 @@ def follow(jobs: list, configs: list[RunConfig]) -> dict[RunConfig, str]:
         for job in jobs:  # the debug executor runs a job when its result is asked for
             with contextlib.suppress(Exception):
                 job.result()
-        return survey(configs)
+        return run_states(configs)
     start, last = time.time(), ""
     bar = tqdm(total=len(configs), unit="run", desc="runs", dynamic_ncols=True, disable=not sys.stderr.isatty())
     with bar:
         while True:
-            states = survey(configs)
+            states = run_states(configs)
             finished = sum(s in ("done", "failed") for s in states.values())
             counts = summary(states).split(": ", 1)[1]
             bar.update(finished - bar.n)
@@ -428,7 +427,7 @@ def follow(jobs: list, configs: list[RunConfig]) -> dict[RunConfig, str]:
             # Runs that another launch trains or holds ("running" or "queued" once our job has ended) are waited
             # for too; the states are read again after: a run of a job that just ended is no longer queued.
             if all(job.done(force_check=finished == len(configs)) for job in jobs):
-                states = survey(configs)
+                states = run_states(configs)
                 if not {"running", "queued"} & set(states.values()):
                     return states
             time.sleep(min(30.0, 1.0 + (time.time() - start) / 20))
@@ -518,7 +517,7 @@ def launch(args: argparse.Namespace) -> int:
     kind = executor_kind(args.executor)
     profile = load_cluster(args.cluster) if kind == "slurm" else None
     configs = [c.replace(compile=args.compile) for c in plan_from_args(args)]
-    states = survey(configs)
+    states = run_states(configs)
     print(f"plan: {args.target} ({profile_label(configs[0], args.profile)}, {args.recipe} recipe): {summary(states)}")
     runs = to_run(states, args.force, args.retry_failed)
     where = f"slurm, profile {args.cluster}" if kind == "slurm" else kind

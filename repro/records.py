@@ -10,7 +10,7 @@ never leaves half a record. Record fields (SCHEMA = 1):
   timing {wall_s, train_s, images_per_s}, env {device, device_type, threads, torch, torchvision,
   python, git_commit, host, date},
   flexpool {"<module name>": {"shape", "channel_mean" (H x W), "channels" (first few, C' x H x W), "sums"}}.
-Accuracies are fractions in [0, 1]. `verdict` is the one reading of a record that status, launch and analysis
+Accuracies are fractions in [0, 1]. `record_state` is the one reading of a record that status, launch and analysis
 share. Input files (--params, studies, cluster profiles) are read here too, so all read numbers alike.
 No torch at import time: analysis reads records without it.
 """
@@ -25,12 +25,16 @@ import json
 import math
 import os
 import re
+import signal
 import tempfile
 from pathlib import Path
 
 import yaml
 
 from repro.config import ConfigError, RunConfig
+
+# The exit code of a run's process that SIGTERM stopped (its checkpoint kept, no record), as a shell says.
+STOPPED_EXIT = 128 + signal.SIGTERM
 
 SCHEMA = 1
 _UMASK = os.umask(0o022)
@@ -71,7 +75,7 @@ def load_file(path: Path, what: str):
 
 def record_path(config: RunConfig) -> Path:
     """results/runs/<table>/<dataset>/<column>/seed<k>-<run id>.json; runs outside a table go to adhoc/."""
-    cell = config.cell or f"adhoc/{config.dataset}"
+    cell = config.folder
     return Path(config.results_dir) / "runs" / cell / f"seed{config.seed}-{config.run_id}.json"
 
 
@@ -131,7 +135,7 @@ def read_record(path: Path) -> dict:
     return record
 
 
-def verdict(record: dict) -> tuple[str, str]:
+def record_state(record: dict) -> tuple[str, str]:
     """(state, reason): 'completed' (usable: a valid config and a main accuracy in [0, 1]; no reason), 'failed'
     or 'pruned' (a sweep stopped it; the reason is the record's error), or 'unusable' (partial or malformed: it
     counts as neither done nor failed, and a launch trains it again from its checkpoint). Status, launch and
@@ -155,20 +159,20 @@ def verdict(record: dict) -> tuple[str, str]:
     return "completed", ""
 
 
-def run_verdict(config: RunConfig) -> tuple[str, str]:
-    """The verdict on the run's record on disk; ('missing', '') when there is none."""
+def run_record_state(config: RunConfig) -> tuple[str, str]:
+    """The state of the run's record on disk; ('missing', '') when there is none."""
     path = record_path(config)
     if not path.exists():
         return "missing", ""
     try:
-        return verdict(read_record(path))
+        return record_state(read_record(path))
     except RecordError as e:
         return "unusable", str(e)
 
 
 def run_status(config: RunConfig) -> str:
-    """'completed', 'failed', 'pruned', 'unusable' or 'missing': the state of run_verdict."""
-    return run_verdict(config)[0]
+    """'completed', 'failed', 'pruned', 'unusable' or 'missing': the state of run_record_state."""
+    return run_record_state(config)[0]
 
 
 def save_checkpoint(state: dict, path: Path) -> None:

@@ -2,7 +2,7 @@
 failed / unusable / pending.
 
 Everything comes from disk, so it works from any shell and for any executor: a run is running while a process
-holds its lock (records.exclusive), else what records.verdict says of its record: done, failed, or unusable
+holds its lock (records.exclusive), else what records.record_state says of its record: done, failed, or unusable
 (partial or corrupt: a launch trains it again from its checkpoint); without a record it is pending. A run not
 done or failed is queued while the job it was submitted in still waits or runs (SLURM's squeue says so, or the
 local job's process lives), so a second launch does not submit it again. The launcher prints its plan with the
@@ -24,7 +24,7 @@ from collections import Counter
 from pathlib import Path
 
 from repro import records
-from repro.config import ConfigError, RunConfig, plural
+from repro.config import ConfigError, RunConfig, default_data_root, plural
 from repro.experiments import COLUMNS, DATASETS, PROFILES, RECIPES, TARGETS, load_params, plan, profiles_help
 
 STATES = ("done", "running", "queued", "failed", "unusable", "pending")
@@ -51,7 +51,7 @@ def add_plan_args(parser: argparse.ArgumentParser) -> None:
 
 def plan_from_args(args: argparse.Namespace) -> list[RunConfig]:
     # Absolute paths: jobs run from a code snapshot (another working directory) and maybe on other machines.
-    data_root = args.data_root or os.environ.get("FLEXPOOL_DATA") or "data"
+    data_root = args.data_root or default_data_root()
     return plan(args.target, args.seeds, args.datasets, args.columns, args.profile,
                 load_params(args.params) if args.params else None, args.recipe,
                 results_dir=str(Path(args.results_dir).resolve()), data_root=str(Path(data_root).resolve()))
@@ -59,8 +59,7 @@ def plan_from_args(args: argparse.Namespace) -> list[RunConfig]:
 
 def run_log_path(config: RunConfig) -> Path:
     """One log per run, at a path that depends only on the run, so status can point at it from any launch."""
-    cell = config.cell or f"adhoc/{config.dataset}"
-    return Path(config.results_dir) / "slurm-logs" / "runs" / cell / f"seed{config.seed}-{config.run_id}.log"
+    return Path(config.results_dir) / "slurm-logs" / "runs" / config.folder / f"seed{config.seed}-{config.run_id}.log"
 
 
 def lock_holder(config: RunConfig) -> int | None:
@@ -89,7 +88,7 @@ class Survey(dict):
     note = ""
 
 
-def survey(configs: list[RunConfig]) -> Survey:
+def run_states(configs: list[RunConfig]) -> Survey:
     jobs = {}
     for config in configs:
         with contextlib.suppress(OSError, ValueError):
@@ -146,7 +145,7 @@ def process_lives(pid: str) -> bool:
 
 def summary(states: dict[RunConfig, str]) -> str:
     """'16 cells x 5 seeds = 80 runs: 10 done, 0 running, 0 queued, 2 failed, 0 unusable, 68 pending'; when not
-    every cell has every seed (a relaunch of some runs), '10 runs in 4 cells, seeds 0-2: ...'; then a survey's
+    every cell has every seed (a relaunch of some runs), '10 runs in 4 cells, seeds 0-2: ...'; then the run states'
     note, if it has one."""
     cells = {c.cell for c in states}
     seeds = sorted({c.seed for c in states})
@@ -170,8 +169,8 @@ def cell_table(states: dict[RunConfig, str]) -> str:
 
 
 def failure_lines(states: dict[RunConfig, str]) -> list[str]:
-    """One line per failed or unusable run: its cell, seed, what went wrong (records.verdict) and its log."""
-    return [f"{state.upper()} {c.cell} seed {c.seed}: {records.run_verdict(c)[1]} (log: {run_log_path(c)})"
+    """One line per failed or unusable run: its cell, seed, what went wrong (records.record_state) and its log."""
+    return [f"{state.upper()} {c.cell} seed {c.seed}: {records.run_record_state(c)[1]} (log: {run_log_path(c)})"
             for c, state in states.items() if state in ("failed", "unusable")]
 
 
@@ -201,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     add_plan_args(parser)
     args = parser.parse_args(argv)
     try:
-        states = survey(plan_from_args(args))
+        states = run_states(plan_from_args(args))
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

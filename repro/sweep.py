@@ -39,7 +39,7 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 
 from repro import records
-from repro.config import WANDB_MODES, ConfigError, RunConfig, check
+from repro.config import WANDB_MODES, ConfigError, RunConfig, check, default_data_root
 
 SWEEPS_DIR = Path(__file__).resolve().parents[1] / "sweeps"
 STUDY_KEYS = {"description", "trials", "pruner", "sampler", "fixed", "space"}
@@ -333,7 +333,7 @@ class Worker(submitit.helpers.Checkpointable):
         self.current: int | None = None
 
     def __call__(self, study: Study, runtime: Runtime) -> int:
-        from repro import launch, train  # torch only where trials train
+        from repro import train  # torch only where trials train
 
         quiet()
         optuna_study = optuna.load_study(study_name=study.name, storage=open_storage(runtime.storage,
@@ -352,7 +352,7 @@ class Worker(submitit.helpers.Checkpointable):
                 # its heartbeat goes stale, and the job ends unfinished, like a launch's task (RunPack)
                 retry(optuna_study, self.current)
                 print(f"[{study.name}] stopped by SIGTERM: trial {self.current} is queued again", flush=True)
-                raise SystemExit(launch.RUN_STOPPED) from None
+                raise SystemExit(records.STOPPED_EXIT) from None
             trained += 1
         print(f"[{study.name}] worker done after {trained} trial(s): the study holds its budget", flush=True)
         return trained
@@ -392,7 +392,7 @@ def quiet() -> None:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
-def describe(params: dict) -> str:
+def params_text(params: dict) -> str:
     return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
@@ -406,7 +406,7 @@ def progress(optuna_study: optuna.Study, trial, budget: int) -> str:
         outcome = f"pruned at epoch {max(trial.intermediate_values, default=0)}"
     else:
         outcome = trial.state.name.lower()
-    return f"[{optuna_study.study_name}] trial {trial.number}: {outcome}  {describe(trial.params)}  ({done}/{budget})"
+    return f"[{optuna_study.study_name}] trial {trial.number}: {outcome}  {params_text(trial.params)}  ({done}/{budget})"
 
 
 # ---- launching workers ---------------------------------------------------------------------------------------
@@ -508,7 +508,7 @@ def report(study: Study, optuna_study: optuna.Study, out: Path, top: int) -> dic
     split = f"{base.dataset} validation accuracy ({base.val_fraction:.0%} of the training set held out)"
     print(f"best {min(top, len(complete))} by {split}:")
     for t in complete[:top]:
-        print(f"  trial {t.number:>4}  {t.value:.2%}  {describe(t.params)}  run {t.user_attrs.get('run_id', '?')}")
+        print(f"  trial {t.number:>4}  {t.value:.2%}  {params_text(t.params)}  run {t.user_attrs.get('run_id', '?')}")
     best = complete[0]
     result = {"study": study.name, "objective": split,
               "value": best.value, "trial": best.number, "run_id": best.user_attrs.get("run_id"),
@@ -615,7 +615,7 @@ def parser() -> argparse.ArgumentParser:
 
 def runtime_fields(args: argparse.Namespace) -> dict:
     fields = {f.name: getattr(args, f.name) for f in RUNTIME}
-    data_root = args.data_root or os.environ.get("FLEXPOOL_DATA") or "data"
+    data_root = args.data_root or default_data_root()
     return {**fields, "results_dir": str(Path(args.results_dir).resolve()), "data_root": str(Path(data_root).resolve())}
 
 

@@ -36,7 +36,7 @@ def wandb_run_id(config: RunConfig) -> str:
 
 
 def tags(config: RunConfig) -> list[str]:
-    parts = config.cell.split("/") if config.cell else ["adhoc", config.dataset]
+    parts = config.folder.split("/")
     return parts + [f"pool={config.pool}", f"profile={profile_of(config)}", f"recipe={recipe_of(config)}"] + (
         ["sac"] if config.sac else [])
 
@@ -59,7 +59,7 @@ class Tracker:
             self.run = wandb.init(
                 project=config.wandb_project, entity=config.wandb_entity or None, mode=mode,
                 id=wandb_run_id(config), resume="allow", dir=str(directory),
-                group=config.wandb_group or config.cell or f"adhoc/{config.dataset}",
+                group=config.wandb_group or config.folder,
                 name=f"{config.cell or config.dataset}/seed{config.seed}", tags=tags(config),
                 config={**config.to_dict(), "run_id": config.run_id, "eval_split": config.eval_split},
                 reinit="finish_previous",

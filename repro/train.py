@@ -32,7 +32,7 @@ from torch.optim.sgd import sgd as functional_sgd
 from tqdm import tqdm
 
 from repro import data, experiments, pooling, records
-from repro.config import ConfigError, RunConfig
+from repro.config import ConfigError, RunConfig, default_data_root
 from repro.models import STAGE_CHANNELS, resnet20
 from repro.tracking import Tracker
 
@@ -424,7 +424,6 @@ def make_record(config: RunConfig, status: str, history: list, started: float, d
 
 # --- the run -----------------------------------------------------------------------------------------------
 
-STOPPED_EXIT = 128 + signal.SIGTERM  # exit code of `python -m repro.train` stopped by SIGTERM, as a shell says
 
 
 class Stopped(BaseException):
@@ -645,7 +644,7 @@ def main(argv=None) -> int:
     try:
         config = config_from_args(args)
         # the record names the data folder used, not '' (the launcher and sweeps resolve it the same way)
-        config = config.replace(data_root=str(Path(config.data_root or data.default_root()).resolve()))
+        config = config.replace(data_root=str(Path(config.data_root or default_data_root()).resolve()))
         record = run(config)
     except (ConfigError, data.DataError, TrainingError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -655,7 +654,7 @@ def main(argv=None) -> int:
         return 1
     except Stopped as e:
         print(f"stopped: {e}", file=sys.stderr)
-        return STOPPED_EXIT
+        return records.STOPPED_EXIT
     if record is None:
         return 1
     m = record["metrics"]

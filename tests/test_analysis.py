@@ -276,7 +276,7 @@ def worst_case_latex(results_dir: Path, out: Path) -> None:
     summary = make_tables.summarize(runs, paper, None, recipes).assign(
         mean=88.88, std=88.88, diff=-88.88, n=10, skipped=10, sum_dev=8.88)
     claims = pd.DataFrame([{"recipe": r, "claim": c["claim"], "dataset": c["dataset"],
-                            "comparison": stats.describe(c["base"], c["treat"]), "baseline": "/".join(c["base"]),
+                            "comparison": stats.comparison_text(c["base"], c["treat"]), "baseline": "/".join(c["base"]),
                             "treatment": "/".join(c["treat"])}
                            for r in recipes for c in stats.comparisons(make_tables.DATASET_ORDER)]).assign(
         n=10, mean_diff=-88.88, ci_low=-1888.88, ci_high=-188.88, p=0.999, paper_diff=-8.88, verdict="contradicted",

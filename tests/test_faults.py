@@ -353,7 +353,7 @@ def test_sigterm_to_a_sweep_worker_queues_its_trial_again(tmp_path, sigterm_guar
             sweep.Worker()(study, runtime)
         finally:
             returned.set()
-    assert stopped.value.code == launch.RUN_STOPPED
+    assert stopped.value.code == records.STOPPED_EXIT
     stopped_trial, queued = optuna_study.trials
     assert stopped_trial.state == optuna.trial.TrialState.FAIL and queued.state == optuna.trial.TrialState.WAITING
     assert queued.params == stopped_trial.params
@@ -387,7 +387,7 @@ def test_ctrl_c_stops_only_the_following_and_kill_of_the_printed_group_stops_the
     (config,) = configs(tmp_path, data_root, columns=["avgpool"], epochs=500)
     wait_for(lambda: records.checkpoint_path(config).exists(), what="the first checkpoint")
     os.killpg(group, signal.SIGTERM)
-    wait_for(lambda: status.survey([config]) == {config: "pending"}, timeout=60, what="the job to end")
+    wait_for(lambda: status.run_states([config]) == {config: "pending"}, timeout=60, what="the job to end")
     log = status.run_log_path(config).read_text()
     assert "stopped: SIGTERM" in log and records.checkpoint_path(config).exists()
 
@@ -400,7 +400,7 @@ def test_a_killed_run_is_pending_at_once_while_its_job_goes_on(tmp_path, data_ro
         wait_for(lambda: records.checkpoint_path(first).exists(), what="the first checkpoint")
         os.kill(status.lock_holder(first), signal.SIGKILL)
         wait_for(lambda: status.lock_holder(second) is not None, what="the job to go on with the next run")
-        assert status.survey([first, second]) == {first: "pending", second: "running"}
+        assert status.run_states([first, second]) == {first: "pending", second: "running"}
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(int(job.job_id), signal.SIGTERM)  # the job's own process group: all of it

@@ -206,7 +206,7 @@ def test_a_run_whose_job_is_gone_is_pending_again(tmp_path, data_root, monkeypat
                           (f"local elsewhere {os.getpid()}", "pending"),  # another machine's: not asked
                           ("slurm here 4294967_0", "pending"), ("cut off", "pending")]:
         path.write_text(marker + "\n")
-        assert status.survey([config]) == {config: state}, marker
+        assert status.run_states([config]) == {config: state}, marker
 
 
 def test_debug_executor_runs_the_job_in_this_process(capsys, tmp_path, data_root):
@@ -255,7 +255,7 @@ def test_killed_run_resumes_to_the_record_of_an_unbroken_one(capsys, tmp_path, d
              timeout=60, what="the job to say in the run's own log how the run ended")
     assert records.run_status(config) == "missing"
     # queued while its job still ends; pending, so a launch trains it again, once that job has ended
-    wait_for(lambda: status.survey([config]) == {config: "pending"}, timeout=60, what="the job to end")
+    wait_for(lambda: status.run_states([config]) == {config: "pending"}, timeout=60, what="the job to end")
 
     code, out, _ = main(capsys, launch, "table1", *argv, "--wait")
     assert code == 0 and "submitting 1 run" in out

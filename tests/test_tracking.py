@@ -130,7 +130,7 @@ def test_run_stopped_by_sigterm_and_resumed_logs_every_epoch_once(tmp_path):
         time.sleep(0.02)
     first.send_signal(signal.SIGTERM)
     _, err = first.communicate(timeout=120)
-    assert first.returncode == 143 == train.STOPPED_EXIT, err
+    assert first.returncode == 143 == records.STOPPED_EXIT, err
     assert err.strip().splitlines()[-1].startswith("stopped: SIGTERM")
     assert not records.record_path(config).exists()
     stopped_after = len(records.load_checkpoint(checkpoint)["history"])
