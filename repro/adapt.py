@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from repro.models import sac_loss
 from repro.pooling import FlexPool2d, LazyFlexPool2d
 
 
@@ -308,13 +309,6 @@ def sac_head(pool: str, num_classes: int) -> nn.Sequential:
     if pool in ("flex", "flex-softmax"):
         return nn.Sequential(LazyFlexPool2d(softmax=pool == "flex-softmax"), nn.LazyLinear(num_classes))
     raise ValueError(f"unknown pool {pool!r}; choose from flex, flex-softmax, avg")
-
-
-def sac_loss(outputs, labels: torch.Tensor, weights) -> torch.Tensor:
-    """Eq. 3: sum over heads of lambda_i * cross-entropy, the heads' logits in order, the model's own last."""
-    if len(outputs) != len(weights):
-        raise ValueError(f"{len(outputs)} heads but {len(weights)} loss weights")
-    return sum(w * F.cross_entropy(h.float(), labels) for w, h in zip(weights, outputs))
 
 
 class SACModel(nn.Module):

@@ -45,6 +45,16 @@ def make_pool(kind: str, channels: int, size: int) -> nn.Module:
     raise ValueError(f"unknown pool {kind!r}; choose from avg, flex, flex-softmax")
 
 
+def sac_loss(outputs, labels: torch.Tensor, weights, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Eq. 3: sum over heads of lambda_i * cross-entropy, the heads' logits in order, the model's own last.
+    Every head must have a weight: an untrained head would still count in the model."""
+    if len(outputs) != len(weights):
+        raise ValueError(f"the model gives {len(outputs)} head(s) but the loss has {len(weights)} weight(s): "
+                         "every head must be trained")
+    return sum(w * F.cross_entropy(h.float(), labels, label_smoothing=label_smoothing)
+               for w, h in zip(weights, outputs))
+
+
 class SimpleAuxiliaryClassifier(nn.Module):
     """A SAC head (paper Sec. 3.2): the stage's feature map pooled to one value per channel, then one linear
     layer to the classes. No convolution and nothing else."""

@@ -26,14 +26,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.optim.adam import adam as functional_adam
 from torch.optim.sgd import sgd as functional_sgd
 from tqdm import tqdm
 
 from repro import data, experiments, pooling, records
 from repro.config import ConfigError, RunConfig, default_data_root
-from repro.models import STAGE_CHANNELS, resnet20
+from repro.models import STAGE_CHANNELS, resnet20, sac_loss
 from repro.tracking import Tracker
 
 EVAL_BATCH = 2000
@@ -163,12 +162,7 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
 def loss_fn(outputs, labels: torch.Tensor, model: torch.nn.Module, config: RunConfig) -> torch.Tensor:
     """Eq. 3 (lambda-weighted cross-entropy of each SAC head; one head without SAC) + reg * Eq. 2."""
     heads = outputs if isinstance(outputs, tuple) else (outputs,)
-    weights = config.sac_weights if config.sac else (1.0,)
-    if len(heads) != len(weights):
-        raise ValueError(f"the model gives {len(heads)} head(s) but the loss has {len(weights)} weight(s) "
-                         f"(sac={config.sac}): every head must be trained")
-    loss = sum(w * F.cross_entropy(h.float(), labels, label_smoothing=config.label_smoothing)
-               for w, h in zip(weights, heads))
+    loss = sac_loss(heads, labels, config.sac_weights if config.sac else (1.0,), config.label_smoothing)
     if config.reg:
         loss = loss + config.reg * pooling.regularization(model)
     return loss
