@@ -110,7 +110,7 @@ def executor_kind(choice: str) -> str:
 def to_run(states: dict[RunConfig, str], force: bool, retry_failed: bool) -> list[RunConfig]:
     """Pending and unusable runs (those resume from their checkpoint), plus failed ones with --retry-failed, plus
     done and queued ones with --force; never running ones. Seed 0 of every cell first, then seed 1, ...: a
-    campaign cut short (a GPU lent for minutes, a queue that preempts) leaves whole seeds across the columns,
+    campaign cut short (a GPU held for minutes, a queue that preempts) leaves whole seeds across the columns,
     which the paired comparisons need."""
     wanted = {"pending", "unusable"} | ({"failed"} if retry_failed or force else set()) \
         | ({"done", "queued"} if force else set())
@@ -206,7 +206,7 @@ class RunPack(submitit.helpers.Checkpointable):
     def _run(self, config: RunConfig, slots: queue.SimpleQueue) -> dict:
         outcome = {"cell": config.cell, "seed": config.seed, "run_id": config.run_id,
                    "log": str(run_log_path(config))}
-        if records.run_status(config) == "completed":  # e.g. trained before this task was requeued
+        if records.run_status(config) == "completed":  # e.g. trained before this array task was requeued
             return {**outcome, "state": "done"}
         gpu = slots.get()
         try:
@@ -224,7 +224,7 @@ class RunPack(submitit.helpers.Checkpointable):
         state = _state(config, proc.exitcode, self._stopping)
         if state == "stopped":
             self._stopping = True  # the whole task is being stopped: start no more runs
-        if state not in ("stopped", "interrupted"):  # this task is done with the run, even if it ended unfinished
+        if state not in ("stopped", "interrupted"):  # this array task is done with the run, even if it ended unfinished
             release(config)
         if state not in ("done", "failed", "elsewhere", "unwritable"):  # it could not say so itself (kill -9)
             with open(outcome["log"], "a") as log:
@@ -262,7 +262,7 @@ def progressed(config: RunConfig, since: float) -> bool:
 
 
 def release(config: RunConfig) -> None:
-    """Drop the run's queue file if it names this task: a run that ended unfinished (kill -9, a full disk) is
+    """Drop the run's queue file if it names this array task: a run that ended unfinished (kill -9, a full disk) is
     then pending at once, for a relaunch to take, not queued until the whole job has ended. A queue file
     another launch has written since stays."""
     path = records.queue_path(config)

@@ -16,11 +16,11 @@
 # are committed. Runs cut off when the machine goes train again next time.
 set -uo pipefail
 phase=${1:?usage: bash tests/gpu/session.sh first|tests|survey|campaign}
-out=${FLEXPOOL_OUT:-/tmp/flexpool-out}
+out_dir=${FLEXPOOL_OUT:-/tmp/flexpool-out}
 state=${FLEXPOOL_STATE:-/root/flexpool}  # outside the checkout: kept between calls while the machine is warm
 until_s=${FLEXPOOL_SECONDS:-580}
 campaign=${FLEXPOOL_CAMPAIGN:-all --datasets fashion_mnist --seeds 5}
-mkdir -p "$out" "$state/results" "$state/data/FashionMNIST/raw"
+mkdir -p "$out_dir" "$state/results" "$state/data/FashionMNIST/raw"
 if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || exit 1
@@ -32,19 +32,19 @@ left() { echo $((until_s - SECONDS)); }
 machine() {
   { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
     python3 -c "import torch; print('torch', torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())"
-    echo "commit ${FLEXPOOL_GIT_COMMIT:-unknown: set FLEXPOOL_GIT_COMMIT}"; date -u; } | tee "$out/machine.txt"
+    echo "commit ${FLEXPOOL_GIT_COMMIT:-unknown: set FLEXPOOL_GIT_COMMIT}"; date -u; } | tee "$out_dir/machine.txt"
 }
 
 gpu_tests() {  # in `first`, the survey and the campaign that follow test themselves: their tests are left out
   timeout "$1" python3 -m pytest -m gpu tests/gpu -q -p no:cacheprovider -x --durations=10 ${2:+-k "$2"} 2>&1 \
-    | tee "$out/gpu-tests.log"
+    | tee "$out_dir/gpu-tests.log"
 }
 
 survey() {
   local cap=$1; shift
-  timeout "$cap" python3 -m repro.bench --survey "$@" --out "$state/bench" 2>&1 | tee "$out/survey.log"
+  timeout "$cap" python3 -m repro.bench --survey "$@" --out "$state/bench" 2>&1 | tee "$out_dir/survey.log"
   local rc=${PIPESTATUS[0]}
-  cp "$state"/bench/cuda-*.json "$out/" 2>/dev/null
+  cp "$state"/bench/cuda-*.json "$out_dir/" 2>/dev/null
   return "$rc"
 }
 
@@ -74,9 +74,9 @@ campaign() {
   while kill -0 "$(cat "$state/launch.pid")" 2>/dev/null && [ "$(left)" -gt 15 ]; do sleep 5; done
   # shellcheck disable=SC2086
   python3 -m repro.status $campaign --data-root "$state/data" --results-dir "$state/results" 2>&1 \
-    | tee "$out/status.txt"
-  (cd "$state/results" && tar -czf "$out/records.tgz" runs $(ls -d slurm-logs/runs 2>/dev/null))
-  cp "$state/launch.log" "$out/"
+    | tee "$out_dir/status.txt"
+  (cd "$state/results" && tar -czf "$out_dir/records.tgz" runs $(ls -d slurm-logs/runs 2>/dev/null))
+  cp "$state/launch.log" "$out_dir/"
 }
 
 machine
