@@ -254,11 +254,23 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def provenance(runs: pd.DataFrame, command: str) -> str:
+    """How the figures beside it were made: the command, and the devices, torch versions, commits and dates of
+    the records they draw, read from those records."""
+    def values(column: str) -> str:
+        return ", ".join(sorted({str(v) for v in runs[column].dropna()})) or "none recorded" if len(runs) else "none"
+    return (f"# How these figures were made\n\nCommand: `{command.strip()}`, from {len(runs)} run record(s) and "
+            f"the paper's numbers (`results/paper/`).\n\n- devices: {values('device')}\n- torch: {values('torch')}"
+            f"\n- commits: {values('git_commit')}\n- dates: {values('date')}\n")
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     loaded, out = load_summary(args), out_dir(args)
     drawn = figures(loaded.runs, loaded.summary, args.spread, args.profile, collect.recipes(args.recipe))
     written = [path for stem, _, _, fig in drawn for path in save(fig, out, stem)]
+    text = provenance(loaded.runs, "python -m analysis.make_figures " + " ".join(argv or sys.argv[1:]))
+    atomic_write(out / "README.md", lambda f: f.write(text.encode()))
     if loaded.runs.empty:
         print(f"note: no completed test runs of profile {args.profile!r}, recipe {args.recipe!r}: figures show "
               "the paper only", file=sys.stderr)
