@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from repro.models import sac_loss
-from repro.pooling import FlexPool2d, LazyFlexPool2d
+from repro.models import SimpleAuxiliaryClassifier, sac_loss
+from repro.pooling import FlexPool2d
 
 
 class GlobalPoolError(ValueError):
@@ -301,16 +301,6 @@ def replace_global_pool(model: nn.Module, example_input: torch.Tensor, softmax: 
     return _replace_traced_pool(model, traced, node, example_input, softmax)
 
 
-def sac_head(pool: str, num_classes: int) -> nn.Sequential:
-    """A Simple Auxiliary Classifier (paper Sec. 3.2): global pool, then one linear layer, both sized by the
-    first forward pass. pool: "flex" | "flex-softmax" | "avg"."""
-    if pool == "avg":
-        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.LazyLinear(num_classes))
-    if pool in ("flex", "flex-softmax"):
-        return nn.Sequential(LazyFlexPool2d(softmax=pool == "flex-softmax"), nn.LazyLinear(num_classes))
-    raise ValueError(f"unknown pool {pool!r}; choose from flex, flex-softmax, avg")
-
-
 class SACModel(nn.Module):
     """A backbone with SAC heads on named stages (forward hooks, so any backbone whose stages are modules).
 
@@ -325,7 +315,7 @@ class SACModel(nn.Module):
             raise ValueError(f"{len(self.stages)} stages need {len(self.stages) + 1} loss weights (one per SAC "
                              f"head, then the model's own), got {len(self.weights)}")
         self.model = model
-        self.heads = nn.ModuleList(sac_head(pool, num_classes) for _ in self.stages)
+        self.heads = nn.ModuleList(SimpleAuxiliaryClassifier(pool, num_classes) for _ in self.stages)
         self._features = None  # stage outputs, collected only during our own forward
         for i, stage in enumerate(self.stages):
             try:

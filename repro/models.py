@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from repro.pooling import FlexPool2d
+from repro.pooling import FlexPool2d, LazyFlexPool2d
 
 STAGE_CHANNELS = (16, 32, 64)
 BLOCKS_PER_STAGE = 3
@@ -37,11 +37,13 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
-def make_pool(kind: str, channels: int, size: int) -> nn.Module:
+def make_pool(kind: str, channels: int | None = None, size: int | None = None) -> nn.Module:
+    """A global pool to N x C; FlexPools without `channels` and `size` are sized by their first input."""
     if kind == "avg":
         return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
     if kind in ("flex", "flex-softmax"):
-        return FlexPool2d(channels, size, size, softmax=kind == "flex-softmax")
+        softmax = kind == "flex-softmax"
+        return LazyFlexPool2d(softmax) if channels is None else FlexPool2d(channels, size, size, softmax)
     raise ValueError(f"unknown pool {kind!r}; choose from avg, flex, flex-softmax")
 
 
@@ -57,12 +59,13 @@ def sac_loss(outputs, labels: torch.Tensor, weights, label_smoothing: float = 0.
 
 class SimpleAuxiliaryClassifier(nn.Module):
     """A SAC head (paper Sec. 3.2): the stage's feature map pooled to one value per channel, then one linear
-    layer to the classes. No convolution and nothing else."""
+    layer to the classes. No convolution and nothing else. Without `channels` and `size` (a stage of someone
+    else's network, repro.adapt) both layers are sized by the first forward pass."""
 
-    def __init__(self, pool: str, channels: int, size: int, num_classes: int):
+    def __init__(self, pool: str, num_classes: int, channels: int | None = None, size: int | None = None):
         super().__init__()
         self.pool = make_pool(pool, channels, size)
-        self.fc = nn.Linear(channels, num_classes)
+        self.fc = nn.LazyLinear(num_classes) if channels is None else nn.Linear(channels, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.pool(x))
@@ -95,7 +98,7 @@ class ResNet20(nn.Module):
         self.pool = make_pool(pool, STAGE_CHANNELS[-1], sizes[-1])
         self.dropout = nn.Dropout(dropout)
         self.heads = nn.ModuleList(
-            SimpleAuxiliaryClassifier(pool, STAGE_CHANNELS[i], sizes[i], num_classes) for i in range(2)
+            SimpleAuxiliaryClassifier(pool, num_classes, STAGE_CHANNELS[i], sizes[i]) for i in range(2)
         ) if sac else None
         if self.heads is not None:
             init_weights(self.heads)
