@@ -107,7 +107,19 @@ class Tracker:
             self.run.finish(exit_code=exit_code)
         except Exception as e:  # noqa: BLE001
             _warn("finish", e)
+            _teardown()
         self.run = None
+
+
+def _teardown() -> None:
+    """Let go of a W&B service that is gone (SLURM's SIGTERM ends it with the run): W&B's own exit hook would
+    otherwise talk to it and print a ConnectionResetError traceback into the run's log."""
+    import wandb
+
+    try:
+        wandb.teardown()  # unregisters that exit hook before it talks to the service
+    except Exception:  # noqa: BLE001, S110 - the service is gone: there is nothing left to tell it
+        pass
 
 
 def history_steps(path: Path, start: int, steps: set[int]) -> int:

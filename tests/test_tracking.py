@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -116,18 +117,38 @@ def history_epochs(run_dir: Path) -> list[int]:
     return [e["history"]["item"]["epoch"] for e in inspect(run_dir) if e["type"] == "history"]
 
 
+def train_command(config: RunConfig) -> list[str]:
+    return [sys.executable, "-m", "repro.train", "--dataset", "synthetic", "--pool", "flex", "--reg", "1e-3",
+            "--epochs", str(config.epochs), "--batch-size", "64", "--train-subset", "128", "--test-subset", "64",
+            "--cell", config.cell, "--results-dir", config.results_dir]
+
+
+def wait_for_checkpoint(process: subprocess.Popen, config: RunConfig) -> None:
+    end = time.time() + 300
+    while not records.checkpoint_path(config).exists() and process.poll() is None and time.time() < end:
+        time.sleep(0.02)
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
 def test_run_stopped_by_sigterm_and_resumed_logs_every_epoch_once(tmp_path):
     """SIGTERM (scancel, SLURM's requeue) stops the run with its W&B history written; the resumed run adds the
     rest, so W&B holds epochs 1..N once each, as the record does."""
     config = tiny(tmp_path, epochs=4)
-    argv = [sys.executable, "-m", "repro.train", "--dataset", "synthetic", "--pool", "flex", "--reg", "1e-3",
-            "--epochs", "4", "--batch-size", "64", "--train-subset", "128", "--test-subset", "64",
-            "--cell", config.cell, "--results-dir", str(tmp_path)]
+    argv = train_command(config)
     first = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     checkpoint = records.checkpoint_path(config)
-    end = time.time() + 300
-    while not checkpoint.exists() and first.poll() is None and time.time() < end:
-        time.sleep(0.02)
+    wait_for_checkpoint(first, config)
     first.send_signal(signal.SIGTERM)
     _, err = first.communicate(timeout=120)
     assert first.returncode == 143 == records.STOPPED_EXIT, err
@@ -141,3 +162,23 @@ def test_run_stopped_by_sigterm_and_resumed_logs_every_epoch_once(tmp_path):
     assert [h["epoch"] for h in records.read_record(records.record_path(config))["history"]] == [1, 2, 3, 4]
     attempts = [history_epochs(run_dir) for run_dir in offline_runs(tmp_path)]
     assert attempts == [list(range(1, stopped_after + 1)), list(range(stopped_after + 1, 5))]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds W&B's service process through /proc")
+def test_sigterm_to_the_run_and_its_wandb_service_ends_in_one_line(tmp_path):
+    """SLURM signals every process of a job, W&B's service too: the run stops with one line, and W&B's exit
+    hook, which would talk to the service that is gone, leaves no traceback in the run's log."""
+    config = tiny(tmp_path, epochs=500)
+    # Its own service, as a launched run has: not the one an earlier test started in this process and named in
+    # the environment (WANDB_SERVICE), which a child would otherwise connect to.
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+    run = subprocess.Popen(train_command(config), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    wait_for_checkpoint(run, config)
+    services = children(run.pid)
+    assert services, "W&B's service is a child process of the run"
+    for service in services:
+        os.killpg(os.getpgid(service), signal.SIGTERM)  # its own session: its group holds its helpers too
+    run.send_signal(signal.SIGTERM)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == records.STOPPED_EXIT, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("stopped: SIGTERM"), err
