@@ -343,8 +343,8 @@ def test_outputs_of_each_profile_and_recipe_go_to_their_own_folder(results, monk
     full, smoke = (tables / "full/suite/table1.md").read_text(), (tables / "smoke/suite/table1.md").read_text()
     assert "(full profile, suite recipe)" in full and "(smoke profile, suite recipe)" in smoke
     assert "full profile (100 epochs, the paper's)" in (tables / "full/suite/table1.tex").read_text()
-    assert "smoke profile (2 epochs, a subset of the images, not the paper's 100)" in (tables / "smoke/suite/table1.tex").read_text()
-    assert "Smoke profile (2 epochs, a subset of the images, not the paper's 100)" in (tables / "smoke/suite/claims.tex").read_text()
+    assert "smoke profile (4 epochs, a subset of the images, not the paper's 100)" in (tables / "smoke/suite/table1.tex").read_text()
+    assert "Smoke profile (4 epochs, a subset of the images, not the paper's 100)" in (tables / "smoke/suite/claims.tex").read_text()
     assert "1 run in 1 of 16 cells" in smoke
     assert {p.relative_to(figures).as_posix() for p in figures.rglob("*.png")} == {
         "smoke/suite/figure2.png", "smoke/suite/figure4.png", "smoke/suite/flexpool-table1-cifar10.png"}

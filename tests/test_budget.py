@@ -32,6 +32,13 @@ def test_launch_and_status_take_the_budget_profile_and_say_what_it_is(tmp_path, 
     assert "budget: 10 epochs of the full data at batch 1000" in help_text and "not the paper's" in help_text
 
 
+def test_the_smoke_profile_learns_real_fashion_mnist(tmp_path, real_fashion_mnist):
+    """A newcomer's first table: even the heaviest column's smoke run clearly beats chance (10 %)."""
+    config = experiments.cell_config("table2", "fashion_mnist", "flexpool-reg-dropout", "smoke",
+                                     data_root=str(real_fashion_mnist), results_dir=str(tmp_path), wandb="disabled")
+    assert train.run(config)["metrics"]["accuracy"] > 0.5
+
+
 def test_wandb_tags_name_the_profile_and_recipe():
     config = experiments.cell_config("table2", "fashion_mnist", "flexpool", "budget")
     assert {"profile=budget", "recipe=suite", "sac"} <= set(tracking.tags(config))
