@@ -73,7 +73,6 @@ class BenchError(RuntimeError):
 @dataclass
 class Prepared:
     config: RunConfig
-    device: torch.device
     step: object
     model: torch.nn.Module
     lrs: torch.Tensor
@@ -82,8 +81,8 @@ class Prepared:
 
     def train_epoch(self) -> torch.Tensor:
         """One training epoch; returns its mean loss (on the device)."""
-        loss, _ = train.train_epoch(self.step, self.model, self.lrs, self.config, self.epoch % SCHEDULE_EPOCHS,
-                                    self.n, self.device)
+        loss, _ = train.train_epoch(self.config, self.step, self.model, self.lrs, self.epoch % SCHEDULE_EPOCHS,
+                                    self.n)
         self.epoch += 1
         return loss
 
@@ -102,7 +101,7 @@ def prepare(config: RunConfig, steps: int, plain: bool = False) -> Prepared:
         step = plain_step(config, model, images, labels)
     else:
         step = train.make_step(config, model, train.make_optimizer(config, model), images, labels)
-    prepared = Prepared(config, device, step, model, lrs, n)
+    prepared = Prepared(config, step, model, lrs, n)
     for _ in range(2):  # the first steps compile, the next ones record CUDA graphs
         prepared.train_epoch().item()
     return prepared

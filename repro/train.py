@@ -1,10 +1,10 @@
 """Train one run of the paper's recipe and write its record: `python -m repro.train --help`.
 
-The loop reads top to bottom: data on the device, model, optimizer and the one-cycle schedule as a tensor, then
-per epoch the epoch's random numbers drawn ahead (order, augmentation, dropout masks: one stream each), one step
-function per batch (augmentation, the Eq. 3 loss + Eq. 2 regulariser, backward, optimizer; eager, or compiled
-whole with --compile), evaluation, the W&B entry and a checkpoint. The host synchronises once per epoch, never
-per step.
+The loop reads top to bottom (_run_locked): data on the device, model, optimizer and the one-cycle schedule as a
+tensor of learning rates, then per epoch the epoch's random numbers drawn ahead (order, augmentation, dropout
+masks: one stream each), one step per batch (augmentation, forward, the Eq. 3 loss + Eq. 2 regulariser, backward,
+optimizer.step()), evaluation, the W&B entry and a checkpoint. The host synchronises once per epoch, never per
+step. --compile swaps in the same step compiled whole (repro/compiled.py); eager is the reference.
 """
 
 from __future__ import annotations
@@ -26,11 +26,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.optim.adam import adam as functional_adam
-from torch.optim.sgd import sgd as functional_sgd
 from tqdm import tqdm
 
-from repro import data, experiments, pooling, records
+from repro import compiled, data, experiments, pooling, records
 from repro.config import ConfigError, RunConfig, default_data_root
 from repro.models import STAGE_CHANNELS, resnet20, sac_loss
 from repro.tracking import Tracker
@@ -38,7 +36,6 @@ from repro.tracking import Tracker
 EVAL_BATCH = 2000
 FLEXPOOL_CHANNELS_KEPT = 4  # single channels of each FlexPool kept in the record for the heatmap figures
 FEATURES = STAGE_CHANNELS[-1]  # width of the pooled features that dropout acts on
-CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # compile modes that replay the step as a CUDA graph
 # What --compile auto means on a GPU. Unmeasured: eager until `python -m repro.bench --survey` on the GPU that
 # trains the tables names a faster mode (README: Speed).
 CUDA_COMPILE = "off"
@@ -113,8 +110,7 @@ def make_model(config: RunConfig, device: torch.device) -> torch.nn.Module:
 
 def make_optimizer(config: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     """Three parameter groups: conv and linear weights (weight decay), BatchNorm parameters and biases (none),
-    FlexPool weights (none: the paper's own regulariser, Eq. 2, governs them; learning rate x flex_lr_scale).
-    The state is made up front, so a compiled step sees the same tensors from its first call on."""
+    FlexPool weights (none: the paper's own regulariser, Eq. 2, governs them; learning rate x flex_lr_scale)."""
     flex = [p for m in model.modules() if isinstance(m, pooling.FlexPool2d) for p in m.parameters()]
     is_flex = {id(p) for p in flex}
     decay = [p for p in model.parameters() if p.dim() > 1 and id(p) not in is_flex]
@@ -123,18 +119,13 @@ def make_optimizer(config: RunConfig, model: torch.nn.Module) -> torch.optim.Opt
               {"params": rest, "weight_decay": 0.0, "lr_scale": 1.0},
               {"params": flex, "weight_decay": 0.0, "lr_scale": config.flex_lr_scale}]
     groups = [g for g in groups if g["params"]]
+    # fused kernels on a GPU; capturable: Adam's step counts stay on the GPU, as CUDA graphs need (a CPU has no
+    # capturable Adam)
+    cuda = next(model.parameters()).is_cuda
     if config.optimizer == "adam":
-        # capturable: Adam's step counts stay on the GPU, as CUDA graphs need; the CPU has no capturable Adam
-        capturable = next(model.parameters()).is_cuda
-        optimizer = torch.optim.Adam(groups, lr=config.lr, betas=(config.momentum, 0.999), capturable=capturable)
-        for p in model.parameters():
-            optimizer.state[p] = {"step": torch.zeros((), device=p.device), "exp_avg": torch.zeros_like(p),
-                                  "exp_avg_sq": torch.zeros_like(p)}
-    else:
-        optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
-        for p in model.parameters():  # a zero buffer's first step equals torch's clone of the first gradient
-            optimizer.state[p] = {"momentum_buffer": torch.zeros_like(p)}
-    return optimizer
+        return torch.optim.Adam(groups, lr=config.lr, betas=(config.momentum, 0.999), capturable=cuda,
+                                fused=cuda or None)
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True, fused=cuda or None)
 
 
 def lr_schedule(config: RunConfig, total_steps: int, device: torch.device) -> torch.Tensor:
@@ -168,113 +159,39 @@ def loss_fn(outputs, labels: torch.Tensor, model: torch.nn.Module, config: RunCo
     return loss
 
 
-def make_update(optimizer: torch.optim.Optimizer):
-    """update(lr, grads): one step of the optimizer's algorithm with the learning rate a tensor (a float would
-    be baked into a compiled graph, and Optimizer.step() breaks one on purpose). Eager, it is torch.optim's own
-    functional implementation (fused kernels on CUDA): the reference. Compiled, the same algorithm written out
-    in plain tensor arithmetic (_sgd_written_out, _adam_written_out), because inductor miscompiles
-    torch.optim's: its post-grad pattern that fuses add(mm(a, b), x) into addmm(x, a, b) drops add's `alpha`
-    (seen in torch 2.14; pytorch#167313 is the same bug the other way round), so the weight decay
-    `grad.add(param, alpha=weight_decay)` on a Linear weight's gradient, an mm, became a weight decay of 1
-    instead of 5e-4. The written-out form passes no alpha anywhere; tests/test_compile.py holds it to the
-    eager reference."""
-    groups = [(g, [optimizer.state[p] for p in g["params"]]) for g in optimizer.param_groups]
-    adam = isinstance(optimizer, torch.optim.Adam)
-
-    def update(lr: torch.Tensor, grads) -> None:
-        grads = iter(grads)
-        for group, state in groups:
-            group_grads, rate = [next(grads) for _ in group["params"]], lr * group["lr_scale"]
-            if torch.compiler.is_compiling():
-                (_adam_written_out if adam else _sgd_written_out)(group, state, group_grads, rate)
-            else:
-                _torch_optim(group, state, group_grads, rate, adam)
-    return update
-
-
-def _torch_optim(group: dict, state: list[dict], grads: list[torch.Tensor], lr: torch.Tensor, adam: bool):
-    params = group["params"]
-    kwargs = {"lr": lr, "weight_decay": group["weight_decay"], "maximize": False,
-              "fused": params[0].is_cuda or None}
-    if adam:
-        beta1, beta2 = group["betas"]
-        functional_adam(params, grads, [s["exp_avg"] for s in state], [s["exp_avg_sq"] for s in state], [],
-                        [s["step"] for s in state], amsgrad=False, beta1=beta1, beta2=beta2, eps=group["eps"],
-                        capturable=group["capturable"], **kwargs)
-    else:
-        functional_sgd(params, grads, [s["momentum_buffer"] for s in state], momentum=group["momentum"],
-                       dampening=0.0, nesterov=True, **kwargs)
-
-
-def _sgd_written_out(group: dict, state: list[dict], grads: list[torch.Tensor], lr: torch.Tensor) -> None:
-    """torch.optim.SGD with Nesterov momentum and no dampening."""
-    decay, momentum = group["weight_decay"], group["momentum"]
-    for p, g, s in zip(group["params"], grads, state):
-        g = g + decay * p
-        buf = s["momentum_buffer"]
-        buf.mul_(momentum).add_(g)
-        p.sub_(lr * (g + momentum * buf))
-
-
-def _adam_written_out(group: dict, state: list[dict], grads: list[torch.Tensor], lr: torch.Tensor) -> None:
-    """torch.optim.Adam (L2 weight decay, no amsgrad) with its step count a tensor."""
-    (beta1, beta2), decay, eps = group["betas"], group["weight_decay"], group["eps"]
-    for p, g, s in zip(group["params"], grads, state):
-        g = g + decay * p
-        s["step"].add_(1)
-        s["exp_avg"].mul_(beta1).add_((1 - beta1) * g)
-        s["exp_avg_sq"].mul_(beta2).add_((1 - beta2) * g * g)
-        corrected_sq = s["exp_avg_sq"] / (1 - beta2 ** s["step"])
-        p.sub_(lr / (1 - beta1 ** s["step"]) * s["exp_avg"] / (corrected_sq.sqrt() + eps))
-
-
 def make_step(config: RunConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
               images: torch.Tensor, labels: torch.Tensor):
-    """step(idx, aug, mask, lr) -> (loss, correct): one whole training step (batch by index, normalisation,
-    augmentation, forward, Eq. 3 + Eq. 2 loss, backward, optimizer step at learning rate `lr`) as a function of
-    tensors only, so torch.compile(fullgraph=True) takes it whole and nothing in it waits for the host. The
-    random numbers it uses (aug, mask) are drawn per epoch by epoch_draws."""
-    info = data.INFO[config.dataset]
-    device = images.device
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    update = make_update(optimizer)
+    """step(idx, aug, mask, lr) -> (loss, correct): one training step on the batch images[idx], with the
+    augmentation numbers and dropout mask epoch_draws drew for it, at learning rate `lr` (a tensor: no host
+    sync). Eager, the reference; with --compile the same step compiled whole (repro.compiled)."""
+    info, device = data.INFO[config.dataset], images.device
     bf16, layout = uses_bf16(config, device), memory_format(config, device)
+    if device.type == "cuda":  # a seed gives the same run: no convolution backward that adds in varying order
+        torch.backends.cudnn.deterministic = True
 
-    def step(idx, aug, mask, lr):
+    def forward(idx, aug, mask):
         x, y = data.normalize(images[idx], info), labels[idx]
         if aug is not None:
             x = data.augment(x, aug)
-        x = x.contiguous(memory_format=layout)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            outputs = model(x, mask)
+            outputs = model(x.contiguous(memory_format=layout), mask)
             loss = loss_fn(outputs, y, model, config)
-        grads = torch.autograd.grad(loss, params)
-        with torch.no_grad():
-            update(lr, grads)
         final = outputs[-1] if isinstance(outputs, tuple) else outputs
-        return loss.detach(), (final.argmax(1) == y).sum()
+        return loss, (final.argmax(1) == y).sum()
 
-    if device.type == "cuda":  # a seed gives the same run: no convolution backward that adds in varying order
-        torch.backends.cudnn.deterministic = True
     mode = compile_mode(config, device)
-    if mode == "off":
-        return step
-    if not hasattr(torch._dynamo.config, "trace_autograd_ops"):
-        raise ConfigError(f"--compile {mode} needs torch 2.11 or newer, which traces the backward into the "
-                          f"compiled step; this is torch {torch.__version__}")
-    torch._dynamo.reset()  # a new run's model and optimizer: compile afresh, not against the last run's guards
-    torch._dynamo.config.trace_autograd_ops = True  # the backward inside the step joins the graph
-    # A CUDA graph replays fixed addresses and may write only to inputs marked static: everything that lives
-    # from step to step is, so it is neither copied in at each replay nor a reason to skip the graph.
-    state = [t for s in optimizer.state.values() for t in s.values()]
-    for t in [*model.parameters(), *model.buffers(), *state, images, labels]:
-        torch._dynamo.mark_static_address(t)
-    return torch.compile(step, mode=None if mode == "default" else mode, fullgraph=True)
+    if mode != "off":
+        return compiled.make_step(forward, model, optimizer, [images, labels], mode)
 
-
-def _generator(config: RunConfig, epoch: int, stream: int, device: torch.device) -> torch.Generator:
-    seed = int(np.random.SeedSequence((config.seed, epoch, stream)).generate_state(1)[0])
-    return torch.Generator(device).manual_seed(seed)
+    def step(idx, aug, mask, lr):
+        loss, correct = forward(idx, aug, mask)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for group in optimizer.param_groups:  # a tensor, which torch.optim takes without a host sync
+            group["lr"] = lr * group["lr_scale"]
+        optimizer.step()
+        return loss.detach(), correct
+    return step
 
 
 def epoch_draws(config: RunConfig, epoch: int, n: int, device: torch.device):
@@ -282,30 +199,30 @@ def epoch_draws(config: RunConfig, epoch: int, n: int, device: torch.device):
     masks (None when unused), drawn before the epoch. Each comes from a generator of its own seeded by
     (seed, epoch, stream): the data order and augmentation of a seed are the same in every column, the dropout
     masks draw from neither's stream, and a resumed run draws exactly what an unbroken one would."""
+    def stream(k: int) -> torch.Generator:
+        seed = int(np.random.SeedSequence((config.seed, epoch, k)).generate_state(1)[0])
+        return torch.Generator(device).manual_seed(seed)
+
     batch, steps = min(config.batch_size, n), steps_per_epoch(n, config.batch_size)
-    order = torch.randperm(n, device=device, generator=_generator(config, epoch, 0, device))
-    order = order[:steps * batch].view(steps, batch)
+    order = torch.randperm(n, device=device, generator=stream(0))[:steps * batch].view(steps, batch)
     aug = masks = None
     if config.augment:
-        aug = torch.rand(steps, batch, data.AUGMENT_DRAWS, device=device,
-                         generator=_generator(config, epoch, 1, device))
+        aug = torch.rand(steps, batch, data.AUGMENT_DRAWS, device=device, generator=stream(1))
     if config.dropout:
-        keep = torch.rand(steps, batch, FEATURES, device=device, generator=_generator(config, epoch, 2, device))
+        keep = torch.rand(steps, batch, FEATURES, device=device, generator=stream(2))
         masks = (keep >= config.dropout).float() / (1 - config.dropout)
     return order, aug, masks
 
 
-def train_epoch(step, model, lrs: torch.Tensor, config: RunConfig, epoch: int, n: int, device: torch.device):
-    """One pass in the epoch's seeded order; returns (mean loss, accuracy) as device tensors (no host sync)."""
-    order, aug, masks = epoch_draws(config, epoch, n, device)
+def train_epoch(config: RunConfig, step, model: torch.nn.Module, lrs: torch.Tensor, epoch: int, n: int):
+    """One pass over the n training images in the epoch's seeded order; returns (mean loss, accuracy) as device
+    tensors (no host sync)."""
+    order, aug, masks = epoch_draws(config, epoch, n, lrs.device)
     steps = order.shape[0]
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.int64)
-    graphed = compile_mode(config, device) in CUDA_GRAPH_MODES
+    loss_sum = torch.zeros((), device=lrs.device)
+    correct = torch.zeros((), device=lrs.device, dtype=torch.int64)
     model.train()
     for k in range(steps):
-        if graphed:
-            torch.compiler.cudagraph_mark_step_begin()  # the last step's outputs are consumed: replay freely
         loss, hits = step(order[k], None if aug is None else aug[k], None if masks is None else masks[k],
                           lrs[epoch * steps + k])
         loss_sum += loss
@@ -332,30 +249,25 @@ def evaluate(model, images, labels, config: RunConfig) -> list[float]:
 
 # --- what a record holds besides metrics -------------------------------------------------------------------
 
+def flexpool_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: m.pooling_weights().detach().float() for name, m in model.named_modules()
+            if isinstance(m, pooling.FlexPool2d)}
+
+
 def flexpool_summary(model: torch.nn.Module) -> dict:
     """Each FlexPool's learned weights, small enough for the record: channel mean and a few single channels."""
     summary = {}
-    for name, m in model.named_modules():
-        if isinstance(m, pooling.FlexPool2d):
-            w = m.pooling_weights().detach().float().cpu()
-            summary[name] = {
-                "shape": list(w.shape),
-                "channel_mean": w.mean(0).tolist(),
-                "channels": w[:FLEXPOOL_CHANNELS_KEPT].tolist(),
-                "sums": w.sum((1, 2)).tolist(),
-            }
+    for name, w in flexpool_weights(model).items():
+        w = w.cpu()
+        summary[name] = {"shape": list(w.shape), "channel_mean": w.mean(0).tolist(),
+                         "channels": w[:FLEXPOOL_CHANNELS_KEPT].tolist(), "sums": w.sum((1, 2)).tolist()}
     return summary
 
 
 def flexpool_stats(model: torch.nn.Module) -> dict:
-    stats = {}
-    for name, m in model.named_modules():
-        if isinstance(m, pooling.FlexPool2d):
-            w = m.pooling_weights().detach().float()
-            stats.update({f"flexpool/{name}/{k}": v for k, v in {
-                "mean": w.mean(), "std": w.std(), "min": w.min(), "max": w.max(),
-                "channel_sum_dev": (w.sum((1, 2)) - 1).abs().mean()}.items()})
-    return {k: float(v) for k, v in stats.items()}
+    return {f"flexpool/{name}/{k}": float(v) for name, w in flexpool_weights(model).items() for k, v in {
+        "mean": w.mean(), "std": w.std(), "min": w.min(), "max": w.max(),
+        "channel_sum_dev": (w.sum((1, 2)) - 1).abs().mean()}.items()}
 
 
 def git_commit() -> str:
@@ -392,8 +304,8 @@ def environment(device: torch.device) -> dict:
     # the threads, like the device, change results in their last digits (README: One run)
     return {"device": name, "device_type": device.type, **bf16_units, "threads": torch.get_num_threads(),
             "torch": torch.__version__, "torchvision": torchvision.__version__, "python": platform.python_version(),
-            "git_commit": git_commit(),
-            "host": socket.gethostname(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            "git_commit": git_commit(), "host": socket.gethostname(),
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
 def make_record(config: RunConfig, status: str, history: list, started: float, device, error=None,
@@ -417,8 +329,6 @@ def make_record(config: RunConfig, status: str, history: list, started: float, d
 
 
 # --- the run -----------------------------------------------------------------------------------------------
-
-
 
 class Stopped(BaseException):
     """SIGTERM (scancel, SLURM's requeue or preemption, RunPack stopping its runs) stopped the run: its last
@@ -456,12 +366,10 @@ class _StopOnSigterm:
 
 
 def run(config: RunConfig, on_epoch=None) -> dict | None:
-    """Train one run (resuming from its checkpoint), write its record and return it.
-
-    Returns the existing record if the run is already completed, and None if another process is training it.
-    `on_epoch(entry) -> bool` sees each epoch's history entry; True stops the run early as "pruned" (sweeps).
-    SIGTERM stops it with Stopped (W&B finished, checkpoint kept, no record).
-    """
+    """Train one run (resuming from its checkpoint), write its record and return it; the existing record if the
+    run is already completed, None if another process is training it. `on_epoch(entry) -> bool` sees each epoch's
+    history entry; True stops the run early as "pruned" (sweeps). SIGTERM stops it with Stopped (W&B finished,
+    checkpoint kept, no record)."""
     experiments.check_cell(config)
     stop = _StopOnSigterm()
     main_thread = threading.current_thread() is threading.main_thread()  # only it may set signal handlers
@@ -491,16 +399,30 @@ def _run_locked(config: RunConfig, on_epoch, stop: _StopOnSigterm) -> dict:
         images, labels, eval_images, eval_labels = load_data(config, device)
         model = make_model(config, device)
         optimizer = make_optimizer(config, model)
-        lrs = lr_schedule(config, config.epochs * steps_per_epoch(len(labels), config.batch_size), device)
+        steps = steps_per_epoch(len(labels), config.batch_size)
+        trained = steps * min(config.batch_size, len(labels))  # images an epoch
+        lrs = lr_schedule(config, config.epochs * steps, device)
         history = resume(config, model, optimizer)
         started -= history[-1].get("wall_s", 0.0) if history else 0.0  # wall time counts every attempt's epochs
-        step = make_step(config, model, optimizer, images, labels)  # after resume: it holds the state tensors
+        step = make_step(config, model, optimizer, images, labels)  # after resume: a compiled one holds the state
         status = "completed"
         bar = tqdm(range(len(history), config.epochs), initial=len(history), total=config.epochs,
                    desc=config.cell or config.dataset, unit="epoch", disable=not sys.stderr.isatty())
         for epoch in bar:
-            entry = run_epoch(config, step, model, lrs, len(labels), eval_images, eval_labels, epoch)
-            entry["wall_s"] = time.time() - started  # the run's wall time so far, across resumes
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            loss, accuracy = train_epoch(config, step, model, lrs, epoch, len(labels))
+            loss, accuracy = loss.item(), accuracy.item()  # the one host sync of the epoch
+            seconds = time.perf_counter() - start
+            if not math.isfinite(loss):
+                raise TrainingError(f"non-finite training loss ({loss}) in epoch {epoch + 1}; lower --lr or check "
+                                    "the data")
+            heads = evaluate(model, eval_images, eval_labels, config)
+            entry = {"epoch": epoch + 1, "train_loss": loss, "train_accuracy": accuracy, "eval_accuracy": heads[-1],
+                     "head_accuracies": heads, "lr": lrs[(epoch + 1) * steps - 1].item(), "images": trained,
+                     "images_per_s": trained / seconds, "seconds": seconds,
+                     "wall_s": time.time() - started}  # the run's wall time so far, across resumes
             history.append(entry)
             with stop.held():  # an epoch's W&B entry and its checkpoint: both or neither
                 logged = tracker.log({k: v for k, v in entry.items() if k != "head_accuracies"}
@@ -535,24 +457,6 @@ def _run_locked(config: RunConfig, on_epoch, stop: _StopOnSigterm) -> dict:
     return record
 
 
-def run_epoch(config, step, model, lrs: torch.Tensor, n: int, eval_images, eval_labels, epoch: int) -> dict:
-    device = eval_images.device
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    loss, accuracy = train_epoch(step, model, lrs, config, epoch, n, device)
-    loss, accuracy = loss.item(), accuracy.item()  # the one host sync of the epoch
-    seconds = time.perf_counter() - start
-    if not math.isfinite(loss):
-        raise TrainingError(f"non-finite training loss ({loss}) in epoch {epoch + 1}; lower --lr or check the data")
-    heads = evaluate(model, eval_images, eval_labels, config)
-    steps = steps_per_epoch(n, config.batch_size)
-    trained = steps * min(config.batch_size, n)
-    return {"epoch": epoch + 1, "train_loss": loss, "train_accuracy": accuracy, "eval_accuracy": heads[-1],
-            "head_accuracies": heads, "lr": lrs[(epoch + 1) * steps - 1].item(), "images": trained,
-            "images_per_s": trained / seconds, "seconds": seconds}
-
-
 def report(bar, entry: dict, config: RunConfig) -> None:
     text = (f"loss {entry['train_loss']:.3f} train {entry['train_accuracy']:.2%} "
             f"{config.eval_split} {entry['eval_accuracy']:.2%} {entry['images_per_s']:.0f} img/s")
@@ -564,9 +468,11 @@ def report(bar, entry: dict, config: RunConfig) -> None:
 
 
 def save(config, model, optimizer, history) -> None:
-    records.save_checkpoint({"run_id": config.run_id, "model": model.state_dict(),
-                             "optimizer": optimizer.state_dict(), "history": history},
-                            records.checkpoint_path(config))
+    state = optimizer.state_dict()
+    for group in state["param_groups"]:  # the float it was built with, not the last step's tensor: as ever
+        group["lr"] = optimizer.defaults["lr"]
+    records.save_checkpoint({"run_id": config.run_id, "model": model.state_dict(), "optimizer": state,
+                             "history": history}, records.checkpoint_path(config))
 
 
 def resume(config, model, optimizer) -> list[dict]:
@@ -580,24 +486,19 @@ def resume(config, model, optimizer) -> list[dict]:
         return []
     if state is None or state.get("run_id") != config.run_id:
         return []
-    unfit = misfit(model, state["model"])
-    if unfit:  # e.g. the model's code changed since: its weights cannot go on, as an unreadable file cannot
-        print(f"warning: {path}: does not fit the model ({unfit}); starting run {config.run_id} from scratch",
-              file=sys.stderr)
+    # Checked before loading, as load_state_dict fills what fits before it raises: a model whose code changed
+    # since cannot go on from these weights, as it cannot from an unreadable file.
+    own, saved = model.state_dict(), state["model"]
+    wrong = sorted(set(own) ^ set(saved)) + sorted(k for k in own.keys() & saved.keys()
+                                                    if own[k].shape != saved[k].shape)
+    if wrong:
+        print(f"warning: {path}: does not fit the model ({len(wrong)} tensor(s) missing, extra or of another "
+              f"shape, e.g. {wrong[0]}); starting run {config.run_id} from scratch", file=sys.stderr)
         return []
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     print(f"resuming run {config.run_id} after epoch {len(state['history'])} from {path}")
     return state["history"]
-
-
-def misfit(model: torch.nn.Module, saved: dict) -> str:
-    """Why saved weights do not fit the model ('' when they do), checked before loading: load_state_dict fills
-    what fits before it raises, which would leave a half-restored model."""
-    own = model.state_dict()
-    wrong = sorted(set(own) ^ set(saved)) + sorted(k for k in own.keys() & saved.keys()
-                                                    if own[k].shape != saved[k].shape)
-    return f"{len(wrong)} tensor(s) missing, extra or of another shape, e.g. {wrong[0]}" if wrong else ""
 
 
 # --- command line ------------------------------------------------------------------------------------------
@@ -616,11 +517,6 @@ def add_config_arguments(parser: argparse.ArgumentParser, skip=()) -> None:
             parser.add_argument(flag, type=type(f.default), default=f.default, help=help_)
 
 
-def config_from_args(args: argparse.Namespace) -> RunConfig:
-    names = {f.name for f in dataclasses.fields(RunConfig)}
-    return RunConfig(**{k: v for k, v in vars(args).items() if k in names})
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m repro.train",
@@ -634,9 +530,9 @@ def main(argv=None) -> int:
     add_config_arguments(parser)
     recipe = parser.parse_known_args(argv)[0].recipe
     parser.set_defaults(**experiments.RECIPES[recipe])
-    args = parser.parse_args(argv)
+    args = vars(parser.parse_args(argv))
     try:
-        config = config_from_args(args)
+        config = RunConfig(**{f.name: args[f.name] for f in dataclasses.fields(RunConfig)})
         # the record names the data folder used, not '' (the launcher and sweeps resolve it the same way)
         config = config.replace(data_root=str(Path(config.data_root or default_data_root()).resolve()))
         record = run(config)

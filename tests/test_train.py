@@ -45,7 +45,9 @@ def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path):
     broken = config(tmp_path / "b", epochs=3, pool="flex", dropout=0.25)
     with pytest.raises(KeyboardInterrupt):
         train.run(broken, on_epoch=stop_after_first_epoch)
-    assert not records.record_path(broken).exists() and records.checkpoint_path(broken).exists()
+    assert not records.record_path(broken).exists()
+    saved = records.load_checkpoint(records.checkpoint_path(broken))["optimizer"]["param_groups"]
+    assert {type(group["lr"]) for group in saved} == {float}  # the checkpoint's format: no step's tensor
     resumed = train.run(broken)
     for a, b in zip(whole["history"], resumed["history"], strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)

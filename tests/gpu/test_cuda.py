@@ -13,6 +13,7 @@ from torch._dynamo.utils import counters
 
 from repro import bench, records, train
 from repro.experiments import RECIPES, cell_config
+from tests.test_compile import fresh, updated
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -81,23 +82,16 @@ def test_a_stopped_and_resumed_run_equals_the_unbroken_one(tmp_path, mode):
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-def test_the_fused_update_steps_as_the_written_out_one(tmp_path, monkeypatch, optimizer):
-    """Both from the same parameters with the same gradients of a bf16, channels_last forward pass."""
+def test_the_fused_optimizer_steps_as_the_written_out_one(tmp_path, optimizer):
+    """Eager's fused optimizer.step() and the compiled step's written-out update, both from the same parameters
+    with the same gradients of a bf16, channels_last forward pass."""
     cfg = config(tmp_path, column="flexpool-reg", optimizer=optimizer)
-    models = [train.make_model(cfg, CUDA) for _ in range(2)]
-    optimizers = [train.make_optimizer(cfg, m) for m in models]
-    params = [[p for g in o.param_groups for p in g["params"]] for o in optimizers]
+    model, _, params = fresh(cfg, CUDA)
     x = torch.randn(64, 3, 32, 32, device=CUDA).contiguous(memory_format=torch.channels_last)
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        loss = train.loss_fn(models[0](x), torch.arange(64, device=CUDA) % 10, models[0], cfg)
-    grads = torch.autograd.grad(loss, params[0])
-    for compiling, optimizer_ in zip((False, True), optimizers):
-        monkeypatch.setattr(torch.compiler, "is_compiling", lambda c=compiling: c)
-        update = train.make_update(optimizer_)
-        with torch.no_grad():
-            for lr in (0.1, 0.05, 0.02):
-                update(torch.tensor(lr, device=CUDA), grads)
-    for fused, written_out in zip(*params, strict=True):
+        loss = train.loss_fn(model(x), torch.arange(64, device=CUDA) % 10, model, cfg)
+    grads = [torch.autograd.grad(loss, params)] * 3
+    for fused, written_out in zip(updated(cfg, CUDA, grads, False), updated(cfg, CUDA, grads, True), strict=True):
         torch.testing.assert_close(fused, written_out, rtol=1e-5, atol=1e-5)
 
 
