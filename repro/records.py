@@ -10,9 +10,9 @@ never leaves half a record. Record fields (SCHEMA = 1):
   timing {wall_s, train_s, images_per_s}, env {device, device_type, threads, torch, torchvision,
   python, git_commit, host, date},
   flexpool {"<module name>": {"shape", "channel_mean" (H x W), "channels" (first few, C' x H x W), "sums"}}.
-Accuracies are fractions in [0, 1]. `record_state` is the one reading of a record that status, launch and analysis
-share. Input files (--params, studies, cluster profiles) are read here too, so all read numbers alike.
-No torch at import time: analysis reads records without it.
+Accuracies are fractions in [0, 1]. `record_state` is the one verdict on a record: the run's state
+(repro.runs) and the analysis both take it. Input files (--params, studies, cluster profiles) are read here too,
+so all read numbers alike. No torch at import time: analysis reads records without it.
 """
 
 from __future__ import annotations
@@ -75,8 +75,7 @@ def load_file(path: Path, what: str):
 
 def record_path(config: RunConfig) -> Path:
     """results/runs/<table>/<dataset>/<column>/seed<k>-<run id>.json; runs outside a table go to adhoc/."""
-    cell = config.folder
-    return Path(config.results_dir) / "runs" / cell / f"seed{config.seed}-{config.run_id}.json"
+    return Path(config.results_dir) / "runs" / config.folder / f"seed{config.seed}-{config.run_id}.json"
 
 
 def checkpoint_path(config: RunConfig) -> Path:
@@ -85,12 +84,6 @@ def checkpoint_path(config: RunConfig) -> Path:
 
 def lock_path(config: RunConfig) -> Path:
     return Path(config.results_dir) / "locks" / f"{config.run_id}.lock"
-
-
-def queue_path(config: RunConfig) -> Path:
-    """Names the job that holds the run until it starts: 'slurm HOST 12345_3' or 'local HOST PID'. The launcher
-    writes it at submission; status reads it (a run waiting in a queue is 'queued', not 'pending')."""
-    return Path(config.results_dir) / "queued" / f"{config.run_id}.job"
 
 
 def atomic_write(path: Path, write) -> None:
@@ -135,15 +128,18 @@ def read_record(path: Path) -> dict:
     return record
 
 
+def last_line(text: str, default: str = "?") -> str:
+    """The last line that is not blank, stripped: a traceback's exception, a command's error."""
+    return ([line.strip() for line in text.splitlines() if line.strip()] or [default])[-1]
+
+
 def record_state(record: dict) -> tuple[str, str]:
-    """(state, reason): 'completed' (usable: a valid config and a main accuracy in [0, 1]; no reason), 'failed'
+    """(verdict, reason): 'completed' (usable: a valid config and a main accuracy in [0, 1]; no reason), 'failed'
     or 'pruned' (a sweep stopped it; the reason is the record's error), or 'unusable' (partial or malformed: it
-    counts as neither done nor failed, and a launch trains it again from its checkpoint). Status, launch and
-    analysis all judge a record by this."""
+    counts as neither done nor failed, and a launch trains it again from its checkpoint)."""
     status = record.get("status")
     if status in ("failed", "pruned"):
-        lines = str(record.get("error") or "no error message").strip().splitlines() or ["?"]
-        return status, lines[-1][:200]  # a traceback ends with the exception
+        return status, last_line(str(record.get("error") or "no error message"))[:200]
     if status != "completed":
         return "unusable", f"status {status!r}"
     try:
@@ -160,7 +156,7 @@ def record_state(record: dict) -> tuple[str, str]:
 
 
 def run_record_state(config: RunConfig) -> tuple[str, str]:
-    """The state of the run's record on disk; ('missing', '') when there is none."""
+    """record_state of the run's record on disk; ('missing', '') when there is none."""
     path = record_path(config)
     if not path.exists():
         return "missing", ""
@@ -171,7 +167,8 @@ def run_record_state(config: RunConfig) -> tuple[str, str]:
 
 
 def run_status(config: RunConfig) -> str:
-    """'completed', 'failed', 'pruned', 'unusable' or 'missing': the state of run_record_state."""
+    """'completed', 'failed', 'pruned', 'unusable' or 'missing': the record's verdict, not the run's state
+    (repro.runs.state makes that of it)."""
     return run_record_state(config)[0]
 
 
@@ -199,10 +196,8 @@ def load_checkpoint(path: Path) -> dict | None:
 
 @contextlib.contextmanager
 def exclusive(config: RunConfig):
-    """Hold the run's lock while it trains; yields False when another process already holds it.
-
-    Two launches of one target can then never train the same run at once or race on its record.
-    """
+    """Hold the run's lock while it trains; yields False when another process already holds it, so two launches
+    of one target never train the same run at once or race on its record."""
     path = lock_path(config)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,19 +1,16 @@
 """`python -m repro.sweep NAME`: tune what the paper leaves open with Optuna; `--report` exports the best values.
 
-A study is a YAML file, sweeps/NAME.yaml (or any path to one): RunConfig fields fixed for every trial, a search
-space over RunConfig fields, a trial budget, a pruner. A trial trains one run (repro.train.run) and is scored by
-its accuracy on the validation split carved from the training set (fixed val_fraction > 0): the test set is never
-used for tuning. The accuracy of every epoch goes to the pruner, which stops hopeless trials early.
-  storage  SQLite, RESULTS/sweeps/NAME.db, by default (one machine); --storage FILE.log: a journal file (safe on
-           NFS, the default with --executor slurm); or any SQLAlchemy URL of a database server
-  workers  --workers K submitit jobs (local: on this machine, one GPU each; slurm: resources from the profile
-           slurm/NAME.yaml, one GPU each) pull trials until the study holds its budget of finished trials, so
-           launching again tops the same study up to its budget (and raising `trials:` adds more)
-  retries  a trial whose worker was preempted (or died: heartbeats) is retried with the same parameters, hence
-           the same run id: it resumes from its last epoch's checkpoint
-  records  RESULTS/sweeps/NAME/ (runs, checkpoints, wandb), apart from the tables' records
-  W&B      every trial is a W&B run in group sweep/NAME (offline unless --wandb online)
-Export the study for W&B's own agents: --export-wandb writes sweeps/wandb-agent/NAME.yaml.
+A study (sweeps/NAME.yaml, repro.studies) fixes some RunConfig fields and searches others. A trial trains one run,
+scored by its accuracy on a validation split carved from the training set (never the test set); the accuracy of
+every epoch goes to the pruner, which stops hopeless trials early.
+  storage  SQLite RESULTS/sweeps/NAME.db (one machine); a journal file, NAME.log (safe on NFS, the default with
+           --executor slurm); or a database server's SQLAlchemy URL (--storage)
+  workers  --workers K jobs, one GPU each, pull trials until the study holds its budget of finished trials:
+           launching again tops it up, raising `trials:` adds more
+  retries  the trial of a preempted (or dead: heartbeats) worker is retried with the same parameters, hence the
+           same run id: it resumes from its last epoch's checkpoint
+Trials' records, checkpoints and W&B runs (group sweep/NAME) go to RESULTS/sweeps/NAME/. --export-wandb writes the
+study for W&B's own agents (repro.wandb_agent).
 """
 
 from __future__ import annotations
@@ -21,168 +18,34 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sqlite3
 import sys
 import time
 import warnings
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
 import submitit
-import yaml
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.storages._heartbeat import BaseHeartbeat  # optuna's heartbeat interface; public only for RDB
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 
-from repro import records
-from repro.config import WANDB_MODES, ConfigError, RunConfig, check, default_data_root
+from repro import executors, records, runs, wandb_agent
+from repro.config import ConfigError, RunConfig, check
+from repro.experiments import RUNTIME_FIELDS
+from repro.studies import SAMPLERS, Study, load_study, make_pruner, sample, suggest
 
-SWEEPS_DIR = Path(__file__).resolve().parents[1] / "sweeps"
-STUDY_KEYS = {"description", "trials", "pruner", "sampler", "fixed", "space"}
-PRUNERS = {
-    "median": optuna.pruners.MedianPruner,  # below the median of earlier trials at the same epoch
-    "hyperband": optuna.pruners.HyperbandPruner,  # successive halving over brackets of epochs
-    "threshold": optuna.pruners.ThresholdPruner,  # e.g. still at chance level after the warm-up
-    "none": optuna.pruners.NopPruner,
-}
-SAMPLERS = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 MAX_RETRY = 3  # a trial that keeps killing its worker is given up after this many retries
 RESULTS_HELP = "the study's storage goes to DIR/sweeps/NAME.db, its trials' records, checkpoints and W&B runs to " \
                "DIR/sweeps/NAME/"
-DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunConfig)}
-RUNTIME = [f for f in dataclasses.fields(RunConfig) if not f.metadata["id"] and f.name not in ("cell", "wandb_group")]
+RUNTIME = [f for f in RUNTIME_FIELDS if f not in ("cell", "wandb_group")]  # where and how trials run: train's flags
 
 
 class RunBusy(RuntimeError):
     """Two trials drew the same parameters at once: one run id, trained by the other trial."""
-
-
-# ---- the study file ------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Study:
-    name: str
-    path: str
-    fixed: dict  # RunConfig fields of every trial
-    space: dict  # RunConfig field -> distribution; a tuple field -> a list of distributions or fixed numbers
-    trials: int  # budget: finished (complete or pruned) trials
-    pruner: dict  # {"type": one of PRUNERS, **its keyword arguments}
-    sampler: str = "tpe"
-    description: str = ""
-
-
-def study_path(name: str, sweeps_dir: Path = SWEEPS_DIR) -> Path:
-    path = Path(name) if name.endswith((".yaml", ".yml")) else Path(sweeps_dir) / f"{name}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in Path(sweeps_dir).glob("*.yaml"))
-        raise ConfigError(f"unknown study {name!r}: no file {path} (studies: {', '.join(known) or 'none'})")
-    return path
-
-
-def load_study(name: str, sweeps_dir: Path = SWEEPS_DIR) -> Study:
-    path = study_path(name, sweeps_dir)
-    spec = records.load_file(path, "study")
-    check(isinstance(spec, dict), f"{path} must be a mapping with keys {', '.join(sorted(STUDY_KEYS))}")
-    unknown = sorted(set(spec) - STUDY_KEYS)
-    check(not unknown, f"{path}: unknown key(s) {', '.join(unknown)}; a study has {', '.join(sorted(STUDY_KEYS))}")
-    fixed, space = spec.get("fixed") or {}, spec.get("space") or {}
-    check(isinstance(fixed, dict) and isinstance(space, dict), f"{path}: fixed and space must be mappings")
-    check(space, f"{path}: the space is empty: nothing to tune")
-    check(isinstance(spec.get("trials"), int) and spec["trials"] >= 1, f"{path}: trials must be a positive integer")
-    pruner = spec.get("pruner", "median")
-    pruner = {"type": pruner} if isinstance(pruner, str) else pruner
-    check(isinstance(pruner, dict) and pruner.get("type") in PRUNERS,
-          f"{path}: pruner must be one of {', '.join(PRUNERS)} (or a mapping with type: and its options)")
-    check(spec.get("sampler", "tpe") in SAMPLERS, f"{path}: sampler must be one of {', '.join(SAMPLERS)}")
-    study = Study(path.stem, str(path.resolve()), fixed, space, spec["trials"], pruner, spec.get("sampler", "tpe"),
-                  spec.get("description", ""))
-    check_fields(study)
-    make_pruner(study)  # its options are checked here, not in a worker
-    return study
-
-
-def check_fields(study: Study) -> None:
-    """Every name a field that changes the result, every value one RunConfig accepts, scored on validation data."""
-    fields = {f.name: f for f in dataclasses.fields(RunConfig)}
-    where = study.path
-    for name in list(study.fixed) + list(study.space):
-        check(name in fields, f"{where}: {name!r} is not a repro.train option (options: {', '.join(fields)})")
-        check(fields[name].metadata["id"], f"{where}: {name!r} says where a run executes; pass it on the command line")
-    both = sorted(set(study.fixed) & set(study.space))
-    check(not both, f"{where}: {', '.join(both)} both fixed and searched")
-    ends = {name: extremes(name, spec, fields[name].default, where) for name, spec in study.space.items()}
-    try:
-        base = RunConfig.from_dict(study.fixed)
-        for name, values in ends.items():
-            for value in values:
-                RunConfig.from_dict({**study.fixed, name: value})
-    except (TypeError, ConfigError) as e:
-        raise ConfigError(f"{where}: {e}") from None
-    check(base.val_fraction > 0, f"{where}: fixed val_fraction must be > 0: trials are scored on a validation split "
-                                 "carved from the training set, never on the test set")
-
-
-def extremes(name: str, spec, default, where: str) -> list:
-    """The values at the ends of a searched field's range (or each choice), to check them before any trial."""
-    if isinstance(default, tuple):
-        check(isinstance(spec, list) and len(spec) == len(default),
-              f"{where}: {name} needs a list of {len(default)} distributions or numbers")
-        ends = [extremes(f"{name}[{i}]", s, 0.0, where) if isinstance(s, dict) else [s] for i, s in enumerate(spec)]
-        return [[e[0] for e in ends], [e[-1] for e in ends]]
-    check(isinstance(spec, dict), f"{where}: {name} needs a distribution: {{low:, high:}} or {{choices: [...]}}")
-    if "choices" in spec:
-        check(set(spec) == {"choices"} and isinstance(spec["choices"], list) and spec["choices"],
-              f"{where}: {name}: choices must be a non-empty list and alone")
-        return spec["choices"]
-    check({"low", "high"} <= set(spec) <= {"low", "high", "log", "step"},
-          f"{where}: {name}: a range has low, high and optionally log or step")
-    low, high = spec["low"], spec["high"]
-    check(all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) and low < high,
-          f"{where}: {name}: low and high must be numbers with low < high")
-    check(not spec.get("log") or low > 0, f"{where}: {name}: a log range needs low > 0")
-    check(not (spec.get("log") and spec.get("step")), f"{where}: {name}: a range takes log or step, not both")
-    check(not isinstance(default, int) or isinstance(default, bool) or (isinstance(low, int) and isinstance(high, int)),
-          f"{where}: {name} is an integer option: low and high must be integers")
-    return [low, high]
-
-
-def sample(space: dict, pick) -> dict:
-    """RunConfig fields from the space; pick(parameter name, distribution) gives each searched value."""
-    fields = {}
-    for name, spec in space.items():
-        if isinstance(spec, list):  # a tuple field (sac_weights): one parameter per searched element
-            fields[name] = [pick(f"{name}[{i}]", s) if isinstance(s, dict) else s for i, s in enumerate(spec)]
-        else:
-            fields[name] = pick(name, spec)
-    return fields
-
-
-def integer(name: str) -> bool:
-    """Searched as integers: epochs, batch_size, ... (elements of sac_weights are named sac_weights[i]: floats)."""
-    return isinstance(DEFAULTS.get(name), int) and not isinstance(DEFAULTS[name], bool)
-
-
-def suggest(trial: optuna.Trial, name: str, spec: dict):
-    if "choices" in spec:
-        return trial.suggest_categorical(name, spec["choices"])
-    if integer(name):
-        return trial.suggest_int(name, spec["low"], spec["high"], step=spec.get("step", 1), log=spec.get("log", False))
-    return trial.suggest_float(name, spec["low"], spec["high"], step=spec.get("step"), log=spec.get("log", False))
-
-
-def make_pruner(study: Study) -> optuna.pruners.BasePruner:
-    options = {k: v for k, v in study.pruner.items() if k != "type"}
-    if study.pruner["type"] == "hyperband":
-        options.setdefault("max_resource", RunConfig.from_dict(study.fixed).epochs)
-    try:
-        return PRUNERS[study.pruner["type"]](**options)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{study.path}: pruner {study.pruner['type']}: {e}") from None
 
 
 # ---- storage -------------------------------------------------------------------------------------------------
@@ -214,7 +77,8 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
 
 def storage_url(arg: str, root: Path, name: str, kind: str | None) -> str:
     """'' -> the study's SQLite file (its journal file with slurm, or whichever of the two exists); a path ->
-    SQLite if it ends in .db, else a journal file; else a SQLAlchemy URL. Paths absolute: workers run in a code snapshot, maybe elsewhere."""
+    SQLite if it ends in .db, else a journal file; else a SQLAlchemy URL. Paths absolute: workers run in a code
+    snapshot, maybe elsewhere."""
     if arg:
         if "://" not in arg:  # a file: SQLite by its suffix, else a journal
             path = Path(arg).resolve()
@@ -236,8 +100,7 @@ def storage_file(url: str) -> Path | None:
 
 
 def storage_error(url: str, error: Exception) -> records.WriteError | None:
-    """A storage file that the file system refused (disk full, read-only folder) as WriteError (one line, exit
-    1); None for any other error."""
+    """A storage file the file system refused (disk full, read-only folder) as WriteError; None for other errors."""
     path = storage_file(url)
     if isinstance(error, records.WriteError):
         return error
@@ -265,19 +128,20 @@ def open_storage(url: str, heartbeat: int):
         raise error from None
 
 
-def definition(study: Study) -> dict:
-    return json.loads(json.dumps({"fixed": study.fixed, "space": study.space}))
-
-
-def create(study: Study, storage) -> optuna.Study:
+def create(study: Study, url: str, heartbeat: int) -> optuna.Study:
     """Create the study once, before any worker starts (two processes creating one fresh SQLite study at once
     crash one of them); refuse a storage whose study of this name was made from a different file."""
-    optuna_study = optuna.create_study(study_name=study.name, storage=storage, direction="maximize",
-                                       load_if_exists=True)
-    stored = optuna_study.user_attrs.get("definition")
-    if stored is None:
-        optuna_study.set_user_attr("definition", definition(study))
-    check(stored in (None, definition(study)),
+    storage = open_storage(url, heartbeat)
+    try:
+        optuna_study = optuna.create_study(study_name=study.name, storage=storage, direction="maximize",
+                                           load_if_exists=True)
+        stored, definition = optuna_study.user_attrs.get("definition"), json.loads(json.dumps(
+            {"fixed": study.fixed, "space": study.space}))
+        if stored is None:
+            optuna_study.set_user_attr("definition", definition)
+    except Exception as e:  # noqa: BLE001 - the storage's file on a full or read-only disk: one line
+        raise (storage_error(url, e) or e) from None
+    check(stored in (None, definition),
           f"study {study.name!r} in this storage was created from a different search space or fixed fields; "
           "give the changed study a new name or a new --storage")
     return optuna_study
@@ -285,8 +149,8 @@ def create(study: Study, storage) -> optuna.Study:
 
 def existing(study: Study, storage_arg: str, root: Path, heartbeat: int) -> optuna.Study:
     url = storage_url(storage_arg, root, study.name, None)
-    path = url.removeprefix("sqlite:///")
-    check("://" in url and not url.startswith("sqlite") or Path(path).exists(),
+    path = storage_file(url)
+    check(path is None or path.exists(),
           f"no storage {path} yet: launch the study first (python -m repro.sweep {study.name})")
     try:
         return optuna.load_study(study_name=study.name, storage=open_storage(url, heartbeat))
@@ -296,7 +160,7 @@ def existing(study: Study, storage_arg: str, root: Path, heartbeat: int) -> optu
 
 # ---- a worker ------------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Runtime:
     storage: str  # SQLAlchemy URL or journal file path, absolute
     heartbeat: int  # seconds between a running trial's heartbeats
@@ -412,32 +276,27 @@ def progress(optuna_study: optuna.Study, trial, budget: int) -> str:
 # ---- launching workers ---------------------------------------------------------------------------------------
 
 def submit(study: Study, runtime: Runtime, workers: int, kind: str, profile: dict | None, snapshot: bool) -> list:
-    from repro import launch  # the launcher's executors and code snapshots
-
-    folder = launch.launch_folder(runtime.fields["results_dir"], f"sweep-{study.name}")
+    name = f"sweep-{study.name}"
     if profile is not None:  # a worker trains one trial at a time: one GPU each
         profile = {**profile, "gpus_per_node": min(profile["gpus_per_node"], 1)}
-    with launch.submission(folder):
-        executor = launch.make_executor(kind, folder, profile, f"sweep-{study.name}")
-        with launch.code_snapshot(folder, kind, snapshot):
-            if kind == "slurm":
-                return executor.map_array(Worker(), [study] * workers, [runtime] * workers)
-            available = launch.local_gpus() if kind == "local" else {"gpus_per_node": 0}
-            gpus = list(available.get("visible_gpus", range(available["gpus_per_node"])))
-            jobs = []
-            for i in range(workers):
-                if gpus:  # spread local workers over the GPUs, not all on the first
-                    executor.update_parameters(gpus_per_node=1, visible_gpus=(gpus[i % len(gpus)],))
-                jobs.append(executor.submit(Worker(), study, runtime))
-            return jobs
+    folder = executors.job_folder(runtime.fields["results_dir"], name)
+    with executors.submitting(kind, folder, profile, name, snapshot) as executor:
+        if kind == "slurm":
+            return executor.map_array(Worker(), [study] * workers, [runtime] * workers)
+        available = executors.local_gpus() if kind == "local" else {"gpus_per_node": 0}
+        gpus = list(available.get("visible_gpus", range(available["gpus_per_node"])))
+        jobs = []
+        for i in range(workers):
+            if gpus:  # spread local workers over the GPUs, not all on the first
+                executor.update_parameters(gpus_per_node=1, visible_gpus=(gpus[i % len(gpus)],))
+            jobs.append(executor.submit(Worker(), study, runtime))
+        return jobs
 
 
 def follow(jobs: list, optuna_study: optuna.Study, budget: int) -> int:
     """Print each trial as it finishes until every worker has ended; 1 if a worker failed."""
-    if jobs and isinstance(jobs[0], submitit.DebugJob):
-        for job in jobs:  # the debug executor runs a job here when its result is asked for
-            job.result()
-        return 0
+    if executors.run_debug(jobs):
+        return 0  # its workers printed their trials here
     seen: set[int] = set()
     while True:
         ended = all(job.done() for job in jobs)
@@ -451,29 +310,20 @@ def follow(jobs: list, optuna_study: optuna.Study, budget: int) -> int:
         time.sleep(2)
     failed = [job for job in jobs if job.exception() is not None]
     for job in failed:
-        last = ([line for line in str(job.exception()).splitlines() if line.strip()] or ["?"])[-1].strip()
-        print(f"worker {job.job_id} failed: {last} (log: {job.paths.stderr})", file=sys.stderr)
+        print(f"worker {job.job_id} failed: {executors.job_cause(job.exception())} (log: {job.paths.stderr})",
+              file=sys.stderr)
     return 1 if failed else 0
 
 
 def run_study(study: Study, args: argparse.Namespace, runtime_fields: dict) -> int:
-    from repro import launch
-
     check(args.workers >= 1, f"--workers must be at least 1, got {args.workers}")
-    kind = launch.executor_kind(args.executor)
-    profile = launch.load_cluster(args.cluster) if kind == "slurm" else None  # before anything is created
+    kind, profile = executors.from_args(args)  # before anything is created
     url = storage_url(args.storage, Path(runtime_fields["results_dir"]), study.name, kind)
     check(not (kind == "slurm" and url.startswith("sqlite")),
           f"SQLite ({url}) is for one machine and breaks on NFS: give SLURM workers a journal file "
           f"(--storage results/sweeps/{study.name}.log) or a database server URL")
     runtime = Runtime(url, args.heartbeat, runtime_fields)
-    try:
-        optuna_study = create(study, open_storage(url, args.heartbeat))
-    except Exception as e:  # the storage's file on a full or read-only disk: one line
-        error = storage_error(url, e)
-        if error is None:
-            raise
-        raise error from None
+    optuna_study = create(study, url, args.heartbeat)
     print(f"study {study.name}: {counts(optuna_study)}, budget {study.trials}; storage {url}")
     if not wanted(optuna_study, study.trials):
         print(f"nothing to do: the study holds its budget (raise trials: in {study.path} to add more)")
@@ -500,8 +350,8 @@ def counts(optuna_study: optuna.Study) -> str:
 
 def report(study: Study, optuna_study: optuna.Study, out: Path, top: int) -> dict:
     """Print the best trials; write the best one's RunConfig values for `repro.launch --params`."""
-    complete = [t for t in optuna_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-    complete.sort(key=lambda t: t.value, reverse=True)
+    complete = sorted(optuna_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.value,
+                      reverse=True)
     print(f"study {study.name}: {counts(optuna_study)}, budget {study.trials}")
     check(complete, f"study {study.name} has no completed trial yet")
     base = RunConfig.from_dict(study.fixed)
@@ -519,66 +369,6 @@ def report(study: Study, optuna_study: optuna.Study, out: Path, top: int) -> dic
     return result
 
 
-# ---- W&B sweeps ----------------------------------------------------------------------------------------------
-
-def flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def wandb_parameter(name: str, spec: dict) -> dict:
-    if "choices" in spec:
-        return {"values": spec["choices"]}
-    ints = integer(name)
-    kind = ("q_log_uniform_values" if ints else "log_uniform_values") if spec.get("log") else (
-        "int_uniform" if ints else "uniform")
-    extra = {"q": spec["step"]} if spec.get("step") else {}
-    return {"distribution": "q_uniform" if extra else kind, "min": spec["low"],
-            "max": spec["high"], **extra}
-
-
-def wandb_sweep(study: Study) -> tuple[dict, list[str]]:
-    """W&B's form of the study: fixed fields become literal flags of `python -m repro.train`, searched ones W&B
-    parameters named by their flags. Tuple fields (sac_weights) cannot be searched there: W&B passes one value per
-    flag. Returns the sweep and the fields left out."""
-    fixed = []
-    for name, value in study.fixed.items():
-        if isinstance(value, bool):
-            fixed.append(flag(name) if value else f"--no-{flag(name)[2:]}")
-        else:
-            fixed += [flag(name), *map(str, value if isinstance(value, list) else [value])]
-    parameters = {flag(n)[2:]: wandb_parameter(n, s) for n, s in study.space.items() if not isinstance(s, list)}
-    left_out = [n for n, s in study.space.items() if isinstance(s, list)]
-    sweep = {
-        "name": study.name,
-        "project": DEFAULTS["wandb_project"],
-        "description": study.description,
-        "method": "bayes",
-        "metric": {"name": "eval_accuracy", "goal": "maximize"},  # logged each epoch; the val split here
-        "run_cap": study.trials,
-        "parameters": parameters,
-        "command": ["${env}", "${interpreter}", "-m", "repro.train", *fixed, "--wandb", "online",
-                    "--wandb-group", f"wandb-sweep/{study.name}", "--results-dir",
-                    f"results/sweeps/{study.name}-wandb", "${args_no_boolean_flags}"],
-    }
-    if study.pruner["type"] != "none":
-        sweep["early_terminate"] = {"type": "hyperband",
-                                    "min_iter": study.pruner.get("min_resource",
-                                                                 study.pruner.get("n_warmup_steps", 0) + 1)}
-    return sweep, left_out
-
-
-def wandb_sweep_text(study: Study) -> str:
-    sweep, left_out = wandb_sweep(study)
-    header = [(f"# W&B sweep for the study sweeps/{study.name}.yaml, written by `python -m repro.sweep "
-              f"{study.name} --export-wandb`: edit the study, not this file."),
-              (f"# Start it from the repository root: wandb sweep sweeps/wandb-agent/{study.name}.yaml, then wandb agent "
-              f"ENTITY/{DEFAULTS['wandb_project']}/SWEEP_ID (as printed) on each machine.")]
-    if left_out:
-        header.append(f"# Not searched here: {', '.join(left_out)} (W&B passes one value per flag); "
-                      "the study in Optuna searches it.")
-    return "\n".join(header) + "\n" + yaml.safe_dump(sweep, sort_keys=False, width=200)
-
-
 # ---- command line --------------------------------------------------------------------------------------------
 
 def parser() -> argparse.ArgumentParser:
@@ -590,59 +380,34 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=10, help="--report: how many trials to list (default 10)")
     p.add_argument("--export-wandb", action="store_true", help="write the study as a W&B sweep, sweeps/wandb-agent/NAME.yaml")
     p.add_argument("--workers", type=int, default=1, metavar="K", help="workers pulling trials (default 1)")
-    p.add_argument("--executor", choices=("auto", "local", "slurm", "debug"), default="auto",
-                   help="auto (default): slurm when sbatch is on the PATH, else local; debug: in this process")
-    p.add_argument("--cluster", default=os.environ.get("FLEXPOOL_CLUSTER", "example"), metavar="NAME",
-                   help="SLURM resources: slurm/NAME.yaml or a .yaml path (default: $FLEXPOOL_CLUSTER or example)")
+    executors.add_args(p)
     p.add_argument("--storage", default="", metavar="URL|FILE",
                    help="SQLAlchemy URL, a .db file (SQLite) or another file (a journal: safe on NFS); default "
                         "RESULTS/sweeps/NAME.db (NAME.log with slurm)")
     p.add_argument("--heartbeat", type=int, default=60, metavar="S",
                    help="a running trial's heartbeat, seconds; silent for 2*S its worker counts as dead (default 60)")
     p.add_argument("--wait", action="store_true", help="follow the workers, one line per finished trial")
-    p.add_argument("--no-snapshot", action="store_true", help="workers import the live checkout, not a snapshot")
-    p.add_argument("--sweeps-dir", default=str(SWEEPS_DIR), help=argparse.SUPPRESS)
-    for f in RUNTIME:  # where and how trials run: the trainer's own flags
-        name, default = flag(f.name), f.default
-        if isinstance(default, bool):
-            p.add_argument(name, action=argparse.BooleanOptionalAction, default=default, help=f.metadata["help"])
-        else:
-            help_ = RESULTS_HELP if f.name == "results_dir" else f.metadata["help"]
-            p.add_argument(name, default=default, choices=WANDB_MODES if f.name == "wandb" else None,
-                           help=f"{help_} (default: {default!r})")
+    runs.add_field_args(p, RUNTIME, results_dir=RESULTS_HELP)
     return p
-
-
-def runtime_fields(args: argparse.Namespace) -> dict:
-    fields = {f.name: getattr(args, f.name) for f in RUNTIME}
-    data_root = args.data_root or default_data_root()
-    return {**fields, "results_dir": str(Path(args.results_dir).resolve()), "data_root": str(Path(data_root).resolve())}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     quiet()
     try:
-        study = load_study(args.study, Path(args.sweeps_dir))
+        study = load_study(args.study)
         if args.export_wandb:
-            out = Path(study.path).parent / "wandb-agent" / f"{study.name}.yaml"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(wandb_sweep_text(study))
-            print(f"W&B sweep: {out}")
+            print(f"W&B sweep: {wandb_agent.export(study)}")
             return 0
-        fields = runtime_fields(args)
+        fields = runs.field_values(args, RUNTIME)
         if args.report:
             root = Path(fields["results_dir"])
             out = Path(args.out) if args.out else root / "sweeps" / f"{study.name}.best.json"
             report(study, existing(study, args.storage, root, args.heartbeat), out, args.top)
             return 0
         return run_study(study, args, fields)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # the machine's fault, not the command's: disk, permissions, sbatch
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except (ConfigError, OSError) as e:
+        return runs.failed(e)
 
 
 if __name__ == "__main__":

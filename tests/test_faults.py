@@ -19,7 +19,7 @@ import optuna
 import pytest
 
 from analysis import collect
-from repro import experiments, launch, records, status, sweep, train
+from repro import executors, experiments, launch, records, runs, status, studies, sweep, train
 from repro.config import ConfigError, RunConfig
 from tests.test_launch import configs, fake_squeue, main, selection, smoke, training_starts, wait_for
 
@@ -100,14 +100,14 @@ def test_study_and_cluster_profile_read_numbers_alike(tmp_path):
     study = tmp_path / "tiny.yaml"
     study.write_text("trials: 2\nfixed: {dataset: synthetic, epochs: 1, val_fraction: 2e-1}\n"
                      "space:\n  reg: {low: 1e-5, high: 1e-2, log: true}\n")
-    loaded = sweep.load_study(str(study))
+    loaded = studies.load_study(str(study))
     assert loaded.fixed["val_fraction"] == 0.2 and loaded.space["reg"] == {"low": 1e-5, "high": 1e-2, "log": True}
     study.write_text(study.read_text().replace("epochs: 1", "epochs: 2.5"))
     with pytest.raises(ConfigError, match="epochs must be an integer, got 2.5"):
-        sweep.load_study(str(study))
+        studies.load_study(str(study))
     profile = tmp_path / "cluster.yaml"
     profile.write_text((ROOT / "slurm" / "example.yaml").read_text().replace("mem_gb: 32", "mem_gb: 1e2"))
-    assert launch.load_cluster(str(profile))["mem_gb"] == 100.0
+    assert executors.load_cluster(str(profile))["mem_gb"] == 100.0
 
 
 # ---- 2. SIGTERM to a run inside a job: a stop, not a finished task --------------------------------------------
@@ -117,11 +117,11 @@ def test_sigterm_to_a_run_stops_its_task_unfinished_and_a_relaunch_resumes(capsy
     folder = tmp_path / "results" / "slurm-logs" / "job"
     (job,) = launch.submit([config], "local", None, 1, folder, "sigterm", snapshot=False)
     wait_for(lambda: records.checkpoint_path(config).exists(), what="the first checkpoint")
-    os.kill(status.lock_holder(config), signal.SIGTERM)  # as scancel or SLURM's requeue would
+    os.kill(runs.lock_holder(config), signal.SIGTERM)  # as scancel or SLURM's requeue would
     assert launch.follow([job], [config]) == {config: "pending"}
     assert not job.paths.result_pickle.exists()  # submitit would count a task with a result as finished
     assert "RunPack: runs stopped by SIGTERM" in job.stdout()
-    log = status.run_log_path(config).read_text()
+    log = runs.log_path(config).read_text()
     assert "stopped: SIGTERM" in log and "run process ended without a record: stopped" in log
     lines = launch.problems([job], {config: "pending"})
     assert lines[0].startswith("NOT FINISHED table1/fashion_mnist/avgpool seed 0: pending")
@@ -131,7 +131,7 @@ def test_sigterm_to_a_run_stops_its_task_unfinished_and_a_relaunch_resumes(capsy
                                                          write(tmp_path / "p.yaml", "epochs: 5\n"), "--wait",
                                                          "--no-snapshot"))
     assert code == 0 and "1 done" in out
-    assert "resuming run" in status.run_log_path(config).read_text()
+    assert "resuming run" in runs.log_path(config).read_text()
     record = records.read_record(records.record_path(config))
     assert [h["epoch"] for h in record["history"]] == [1, 2, 3, 4, 5]
 
@@ -154,15 +154,15 @@ def test_completed_record_without_accuracy_is_unusable_and_a_launch_completes_it
     code, out, _ = main(capsys, status, "table1", *selection(tmp_path, data_root, "--columns", "avgpool"))
     assert "1 run: 0 done, 0 running, 0 queued, 0 failed, 1 unusable, 0 pending" in out
     assert "UNUSABLE table1/fashion_mnist/avgpool seed 0: partial record: metrics.accuracy is None" in out
-    runs, skipped = collect.load_runs(tmp_path / "results" / "runs")
-    assert runs.empty and "partial record" in skipped[0]["reason"]
+    rows, skipped = collect.load_runs(tmp_path / "results" / "runs")
+    assert rows.empty and "partial record" in skipped[0]["reason"]
     code, out, _ = main(capsys, launch, "table1", *argv, "--wait")
     assert code == 0 and "submitting 1 run" in out and "1 done" in out
     assert records.read_record(path)["metrics"]["accuracy"] == record["metrics"]["accuracy"]
     assert training_starts(config) == 1  # completed from its checkpoint, not trained again
 
     path.write_text('{"schema": 1, "status": "compl')  # cut off
-    assert status.run_state(config) == "unusable"
+    assert runs.state(config) == "unusable"
     code, out, _ = main(capsys, launch, "table1", *argv, "--dry-run")
     assert "1 unusable" in out and "would submit 1 run" in out
 
@@ -287,11 +287,11 @@ def test_sweep_checks_the_cluster_profile_before_creating_the_study(capsys, tmp_
 
 
 def test_summary_of_a_relaunch_with_uneven_seeds(tmp_path):
-    runs = experiments.plan("table1", 3, ["fashion_mnist"], results_dir=str(tmp_path))
-    states = {c: "pending" for c in runs[2:]}  # 4 cells x 3 seeds, two runs of the first cell done
-    assert status.summary(states) == "10 runs in 4 cells, seeds 0-2: 0 done, 0 running, 0 queued, 0 failed, 0 unusable, " \
+    planned = experiments.plan("table1", 3, ["fashion_mnist"], results_dir=str(tmp_path))
+    states = {c: "pending" for c in planned[2:]}  # 4 cells x 3 seeds, two runs of the first cell done
+    assert runs.summary(states) == "10 runs in 4 cells, seeds 0-2: 0 done, 0 running, 0 queued, 0 failed, 0 unusable, " \
                                      "10 pending"
-    assert status.summary({c: "done" for c in runs}).startswith("4 cells x 3 seeds = 12 runs: 12 done")
+    assert runs.summary({c: "done" for c in planned}).startswith("4 cells x 3 seeds = 12 runs: 12 done")
 
 
 def test_sweep_progress_lines_count_up():
@@ -379,12 +379,12 @@ def test_ctrl_c_stops_only_the_following_and_kill_of_the_printed_group_stops_the
     out, err = following.communicate(timeout=60)
     assert following.returncode == 130 and "Traceback" not in err, err
     assert err.count("\n") == 1 and "still running: python -m repro.status" in err, err
-    assert status.run_states([config]) == {config: "running"}, "Ctrl-C must not reach the job"
+    assert runs.states([config]) == {config: "running"}, "Ctrl-C must not reach the job"
 
     group = int(re.search(r"stop it: kill -- -(\d+)", out).group(1))
     os.killpg(group, signal.SIGTERM)
-    wait_for(lambda: status.run_states([config]) == {config: "pending"}, timeout=60, what="the job to end")
-    log = status.run_log_path(config).read_text()
+    wait_for(lambda: runs.states([config]) == {config: "pending"}, timeout=60, what="the job to end")
+    log = runs.log_path(config).read_text()
     assert "stopped: SIGTERM" in log and records.checkpoint_path(config).exists()
 
 
@@ -394,9 +394,9 @@ def test_a_killed_run_is_pending_at_once_while_its_job_goes_on(tmp_path, data_ro
     (job,) = launch.submit([first, second], "local", None, 1, folder, "kill", snapshot=False)
     try:
         wait_for(lambda: records.checkpoint_path(first).exists(), what="the first checkpoint")
-        os.kill(status.lock_holder(first), signal.SIGKILL)
-        wait_for(lambda: status.lock_holder(second) is not None, what="the job to go on with the next run")
-        assert status.run_states([first, second]) == {first: "pending", second: "running"}
+        os.kill(runs.lock_holder(first), signal.SIGKILL)
+        wait_for(lambda: runs.lock_holder(second) is not None, what="the job to go on with the next run")
+        assert runs.states([first, second]) == {first: "pending", second: "running"}
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(int(job.job_id), signal.SIGTERM)  # the job's own process group: all of it
@@ -406,8 +406,8 @@ def test_full_disk_leaves_the_runs_of_a_job_resumable(capsys, small_disk, data_r
     argv = smoke(small_disk, data_root, "--columns", "avgpool", "flexpool", "--no-snapshot", "--wait")
     code, out, _ = main(capsys, launch, "table1", *argv)
     assert code == 1 and "FAILED" not in out
-    runs = configs(small_disk, data_root, columns=["avgpool", "flexpool"])
-    for config in runs:
+    planned = configs(small_disk, data_root, columns=["avgpool", "flexpool"])
+    for config in planned:
         assert records.run_status(config) == "missing"
         assert re.search(rf"NOT FINISHED {config.cell} seed 0: pending: error: cannot write \S+: No space left "
                          r"on device \(ENOSPC\); nothing recorded, launching again resumes the run", out), out
@@ -420,8 +420,8 @@ def test_status_says_when_the_queue_cannot_be_read(capsys, tmp_path, data_root, 
     fake_squeue(tmp_path, monkeypatch, "echo 'slurm_load_jobs error: Unable to contact slurm controller "
                                        "(connect failure)' >&2; exit 1")
     first, _ = configs(tmp_path, data_root, columns=["avgpool", "flexpool"])
-    records.queue_path(first).parent.mkdir(parents=True)
-    records.queue_path(first).write_text("slurm somewhere 4242_0\n")
+    runs.queue_path(first).parent.mkdir(parents=True)
+    runs.queue_path(first).write_text("slurm somewhere 4242_0\n")
     code, out, _ = main(capsys, status, "table1", *selection(tmp_path, data_root, "--columns", "avgpool",
                                                              "flexpool"))
     assert code == 0 and "0 done, 0 running, 1 queued, 0 failed, 0 unusable, 1 pending" in out
@@ -465,7 +465,7 @@ def test_study_ranges_are_checked_in_one_line_naming_the_file_once(tmp_path, spa
     study = write(tmp_path / "tiny.yaml", "trials: 2\nfixed: {dataset: synthetic, epochs: 1, val_fraction: 0.2}\n"
                                           f"space:\n  {space}\n")
     with pytest.raises(ConfigError) as error:
-        sweep.load_study(str(study))
+        studies.load_study(str(study))
     assert str(error.value) == f"{study.resolve()}: {message}"
 
 
@@ -509,4 +509,4 @@ def test_a_task_signalled_after_progress_is_requeued_and_its_run_completes(tmp_p
     wait_for(lambda: records.checkpoint_path(config).exists(), what="the first checkpoint")
     os.kill(task_pid(job), signal.SIGUSR2)
     assert launch.follow([job], [config]) == {config: "done"}
-    assert "resuming run" in status.run_log_path(config).read_text()
+    assert "resuming run" in runs.log_path(config).read_text()

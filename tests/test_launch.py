@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from analysis import make_tables
-from repro import launch, records, status, train
+from repro import executors, launch, records, runs, status, train
 from repro.experiments import plan
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +59,7 @@ def wait_for(condition, timeout=300, what="condition"):
 
 
 def training_starts(config) -> int:
-    return status.run_log_path(config).read_text().count("] epoch 1/")
+    return runs.log_path(config).read_text().count("] epoch 1/")
 
 
 @pytest.mark.parametrize("target,runs,cells", [("table1", 80, 16), ("table2", 80, 16), ("all", 160, 32)])
@@ -141,17 +141,17 @@ def test_smoke_matrix_end_to_end_then_nothing_to_do(capsys, tmp_path, data_root,
     code, out, _ = main(capsys, launch, "all", *smoke(tmp_path, data_root, "--runs-per-gpu", 2, "--wait"))
     assert code == 0, out
     assert "finished: 8 cells x 1 seed = 8 runs: 8 done, 0 running, 0 queued, 0 failed, 0 unusable, 0 pending" in out
-    runs = configs(tmp_path, data_root, "all")
-    for config in runs:
+    matrix = configs(tmp_path, data_root, "all")
+    for config in matrix:
         record = records.read_record(records.record_path(config))
         assert record["status"] == "completed" and len(record["history"]) == config.epochs
         if shutil.which("rsync"):  # the run imported the snapshot, not the checkout
-            assert "/code/repro" in status.run_log_path(config).read_text().splitlines()[0]
+            assert "/code/repro" in runs.log_path(config).read_text().splitlines()[0]
     monkeypatch.setattr(launch, "submit", lambda *a, **k: pytest.fail("a finished target submitted runs"))
     code, out, _ = main(capsys, launch, "all", *smoke(tmp_path, data_root))
     assert code == 0 and "8 runs: 8 done" in out and "nothing to submit" in out
     code, out, _ = main(capsys, launch, "all", *smoke(tmp_path, data_root, "--force", "--dry-run"))
-    assert "would submit 8 runs" in out and all(records.run_status(c) == "completed" for c in runs)
+    assert "would submit 8 runs" in out and all(records.run_status(c) == "completed" for c in matrix)
     code, out, _ = main(capsys, status, "all", *selection(tmp_path, data_root))
     assert code == 0 and "table2/fashion_mnist/flexpool-reg-dropout" in out and "8 done, 0 running" in out
     # golden: the analysis turns exactly these records into the Fashion-MNIST row of both tables
@@ -159,7 +159,7 @@ def test_smoke_matrix_end_to_end_then_nothing_to_do(capsys, tmp_path, data_root,
                       "--out", str(tmp_path / "tables")])
     for table in ("table1", "table2"):
         cells = pd.read_csv(tmp_path / "tables" / f"{table}.csv").set_index(["dataset", "column"])
-        for config in runs:
+        for config in matrix:
             if config.cell.startswith(table):
                 cell = cells.loc[("fashion_mnist", config.cell.split("/")[-1])]
                 accuracy = records.read_record(records.record_path(config))["metrics"]["accuracy"]
@@ -197,7 +197,7 @@ def fake_squeue(tmp_path, monkeypatch, script: str) -> None:
 def test_a_run_whose_job_is_gone_is_pending_again(tmp_path, data_root, monkeypatch):
     fake_squeue(tmp_path, monkeypatch, "echo 4242_0")  # the controller answers: job 4294967_0 is gone
     (config,) = configs(tmp_path, data_root, columns=["avgpool"])
-    path = records.queue_path(config)
+    path = runs.queue_path(config)
     path.parent.mkdir(parents=True)
     ended = subprocess.Popen(["true"])
     ended.wait()
@@ -206,7 +206,7 @@ def test_a_run_whose_job_is_gone_is_pending_again(tmp_path, data_root, monkeypat
                           (f"local elsewhere {os.getpid()}", "pending"),  # another machine's: not asked
                           ("slurm here 4294967_0", "pending"), ("cut off", "pending")]:
         path.write_text(marker + "\n")
-        assert status.run_states([config]) == {config: state}, marker
+        assert runs.states([config]) == {config: state}, marker
 
 
 def test_debug_executor_runs_the_job_in_this_process(capsys, tmp_path, data_root):
@@ -217,9 +217,9 @@ def test_debug_executor_runs_the_job_in_this_process(capsys, tmp_path, data_root
 
 def test_local_jobs_get_the_gpus_this_shell_may_use(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
-    assert launch.local_gpus() == {"gpus_per_node": 2, "visible_gpus": (2, 3)}
+    assert executors.local_gpus() == {"gpus_per_node": 2, "visible_gpus": (2, 3)}
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    assert launch.local_gpus() == {"gpus_per_node": 0, "visible_gpus": ()}
+    assert executors.local_gpus() == {"gpus_per_node": 0, "visible_gpus": ()}
 
 
 def test_failing_run_is_reported_with_cell_seed_and_log(capsys, tmp_path, data_root):
@@ -231,8 +231,8 @@ def test_failing_run_is_reported_with_cell_seed_and_log(capsys, tmp_path, data_r
     assert code == 1
     for config in (first, second):
         line = f"FAILED table1/fashion_mnist/avgpool seed {config.seed}: TrainingError: non-finite"
-        assert line in out and f"(log: {status.run_log_path(config)})" in out
-        assert "Traceback" in status.run_log_path(config).read_text()
+        assert line in out and f"(log: {runs.log_path(config)})" in out
+        assert "Traceback" in runs.log_path(config).read_text()
     code, out, _ = main(capsys, status, "table1", *selection(tmp_path, data_root, *select))
     assert "2 runs: 0 done, 0 running, 0 queued, 2 failed, 0 unusable, 0 pending" in out and out.count("FAILED ") == 2
     code, out, _ = main(capsys, launch, "table1", *smoke(tmp_path, data_root, *select))
@@ -248,18 +248,18 @@ def test_killed_run_resumes_to_the_record_of_an_unbroken_one(capsys, tmp_path, d
     assert main(capsys, launch, "table1", *argv)[0] == 0
     (config,) = configs(tmp_path, data_root, columns=["avgpool"], epochs=20)
     wait_for(lambda: records.checkpoint_path(config).exists(), what="the first checkpoint")
-    pid = status.lock_holder(config)
+    pid = runs.lock_holder(config)
     os.kill(pid, signal.SIGKILL)  # the run's own process, mid-training
-    wait_for(lambda: status.lock_holder(config) is None, what="the killed run to let go of its lock")
-    wait_for(lambda: "ended without a record: crashed (killed by SIGKILL)" in status.run_log_path(config).read_text(),
+    wait_for(lambda: runs.lock_holder(config) is None, what="the killed run to let go of its lock")
+    wait_for(lambda: "ended without a record: crashed (killed by SIGKILL)" in runs.log_path(config).read_text(),
              timeout=60, what="the job to say in the run's own log how the run ended")
     assert records.run_status(config) == "missing"
     # queued while its job still ends; pending, so a launch trains it again, once that job has ended
-    wait_for(lambda: status.run_states([config]) == {config: "pending"}, timeout=60, what="the job to end")
+    wait_for(lambda: runs.states([config]) == {config: "pending"}, timeout=60, what="the job to end")
 
     code, out, _ = main(capsys, launch, "table1", *argv, "--wait")
     assert code == 0 and "submitting 1 run" in out
-    assert "resuming run" in status.run_log_path(config).read_text()
+    assert "resuming run" in runs.log_path(config).read_text()
     resumed = records.read_record(records.record_path(config))
 
     unbroken = config.replace(results_dir=str(tmp_path / "unbroken"))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from repro import launch, records, status, sweep
+from repro import launch, records, runs, sweep
 from tests.test_launch import configs, selection, wait_for
 from tests.test_tracking import history_epochs, offline_runs
 
@@ -98,7 +98,7 @@ def test_preempted_task_is_requeued_and_its_run_resumes(capsys, tmp_path, data_r
     wait_for(lambda: records.run_status(config) == "completed", timeout=600, what="the requeued run's record")
     record = records.read_record(records.record_path(config))
     assert [h["epoch"] for h in record["history"]] == list(range(1, 21))
-    assert "resuming run" in status.run_log_path(config).read_text()
+    assert "resuming run" in runs.log_path(config).read_text()
     task_log = next(Path(re.search(r"job logs: (\S+)", out).group(1)).glob("*_log.out")).read_text()
     assert "Requeued job" in task_log
     wait_for(lambda: sacct_states(job_id(out)) == {"COMPLETED"}, timeout=30, what="sacct to show COMPLETED")
@@ -132,7 +132,7 @@ def test_requeue_by_sigterm_is_followed_to_its_end_with_every_epoch_in_wandb(tmp
 
     record = records.read_record(records.record_path(config))
     assert [h["epoch"] for h in record["history"]] == list(range(1, 9))
-    log = status.run_log_path(config).read_text()
+    log = runs.log_path(config).read_text()
     assert "stopped: SIGTERM" in log and "resuming run" in log
     task_log = next(Path(re.search(r"job logs: (\S+)", out).group(1)).glob("*_log.out")).read_text()
     assert "RunPack: runs stopped by SIGTERM" in task_log
@@ -181,7 +181,7 @@ def test_time_limits_requeue_a_run_that_progresses_past_submitits_default_of_thr
         wait_for(lambda w=written: records.checkpoint_path(config).exists()
                  and records.checkpoint_path(config).stat().st_mtime > w, what="an epoch of this allocation")
         subprocess.run(["scancel", "--signal=USR2", job_id(out)], check=True)
-        wait_for(lambda: status.lock_holder(config) is None, what="the run to stop")
+        wait_for(lambda: runs.lock_holder(config) is None, what="the run to stop")
     wait_for(lambda: records.run_status(config) == "completed", timeout=600, what="the requeued run's record")
     task_log = next(Path(re.search(r"job logs: (\S+)", out).group(1)).glob("*_log.out")).read_text()
     assert task_log.count("this job is timed-out") == 4

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from repro import records, sweep
+from repro import records, studies, sweep, wandb_agent
 from repro.config import RunConfig
 from repro.experiments import load_params, plan
 from tests.test_slurm import sacct_states, slurm  # noqa: F401 - the local SLURM cluster fixture
@@ -147,10 +147,10 @@ def test_journal_two_local_workers_prune(tmp_path):
 
 
 def in_process(tmp_path: Path, storage: str, heartbeat: int, trials: int = 1):
-    quiet_study = sweep.load_study(str(write_study(tmp_path, trials=trials)))
+    quiet_study = studies.load_study(str(write_study(tmp_path, trials=trials)))
     fields = {"results_dir": str(tmp_path / "results"), "wandb": "disabled", "device": "cpu"}
     runtime = sweep.Runtime(storage, heartbeat, fields)
-    optuna_study = sweep.create(quiet_study, sweep.open_storage(storage, heartbeat))
+    optuna_study = sweep.create(quiet_study, storage, heartbeat)
     return quiet_study, runtime, optuna_study
 
 
@@ -163,7 +163,7 @@ def check_retried(optuna_study) -> None:
 def test_journal_heartbeat_retries_a_dead_workers_trial(tmp_path):
     study, runtime, optuna_study = in_process(tmp_path, str(tmp_path / "journal.log"), heartbeat=1)
     dead = optuna_study.ask()  # a worker drew this trial, then died: RUNNING, its heartbeat silent
-    sweep.sample(study.space, lambda n, s: sweep.suggest(dead, n, s))
+    studies.sample(study.space, lambda n, s: studies.suggest(dead, n, s))
     time.sleep(2.5)
     assert sweep.Worker()(study, runtime) == 1
     check_retried(optuna_study)
@@ -173,7 +173,7 @@ def test_preempted_worker_requeues_and_retries_its_trial(tmp_path):
     study, runtime, optuna_study = in_process(tmp_path, f"sqlite:///{tmp_path / 'study.db'}", heartbeat=60)
     worker = sweep.Worker()
     trial = optuna_study.ask()
-    sweep.sample(study.space, lambda n, s: sweep.suggest(trial, n, s))
+    studies.sample(study.space, lambda n, s: studies.suggest(trial, n, s))
     worker.current = trial.number  # preempted while training it
     requeued = worker.checkpoint(study, runtime)
     assert requeued.result() == 1  # the next job: retries the trial at once, not after its heartbeat goes stale
@@ -219,9 +219,9 @@ def test_studies_in_the_repository_load():
     names = sorted(p.stem for p in (ROOT / "sweeps").glob("*.yaml"))
     assert "reg-dropout-fashion_mnist" in names and "sac-cifar10" in names
     for name in names:
-        study = sweep.load_study(name)
+        study = studies.load_study(name)
         assert RunConfig.from_dict(study.fixed).eval_split == "val"
-    assert "sac_weights" in sweep.load_study("sac-cifar10").space
+    assert "sac_weights" in studies.load_study("sac-cifar10").space
 
 
 def train_parser() -> argparse.ArgumentParser:
@@ -238,7 +238,7 @@ def sample_value(parameter: dict):
 
 @pytest.mark.parametrize("path", sorted((ROOT / "sweeps" / "wandb-agent").glob("*.yaml")), ids=lambda p: p.stem)
 def test_wandb_sweep_files_match_their_study_and_the_trainer(path):
-    assert path.read_text() == sweep.wandb_sweep_text(sweep.load_study(path.stem)), \
+    assert path.read_text() == wandb_agent.text(studies.load_study(path.stem)), \
         f"regenerate: python -m repro.sweep {path.stem} --export-wandb"
     spec = yaml.safe_load(path.read_text())
     command = spec["command"]
@@ -281,7 +281,7 @@ def test_preempted_slurm_worker_is_requeued_and_its_trial_resumes(tmp_path, slur
                          check=True).stdout.split()[0]
     subprocess.run(["scancel", "--signal=USR2", job], check=True)  # what SLURM sends before preempting
     journal = str(results / "sweeps" / "tiny.log")
-    wait_for(lambda: len(sweep.existing(sweep.load_study(str(study)), journal, results, 60).get_trials(
+    wait_for(lambda: len(sweep.existing(studies.load_study(str(study)), journal, results, 60).get_trials(
         states=sweep.FINISHED)) == 2, 600, "two finished trials")
     first, retried, second = optuna.load_study(study_name="tiny", storage=sweep.open_storage(journal, 60)).trials
     assert first.state == TrialState.FAIL and retried.system_attrs["failed_trial"] == 0
