@@ -254,7 +254,7 @@ def _short(cell: str) -> str:
 
 
 def _compact(row) -> str:
-    """'T1: +Reg vs Flex' or 'Avg: T2 vs T1', as stats.describe but with column names that fit a page."""
+    """'T1: +Reg vs Flex' or 'Avg: T2 vs T1', as stats.comparison_text but with column names that fit a page."""
     (base_table, base), (treat_table, treat) = [(c.split("/")[0][-1], c) for c in (row.baseline, row.treatment)]
     if base_table == treat_table:
         return f"T{base_table}: {_short(treat)} vs {_short(base)}"

@@ -10,7 +10,7 @@ never leaves half a record. Record fields (SCHEMA = 1):
   timing {wall_s, train_s, images_per_s}, env {device, device_type, threads, torch, torchvision,
   python, git_commit, host, date},
   flexpool {"<module name>": {"shape", "channel_mean" (H x W), "channels" (first few, C' x H x W), "sums"}}.
-Accuracies are fractions in [0, 1]. `record_state` is the one verdict on a record: the run's state
+Accuracies are fractions in [0, 1]. `record_state` is the one judge of a record: the run's state
 (repro.runs) and the analysis both take it. Input files (--params, studies, cluster profiles) are read here too,
 so all read numbers alike. No torch at import time: analysis reads records without it.
 """
@@ -134,7 +134,7 @@ def last_line(text: str, default: str = "?") -> str:
 
 
 def record_state(record: dict) -> tuple[str, str]:
-    """(verdict, reason): 'completed' (usable: a valid config and a main accuracy in [0, 1]; no reason), 'failed'
+    """(status, reason): 'completed' (usable: a valid config and a main accuracy in [0, 1]; no reason), 'failed'
     or 'pruned' (a sweep stopped it; the reason is the record's error), or 'unusable' (partial or malformed: it
     counts as neither done nor failed, and a launch trains it again from its checkpoint)."""
     status = record.get("status")
@@ -167,7 +167,7 @@ def run_record_state(config: RunConfig) -> tuple[str, str]:
 
 
 def run_status(config: RunConfig) -> str:
-    """'completed', 'failed', 'pruned', 'unusable' or 'missing': the record's verdict, not the run's state
+    """'completed', 'failed', 'pruned', 'unusable' or 'missing': the record's status, not the run's state
     (repro.runs.state makes that of it)."""
     return run_record_state(config)[0]
 

@@ -81,10 +81,10 @@ def state(config: RunConfig, queued: bool = False) -> State:
     """The run's state (module docstring); `queued`: whether the job it was submitted in still waits or runs."""
     if lock_holder(config) is not None:
         return "running"
-    verdict = records.run_status(config)
-    if verdict in ("completed", "failed"):
-        return "done" if verdict == "completed" else "failed"
-    return "queued" if queued else "pending" if verdict == "missing" else "unusable"
+    recorded = records.run_status(config)
+    if recorded in ("completed", "failed"):
+        return "done" if recorded == "completed" else "failed"
+    return "queued" if queued else "pending" if recorded == "missing" else "unusable"
 
 
 class States(dict):
