@@ -116,9 +116,9 @@ def provenance(runs: pd.DataFrame) -> str:
     return f"dates {span}; torch {counted(runs['torch'])}; commits {commits}"
 
 
-def seeds_per_cell(summary: pd.DataFrame) -> str:
-    """'3 in 24 cells, 1 in 1 cell, none in 7 cells'."""
-    counts = summary["n"].value_counts().sort_index(ascending=False)
+def seeds_per_cell(summary: pd.DataFrame, datasets: list[str]) -> str:
+    """'3 in 24 cells, 1 in 1 cell, none in 7 cells', over the cells of the planned data sets."""
+    counts = summary.loc[summary["dataset"].isin(datasets), "n"].value_counts().sort_index(ascending=False)
     return ", ".join(f"{n or 'none'} in {plural(cells, 'cell')}" for n, cells in counts.items())
 
 
@@ -165,7 +165,7 @@ def what_was_run(loaded: Loaded, profile: str, recipe: str, seeds: int, datasets
         f"**Profile**: {profile_words(profile)}: {PROFILE_NOTES[profile]}.",
         f"**Recipe**: {recipe_text([recipe])}.",
         f"**Data sets**: {data_sets(summary, recipe)}.",
-        f"**Seeds per cell**: {seeds_per_cell(summary)}.",
+        f"**Seeds per cell**: {seeds_per_cell(summary, datasets)}.",
         f"**Runs**: {completed(runs, seeds, datasets)}.",
         f"**Compute**: {compute(runs)}.",
         f"**Records**: {provenance(runs)}.",

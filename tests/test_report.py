@@ -280,6 +280,8 @@ def test_readme_results_are_the_page_in_brief_between_its_markers(report, tmp_pa
                            "--profile budget --recipe suite --seeds 3 --datasets cifar10 fashion_mnist")
     assert text.endswith("<!-- end of results -->\n\n## Next\n") and "old numbers" not in text
     assert f"{len(known)} completed of 48 planned (16 cells × 3 seeds)" in text
+    page = (tmp_path / "page" / "README.md").read_text()
+    assert "**Seeds per cell**: 3 in 12 cells, 1 in 1 cell, none in 3 cells." in page  # the 16 planned cells
     assert "`python -m repro.launch all --seeds 3 --datasets cifar10 fashion_mnist --profile budget" in text
     for (table, dataset, column), cell in known.groupby(["table", "dataset", "column"]):
         label = f"| Table {table[-1]}, {DATASETS[dataset]} |"
