@@ -34,7 +34,8 @@ PROFILE_CHOICES = (*PROFILES, "any")
 RECIPE_CHOICES = (*RECIPES, "both")
 MAIN_POOL = "pool"  # the final FlexPool's module name in a record's "flexpool"
 TIMING_KEYS = ("wall_s", "train_s", "images_per_s")  # the record's "timing" and "env" entries its row keeps
-ENV_KEYS = ("date", "git_commit", "torch", "device", "device_type", "cpu_bf16_units", "cpus")
+ENV_KEYS = ("date", "git_commit", "torch", "device", "device_type", "cpu_bf16_units", "cpus", "precision",
+            "threads")
 ROW_COLUMNS = [  # the keys of _row (record_row's and its own), so an empty DataFrame still has them
     "file", "run_id", "cell", "table", "dataset", "column", "seed", "accuracy", "head_accuracies", "train_loss",
     "eval_split", "profile", "variant", *TIMING_KEYS, *ENV_KEYS, "config", "flexpool", "recipe", "sum_dev",

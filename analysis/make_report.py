@@ -116,6 +116,16 @@ def provenance(runs: pd.DataFrame) -> str:
     return f"dates {span}; torch {counted(runs['torch'])}; commits {commits}"
 
 
+def compile_modes(runs: pd.DataFrame) -> pd.Series:
+    return runs["config"].map(lambda config: config.get("compile"))
+
+
+def regime(runs: pd.DataFrame) -> str:
+    """How the runs trained: it sets their speed and the last digits of their results, not their run ids."""
+    return (f"compile {counted(compile_modes(runs))}; precision {counted(runs['precision'])}; "
+            f"threads per run {counted(runs['threads'].map('{:.0f}'.format, na_action='ignore'))}")
+
+
 def seeds_per_cell(summary: pd.DataFrame, datasets: list[str]) -> str:
     """'3 in 24 cells, 1 in 1 cell, none in 7 cells', over the cells of the planned data sets."""
     counts = summary.loc[summary["dataset"].isin(datasets), "n"].value_counts().sort_index(ascending=False)
@@ -169,6 +179,7 @@ def what_was_run(loaded: Loaded, profile: str, recipe: str, seeds: int, datasets
         f"**Runs**: {completed(runs, seeds, datasets)}.",
         f"**Compute**: {compute(runs)}.",
         f"**Records**: {provenance(runs)}.",
+        f"**Regime**: {regime(runs)}.",
         f"**Configs**: {configs(runs, profile, recipe)}.",
         "**Skipped or left out**:" + ("" if skipped else " none."),
     ]
@@ -249,11 +260,14 @@ def figures_section(drawn: list[tuple[str, str, str | None]]) -> str:
     return "\n".join(lines)
 
 
-def reproduce_commands(args, seeds: int) -> list[str]:
-    """The launch and status commands of the plan: all of it, or the data sets --datasets names."""
+def reproduce_commands(args, seeds: int, runs: pd.DataFrame) -> list[str]:
+    """The launch and status commands of the plan (all of it, or the data sets --datasets names), the launch
+    with the compile mode the records share."""
     only = "" if set(args.datasets) == set(DATASET_ORDER) else f" --datasets {' '.join(args.datasets)}"
     plan = f"all --seeds {seeds}{only} --profile {args.profile} --recipe {args.recipe}"
-    return [f"python -m repro.launch {plan}", f"python -m repro.status {plan}"]
+    modes = compile_modes(runs).dropna().unique()
+    compile_flag = f" --compile {modes[0]}" if len(modes) == 1 else ""
+    return [f"python -m repro.launch {plan}{compile_flag}", f"python -m repro.status {plan}"]
 
 
 def report_command(args, seeds: int) -> str:
@@ -262,8 +276,8 @@ def report_command(args, seeds: int) -> str:
             f"--spread {args.spread}")
 
 
-def reproduce(args, seeds: int) -> str:
-    launch, status = reproduce_commands(args, seeds)
+def reproduce(args, seeds: int, runs: pd.DataFrame) -> str:
+    launch, status = reproduce_commands(args, seeds, runs)
     commands = [f"{launch}   # trains the runs; those with records are skipped",
                 f"{status}   # how many are done",
                 report_command(args, seeds)]
@@ -280,7 +294,7 @@ def page(loaded: Loaded, claims: pd.DataFrame, drawn, args, seeds: int) -> str:
     return "\n".join([*head, what_was_run(loaded, profile, recipe, seeds, args.datasets),
                       tables(loaded.summary, args.spread, profile, recipe),
                       claims_section(claims, loaded.summary, profile, recipe), seeds_section(claims),
-                      figures_section(drawn), reproduce(args, seeds)])
+                      figures_section(drawn), reproduce(args, seeds, loaded.runs)])
 
 
 README_END = "<!-- end of results -->"
@@ -318,7 +332,7 @@ def readme_section(loaded: Loaded, claims: pd.DataFrame, drawn, args, seeds: int
     figure = next((name for name, _, dataset in drawn if dataset is None), None)
     intro = (f"**{profile_words(profile).capitalize()}, {recipe_text([recipe])}**: "
              f"{completed(runs, seeds, args.datasets)}; {compute(runs)}; {provenance(runs)}. Trained by "
-             f"`{reproduce_commands(args, seeds)[0]}`. The whole page, with each claim's Holm-adjusted p, "
+             f"`{reproduce_commands(args, seeds, runs)[0]}`. The whole page, with each claim's Holm-adjusted p, "
              f"whether the paper's Δ fits our interval and the seeds that would settle it: [{link}]({link}).")
     lines = [readme_start(args, seeds), "", intro, "",
              *md_table(["Test accuracy (%)", *(COLUMN_LABELS[c] for c in COLUMNS)], rows), ""]

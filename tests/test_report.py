@@ -25,10 +25,10 @@ DATASETS = {"cifar10": "CIFAR10", "fashion_mnist": "Fashion-MNIST"}
 GAINS = {"avgpool": 0.0, "flexpool": 0.4, "flexpool-reg": 2.4, "flexpool-reg-dropout": 2.5}  # pp over AvgPool
 SAC = {"table1": 0.0, "table2": -0.5}
 ENV = {"cifar10": {"device": "NVIDIA H200", "device_type": "cuda", "torch": "2.5.1", "git_commit": "a" * 40,
-                   "date": "2026-01-02T09:00:00+00:00"},
+                   "date": "2026-01-02T09:00:00+00:00", "precision": "bf16"},
        "fashion_mnist": {"device": "Intel Xeon", "device_type": "cpu", "cpu_bf16_units": "AMX-BF16",
                          "torch": "2.6.0", "git_commit": "b" * 40 + "-dirty",
-                         "date": "2026-01-05T18:00:00+00:00"}}
+                         "date": "2026-01-05T18:00:00+00:00", "precision": "fp32", "threads": 1}}
 STEPS = [("avgpool", "flexpool"), ("flexpool", "flexpool-reg"), ("flexpool-reg", "flexpool-reg-dropout")]
 SECTIONS = ["What was run", "The tables", "The claims", "Seeds needed", "Figures",
             "How to reproduce this page"]
@@ -229,6 +229,8 @@ def test_what_was_run_names_profile_runs_compute_and_provenance(report):
             f"cuda: {hours[True]:.1f} h of training (NVIDIA H200: 24 runs)") in part
     assert "dates 2026-01-02 to 2026-01-05; torch 2.5.1 (24 runs), 2.6.0 (13 runs)" in part
     assert "commits aaaaaaaaaa (24 runs), bbbbbbbbbb-dirty (13 runs)" in part
+    assert ("**Regime**: compile auto (37 runs); precision bf16 (24 runs), fp32 (13 runs); "
+            "threads per run not recorded (24 runs), 1 (13 runs).") in part
     assert "every cell as planned" in part
     assert f"  - `{failed}`: status 'failed': RuntimeError: CUDA out of memory" in part
 
@@ -249,7 +251,7 @@ def test_reproduce_gives_the_commands_of_this_page(report):
     block = section(report[0], "How to reproduce this page").split("```bash\n")[1].split("```")[0]
     commands = block.splitlines()
     assert [c.split("  #")[0].strip() for c in commands] == [
-        "python -m repro.launch all --seeds 3 --profile budget --recipe suite",
+        "python -m repro.launch all --seeds 3 --profile budget --recipe suite --compile auto",
         "python -m repro.status all --seeds 3 --profile budget --recipe suite",
         "python -m analysis.make_report --profile budget --recipe suite --seeds 3 --spread std"]
 
