@@ -59,8 +59,8 @@ class RunConfig:
     device: str = knob("auto", "auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...", id=False)
     compile: str = knob("auto", f"torch.compile the whole training step: {', '.join(COMPILE_MODES)} (auto: off on "
                         f"a CPU, repro.train.CUDA_COMPILE on a GPU; README: Speed)", id=False)
-    precision: str = knob("auto", "auto (bf16 autocast + channels_last on CUDA, fp32 on CPU), bf16, fp32",
-                          id=False)
+    precision: str = knob("auto", "auto (bf16 autocast + channels_last on CUDA and on a CPU with bf16 units, "
+                          "else fp32), bf16, fp32", id=False)
     wandb: str = knob("offline", "W&B mode: offline (default, no network), online, disabled", id=False)
     wandb_project: str = knob("flexpool-repro", "W&B project", id=False)
     wandb_entity: str = knob("", "W&B entity ('' = your default)", id=False)

@@ -122,7 +122,7 @@ def test_converted_model_trains_and_its_state_dict_reloads(original, size):
 def small(request):
     model = replace_global_pool(build(request.param), torch.randn(1, 3, 64, 64))
     with torch.no_grad():
-        flexpools(model)[0].weight.uniform_(0, 0.5)  # not average pooling any more: the layer itself must carry
+        flexpools(model)[0].weight.uniform_(0, 0.5)  # no longer average pooling: the output depends on the layer
     return model
 
 
