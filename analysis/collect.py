@@ -36,7 +36,7 @@ MAIN_POOL = "pool"  # the final FlexPool's module name in a record's "flexpool"
 TIMING_KEYS = ("wall_s", "train_s", "images_per_s")  # the record's "timing" and "env" entries its row keeps
 ENV_KEYS = ("date", "git_commit", "torch", "device", "device_type", "cpu_bf16_units", "cpus", "precision",
             "threads")
-ROW_COLUMNS = [  # the keys of _row (record_row's and its own), so an empty DataFrame still has them
+ROW_COLUMNS = [  # the keys of record_row, so an empty DataFrame still has them
     "file", "run_id", "cell", "table", "dataset", "column", "seed", "accuracy", "head_accuracies", "train_loss",
     "eval_split", "profile", "variant", *TIMING_KEYS, *ENV_KEYS, "config", "flexpool", "recipe", "sum_dev",
 ]
@@ -47,7 +47,8 @@ class AnalysisError(Exception):
 
 
 def record_row(record: dict, name: str) -> dict:
-    """One DataFrame row from a record; raises RecordError saying why the record cannot count."""
+    """One DataFrame row from a record; raises RecordError saying why the record cannot count. Profile and
+    recipe are derived from the config (older records lack the keys)."""
     state, reason = record_state(record)  # the launcher's and status's reading of a record too
     if state != "completed":
         raise RecordError(reason if state == "unusable" else f"status {state!r}: {reason}")
@@ -57,6 +58,7 @@ def record_row(record: dict, name: str) -> dict:
     cell = str(record.get("cell") or config.cell)
     where = parse_cell(cell) if cell.count("/") == 2 else {"table": None, "dataset": config.dataset, "column": None}
     env, timing = record.get("env") or {}, record.get("timing") or {}
+    flexpool = record.get("flexpool") if isinstance(record.get("flexpool"), dict) else {}
     return {
         "file": name, "run_id": record.get("run_id", config.run_id), "cell": cell, **where,
         "seed": config.seed, "accuracy": float(accuracy),
@@ -64,8 +66,8 @@ def record_row(record: dict, name: str) -> dict:
         "eval_split": record.get("eval_split", config.eval_split),
         "profile": profile_of(config), "variant": config.replace(seed=0).run_id,
         **{key: timing.get(key) for key in TIMING_KEYS}, **{key: env.get(key) for key in ENV_KEYS},
-        "config": config.to_dict(),
-        "flexpool": record.get("flexpool") if isinstance(record.get("flexpool"), dict) else {},
+        "config": config.to_dict(), "flexpool": flexpool, "recipe": recipe_of(config),
+        "sum_dev": sum_dev(flexpool),
     }
 
 
@@ -79,13 +81,6 @@ def sum_dev(flexpool: dict) -> float:
     weighted average (0: exactly). NaN without a final FlexPool (AvgPool, or a record without weights)."""
     sums = pd.Series((flexpool.get(MAIN_POOL) or {}).get("sums", []), dtype=float)
     return float((sums - 1).abs().mean()) if len(sums) else math.nan
-
-
-def _row(record: dict, name: str) -> dict:
-    """record_row plus the run's recipe, derived from the config like its profile (older records lack the key),
-    and the final FlexPool's sum deviation."""
-    row = record_row(record, name)
-    return {**row, "recipe": recipe_of(RunConfig.from_dict(row["config"])), "sum_dev": sum_dev(row["flexpool"])}
 
 
 def _skip(name: str, record, reason: str) -> dict:
@@ -117,7 +112,7 @@ def load_runs(runs_dir: str | Path) -> tuple[pd.DataFrame, list[dict]]:
         record = None
         try:
             record = read_record(path)
-            rows.append(_row(record, name))
+            rows.append(record_row(record, name))
         except RecordError as e:
             skipped.append(_skip(name, record, str(e).removeprefix(f"{path}: ")))
         except (AttributeError, TypeError, ValueError) as e:  # a field of the wrong type: skip it, never crash
@@ -148,7 +143,7 @@ def load_wandb(path: str) -> tuple[pd.DataFrame, list[dict]]:
             "metrics": {k: summary.get(k) for k in ("accuracy", "head_accuracies", "train_loss")},
         }
         try:
-            rows.append(_row(record, f"wandb:{run.id}"))
+            rows.append(record_row(record, f"wandb:{run.id}"))
         except RecordError as e:
             skipped.append(_skip(f"wandb:{run.id}", record, str(e)))
     if not rows and not skipped:
@@ -167,14 +162,14 @@ def select(runs: pd.DataFrame, profile: str = "full", recipe: str = "suite") -> 
     if len(table_runs) < len(runs):
         notes.append(f"{len(runs) - len(table_runs)} run(s) outside the tables or on the val split left out")
     if profile != "any":
-        other = table_runs[table_runs["profile"] != profile]
-        for name, count in other["profile"].value_counts().items():
+        wanted = table_runs["profile"] == profile
+        for name, count in table_runs.loc[~wanted, "profile"].value_counts().items():
             notes.append(f"{count} test run(s) of profile {name!r} left out (use --profile {name} or any)")
-        table_runs = table_runs[table_runs["profile"] == profile]
-    other = table_runs[~table_runs["recipe"].isin(recipes(recipe))]
-    for name, count in other["recipe"].value_counts().items():
+        table_runs = table_runs[wanted]
+    wanted = table_runs["recipe"].isin(recipes(recipe))
+    for name, count in table_runs.loc[~wanted, "recipe"].value_counts().items():
         notes.append(f"{count} test run(s) of recipe {name!r} left out (use --recipe {name} or both)")
-    table_runs = table_runs[table_runs["recipe"].isin(recipes(recipe))]
+    table_runs = table_runs[wanted]
     kept = [_one_variant(cell_runs, notes) for _, cell_runs in table_runs.groupby(["recipe", "cell"], sort=True)]
     chosen = pd.concat(kept) if kept else table_runs.iloc[0:0]
     return chosen.reset_index(drop=True), notes

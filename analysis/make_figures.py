@@ -33,6 +33,7 @@ from analysis.make_tables import (
     DATASET_LABELS,
     DATASET_ORDER,
     SPREADS,
+    cells_of,
     load_summary,
     out_dir,
     output_parser,
@@ -60,15 +61,15 @@ MAX_LABELLED = 64  # heatmaps with at most this many cells (ResNet20's last stag
 
 
 def gains(cell_runs: pd.DataFrame) -> pd.DataFrame | None:
-    """Per column: mean, spread and n of (accuracy - AvgPool accuracy) in percentage points over the seeds
-    both have, like the claims' pairing; None without AvgPool runs."""
+    """Per column with runs: mean, spread and n of (accuracy - AvgPool accuracy) in percentage points over the
+    seeds both have, like the claims' pairing; None without AvgPool runs."""
     acc = cell_runs.pivot_table(index="seed", columns="column", values="accuracy") * 100
     if "avgpool" not in acc:
         return None
     diff = acc.sub(acc["avgpool"], axis=0).reindex(columns=list(COLUMNS))
     out = diff.agg(["mean", "std", "count"]).T
     out["sem"] = out["std"] / out["count"].pow(0.5)
-    return out.rename(columns={"count": "n"})
+    return out[out["count"] > 0].rename(columns={"count": "n"})
 
 
 def trend_figure(runs: pd.DataFrame, summary: pd.DataFrame, table: str, spread: str, profile: str,
@@ -78,11 +79,11 @@ def trend_figure(runs: pd.DataFrame, summary: pd.DataFrame, table: str, spread: 
     part = runs[runs["table"] == table]
     series = {(r, d): gains(part[(part["recipe"] == r) & (part["dataset"] == d)]) for r in recipes
               for d in DATASET_ORDER}
-    series = {key: g[g["n"] > 0] for key, g in series.items() if g is not None}
+    series = {key: g for key, g in series.items() if g is not None}
     counts = pd.concat([g["n"] for g in series.values()]).astype(int) if series else pd.Series(dtype=int)
     order = ["paper (published values)", *(f"ours, {r} recipe" for r in recipes)]  # legend order in every figure
     for ax, d in zip(fig.subplots(2, 2).flat, DATASET_ORDER):
-        cells = summary[(summary["table"] == table) & (summary["dataset"] == d)].set_index(["recipe", "column"])
+        cells = cells_of(summary, table, d)
         paper = cells.loc[recipes[0]].loc[list(COLUMNS), "paper"]
         levels, ours = [], [0.0]
         for i, recipe in enumerate(recipes):
@@ -124,11 +125,10 @@ def trend_figure(runs: pd.DataFrame, summary: pd.DataFrame, table: str, spread: 
     handles = {label: h for ax in fig.axes for h, label in zip(*ax.get_legend_handles_labels())}
     handles = dict(sorted(handles.items(), key=lambda item: [item[0].startswith(o) for o in order].index(True)))
     fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=len(handles), fontsize=8)
-    title = TREND_TITLES[table]
     bars = (f"points: mean over seeds of each seed's gain; error bars: {SPREADS[spread]} over seeds"
             if (counts > 1).any() else "one seed per point: no error bars")
-    fig.suptitle(f"{title}: test accuracy gained over AvgPool; {profile_text(profile)}, {' and '.join(recipes)} recipe\n"
-                 f"{bars}", fontsize=10)
+    fig.suptitle(f"{TREND_TITLES[table]}: test accuracy gained over AvgPool; {profile_text(profile)}, "
+                 f"{' and '.join(recipes)} recipe\n{bars}", fontsize=10)
     return fig
 
 
@@ -152,13 +152,11 @@ def _size(pool: dict) -> str:
 
 def flexpool_panels(cell_runs: pd.DataFrame) -> list[tuple[str, object]]:
     """(title, data) panels for one cell: arrays become heatmaps, the list of weight sums a histogram."""
-    has_weights = [MAIN_POOL in f for f in cell_runs["flexpool"]]
-    runs = cell_runs[has_weights].sort_values("seed") if any(has_weights) else cell_runs.iloc[0:0]
+    runs = cell_runs.loc[[MAIN_POOL in f for f in cell_runs["flexpool"]]].sort_values("seed")
     if runs.empty:
         return []
-    shape = runs["flexpool"].iloc[0][MAIN_POOL]["shape"]
-    same = [f for f in runs["flexpool"] if f[MAIN_POOL]["shape"] == shape]
-    first = same[0][MAIN_POOL]
+    first = runs["flexpool"].iloc[0][MAIN_POOL]
+    same = [f for f in runs["flexpool"] if f[MAIN_POOL]["shape"] == first["shape"]]
     pool = f"final pool {_size(first)}"
     panels = [(f"{pool}, channel mean\n({plural(len(same), 'seed')})",
                _scaled([f[MAIN_POOL]["channel_mean"] for f in same]).mean(0))]
@@ -211,7 +209,7 @@ def flexpool_figure(runs: pd.DataFrame, table: str, dataset: str, profile: str, 
         return None
     ncols = max(len(panels) for _, panels in rows)
     fig = Figure(figsize=(PANEL_SIZE[0] * ncols, PANEL_SIZE[1] * len(rows) + 0.5), dpi=DPI, layout="constrained")
-    axes = np.atleast_2d(fig.subplots(len(rows), ncols, squeeze=False))
+    axes = fig.subplots(len(rows), ncols, squeeze=False)
     for (column, panels), ax_row in zip(rows, axes):
         for ax, (title, data) in zip(ax_row, panels):
             if isinstance(data, list):

@@ -29,7 +29,7 @@ from analysis.make_tables import (
     claims_intro,
     fmt,
     load_summary,
-    md_cell,
+    md_cells,
     md_table,
     out_dir,
     output_parser,
@@ -140,26 +140,15 @@ def data_sets(summary: pd.DataFrame, recipe: str) -> str:
     return ran + (f"; no runs: {', '.join(missing)}" if missing else "")
 
 
-def tuned_cells(runs: pd.DataFrame, profile: str, recipe: str) -> list[str]:
-    """Cells whose runs have another config than the plan's (tuned --params): the launch command alone does
-    not train them again."""
+def configs(runs: pd.DataFrame, profile: str, recipe: str) -> str:
+    """The cells whose runs have another config than the plan's (tuned --params): the launch command alone
+    does not train them again."""
     planned = {cell: cell_config(*cell.split("/"), profile, recipe=recipe).run_id
                for cell in set(runs["cell"])}
-    return sorted({cell for cell, variant in zip(runs["cell"], runs["variant"]) if variant != planned[cell]})
-
-
-def configs(runs: pd.DataFrame, profile: str, recipe: str) -> str:
-    tuned = tuned_cells(runs, profile, recipe)
+    tuned = sorted({cell for cell, variant in zip(runs["cell"], runs["variant"]) if variant != planned[cell]})
     if not tuned:
         return "every cell as planned (no tuned parameters)"
     return f"{plural(len(tuned), 'cell')} with tuned parameters, not the plan's: {', '.join(tuned)}"
-
-
-def left_out(loaded: Loaded, profile: str, recipe: str) -> list[str]:
-    """The skipped records of this profile and recipe, or of none known (unreadable), and why; then the notes
-    on runs of other profiles, recipes or configs."""
-    mine = [s for s in loaded.skipped if s["profile"] in (profile, None) and s["recipe"] in (recipe, None)]
-    return [f"`{s['file']}`: {s['reason']}" for s in mine] + loaded.notes
 
 
 def completed(runs: pd.DataFrame, seeds: int, datasets: list[str]) -> str:
@@ -170,7 +159,10 @@ def completed(runs: pd.DataFrame, seeds: int, datasets: list[str]) -> str:
 
 def what_was_run(loaded: Loaded, profile: str, recipe: str, seeds: int, datasets: list[str]) -> str:
     runs, summary = loaded.runs, loaded.summary
-    skipped = left_out(loaded, profile, recipe)
+    # the skipped records of this profile and recipe, or of none known (unreadable), then the notes on runs
+    # of other profiles, recipes or configs
+    skipped = [f"`{s['file']}`: {s['reason']}" for s in loaded.skipped
+               if s["profile"] in (profile, None) and s["recipe"] in (recipe, None)] + loaded.notes
     items = [
         f"**Profile**: {profile_words(profile)}: {PROFILE_NOTES[profile]}.",
         f"**Recipe**: {recipe_text([recipe])}.",
@@ -187,13 +179,10 @@ def what_was_run(loaded: Loaded, profile: str, recipe: str, seeds: int, datasets
                       *(f"  - {line}" for line in skipped)]) + "\n"
 
 
-def demote(markdown: str) -> str:
-    """Every heading one level down, so that make_tables' tables sit under a heading of this page."""
-    return re.sub(r"^#", "##", markdown, flags=re.MULTILINE)
-
-
 def tables(summary: pd.DataFrame, spread: str, profile: str, recipe: str) -> str:
-    parts = [demote(table_md(summary, table, spread, profile, [recipe])) for table in TABLES]
+    # every heading one level down, so that make_tables' tables sit under a heading of this page
+    parts = [re.sub(r"^#", "##", table_md(summary, table, spread, profile, [recipe]), flags=re.MULTILINE)
+             for table in TABLES]
     return "\n".join(["## The tables", "", TABLE_NOTE, "", *parts])
 
 
@@ -242,17 +231,6 @@ def figure_note(table: str, dataset: str | None) -> str:
             "average pooling, blue: less) and for the weight sums' histogram at 1, where Eq. 2 pulls them.")
 
 
-def draw_figures(loaded: Loaded, spread: str, profile: str, recipe: str,
-                 out: Path) -> list[tuple[str, str, str | None]]:
-    """make_figures' figures as PNGs next to the page: (file name, table, data set or None) for each."""
-    drawn = []
-    for stem, table, dataset, fig in make_figures.figures(loaded.runs, loaded.summary, spread, profile,
-                                                           [recipe]):
-        [path] = make_figures.save(fig, out, stem, formats=("png",))
-        drawn.append((path.name, table, dataset))
-    return drawn
-
-
 def figures_section(drawn: list[tuple[str, str, str | None]]) -> str:
     lines = ["## Figures", ""]
     for name, table, dataset in drawn:
@@ -260,27 +238,22 @@ def figures_section(drawn: list[tuple[str, str, str | None]]) -> str:
     return "\n".join(lines)
 
 
-def reproduce_commands(args, seeds: int, runs: pd.DataFrame) -> list[str]:
-    """The launch and status commands of the plan (all of it, or the data sets --datasets names), the launch
-    with the compile mode the records share."""
+def plan_commands(args, seeds: int, runs: pd.DataFrame) -> tuple[str, str, str]:
+    """The launch, status and report commands of the plan (all of it, or the data sets --datasets names), the
+    launch with the compile mode the records share."""
     only = "" if set(args.datasets) == set(DATASET_ORDER) else f" --datasets {' '.join(args.datasets)}"
     plan = f"all --seeds {seeds}{only} --profile {args.profile} --recipe {args.recipe}"
     modes = compile_modes(runs).dropna().unique()
     compile_flag = f" --compile {modes[0]}" if len(modes) == 1 else ""
-    return [f"python -m repro.launch {plan}{compile_flag}", f"python -m repro.status {plan}"]
-
-
-def report_command(args, seeds: int) -> str:
-    only = "" if set(args.datasets) == set(DATASET_ORDER) else f" --datasets {' '.join(args.datasets)}"
-    return (f"python -m analysis.make_report --profile {args.profile} --recipe {args.recipe} --seeds {seeds}{only} "
-            f"--spread {args.spread}")
+    report = (f"python -m analysis.make_report --profile {args.profile} --recipe {args.recipe} "
+              f"--seeds {seeds}{only} --spread {args.spread}")
+    return f"python -m repro.launch {plan}{compile_flag}", f"python -m repro.status {plan}", report
 
 
 def reproduce(args, seeds: int, runs: pd.DataFrame) -> str:
-    launch, status = reproduce_commands(args, seeds, runs)
+    launch, status, report = plan_commands(args, seeds, runs)
     commands = [f"{launch}   # trains the runs; those with records are skipped",
-                f"{status}   # how many are done",
-                report_command(args, seeds)]
+                f"{status}   # how many are done", report]
     return "\n".join(["## How to reproduce this page", "", REPRODUCE_WHERE, "", "```bash", *commands, "```",
                       "", REPRODUCE_OTHERS, ""])
 
@@ -298,11 +271,6 @@ def page(loaded: Loaded, claims: pd.DataFrame, drawn, args, seeds: int) -> str:
 
 
 README_END = "<!-- end of results -->"
-
-
-def readme_start(args, seeds: int) -> str:
-    return (f"<!-- results: written by {report_command(args, seeds)} --readme {args.readme}; made from the "
-            "records, not edited by hand -->")
 
 
 def limits(profile: str) -> str:
@@ -325,16 +293,17 @@ def readme_section(loaded: Loaded, claims: pd.DataFrame, drawn, args, seeds: int
     base = Path(args.readme).resolve().parent
     link = page_path.resolve().relative_to(base).as_posix()
     ran = [d for d in DATASET_ORDER if summary.loc[summary["dataset"] == d, "n"].sum()]
-    rows = [[f"Table {table[-1]}, {DATASET_LABELS[d]}",
-             *(md_cell(cell, args.spread) for cell in summary[(summary["table"] == table) & (
-                 summary["dataset"] == d)].set_index("column").loc[list(COLUMNS)].reset_index().to_dict("records"))]
+    rows = [[f"Table {table[-1]}, {DATASET_LABELS[d]}", *md_cells(summary, recipe, table, d, args.spread)]
             for d in ran for table in TABLES]
     figure = next((name for name, _, dataset in drawn if dataset is None), None)
+    launch, _, report = plan_commands(args, seeds, runs)
+    start = (f"<!-- results: written by {report} --readme {args.readme}; made from the records, not edited "
+             "by hand -->")
     intro = (f"**{profile_words(profile).capitalize()}, {recipe_text([recipe])}**: "
              f"{completed(runs, seeds, args.datasets)}; {compute(runs)}; {provenance(runs)}. Trained by "
-             f"`{reproduce_commands(args, seeds, runs)[0]}`. The whole page, with each claim's Holm-adjusted p, "
-             f"whether the paper's Δ fits our interval and the seeds that would settle it: [{link}]({link}).")
-    lines = [readme_start(args, seeds), "", intro, "",
+             f"`{launch}`. The whole page, with each claim's Holm-adjusted p, whether the paper's Δ fits our "
+             f"interval and the seeds that would settle it: [{link}]({link}).")
+    lines = [start, "", intro, "",
              *md_table(["Test accuracy (%)", *(COLUMN_LABELS[c] for c in COLUMNS)], rows), ""]
     if not claims.empty:
         lines += [f"The paper's claims, paired by seed ({CLAIMS_METHOD_SHORT}):", "",
@@ -342,7 +311,8 @@ def readme_section(loaded: Loaded, claims: pd.DataFrame, drawn, args, seeds: int
     if figure:
         lines += [f"![{Path(figure).stem}]({(page_path.parent / figure).resolve().relative_to(base).as_posix()})",
                   ""]
-    return "\n".join([*lines, *([limits(profile), ""] if limits(profile) else []), README_END])
+    caveat = limits(profile)
+    return "\n".join([*lines, *([caveat, ""] if caveat else []), README_END])
 
 
 CLAIMS_METHOD_SHORT = (f"Δ in points, its {stats.CONFIDENCE:.0%} CI from the t distribution, p of the paired "
@@ -385,7 +355,10 @@ def main(argv=None) -> None:
     loaded, out = load_summary(args), out_dir(args)
     seeds = args.seeds or (int(loaded.runs["seed"].max()) + 1 if len(loaded.runs) else 1)
     claims = stats.assess(stats.evaluate_claims(loaded.runs, loaded.paper, DATASET_ORDER, [args.recipe]))
-    drawn = draw_figures(loaded, args.spread, args.profile, args.recipe, out)
+    # make_figures' figures as PNGs next to the page: (file name, table, data set or None) for each
+    drawn = [(make_figures.save(fig, out, stem, formats=("png",))[0].name, table, dataset)
+             for stem, table, dataset, fig in make_figures.figures(loaded.runs, loaded.summary, args.spread,
+                                                                    args.profile, [args.recipe])]
     text = page(loaded, claims, drawn, args, seeds)
     atomic_write(out / PAGE, lambda f: f.write(text.encode()))
     if args.readme:

@@ -93,18 +93,26 @@ def fmt(x: float, sign: bool = False) -> str:
     return "n/a" if pd.isna(x) else f"{x:+.2f}" if sign else f"{x:.2f}"
 
 
-def _count(cell: dict) -> str:
-    skipped = f", {cell['skipped']} skipped" if cell["skipped"] else ""
-    return f"n={cell['n']}{skipped}"
-
-
 def md_cell(cell: dict, spread: str) -> str:
+    count = f"n={cell['n']}" + (f", {cell['skipped']} skipped" if cell["skipped"] else "")
     paper = f"paper {fmt(cell['paper'])}"
     if cell["n"] == 0:
-        return f"missing ({_count(cell)}); {paper}"
+        return f"missing ({count}); {paper}"
     ours = f"{cell['mean']:.2f}" + (f" ± {cell[spread]:.2f}" if cell["n"] > 1 else "")
     dev = "" if pd.isna(cell["sum_dev"]) else rf"; \|Σw−1\| {cell['sum_dev']:.2f}"  # a bare | ends the cell
-    return f"{ours} ({_count(cell)}); {paper}; Δ {fmt(cell['diff'], sign=True)}{dev}"
+    return f"{ours} ({count}); {paper}; Δ {fmt(cell['diff'], sign=True)}{dev}"
+
+
+def cells_of(summary: pd.DataFrame, table: str, dataset: str) -> pd.DataFrame:
+    """One data set's cells of a table, indexed by (recipe, column)."""
+    part = summary[(summary["table"] == table) & (summary["dataset"] == dataset)]
+    return part.set_index(["recipe", "column"])
+
+
+def md_cells(summary: pd.DataFrame, recipe: str, table: str, dataset: str, spread: str) -> list[str]:
+    """md_cell of each column, in the paper's order."""
+    part = cells_of(summary, table, dataset).loc[recipe].loc[list(COLUMNS)]
+    return [md_cell(cell, spread) for cell in part.to_dict("records")]
 
 
 def caption(summary: pd.DataFrame, table: str, spread: str, profile: str, recipes) -> str:
@@ -126,13 +134,8 @@ def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def table_md(summary: pd.DataFrame, table: str, spread: str, profile: str, recipes) -> str:
-    rows = []
-    for d in DATASET_ORDER:
-        for recipe in recipes:
-            part = summary[(summary["recipe"] == recipe) & (summary["table"] == table) & (summary["dataset"] == d)]
-            cells = [md_cell(cell, spread) for cell in part.set_index("column").loc[list(COLUMNS)].reset_index()
-                     .to_dict("records")]
-            rows.append([DATASET_LABELS[d] + (f" ({recipe})" if len(recipes) > 1 else ""), *cells])
+    rows = [[DATASET_LABELS[d] + (f" ({recipe})" if len(recipes) > 1 else ""),
+             *md_cells(summary, recipe, table, d, spread)] for d in DATASET_ORDER for recipe in recipes]
     title = f"## Table {table[-1]}: {TABLE_TITLES[table]} ({profile} profile, {' and '.join(recipes)} recipe)"
     lines = [title, "", caption(summary, table, spread, profile, recipes), "",
              *md_table(["Dataset"] + [COLUMN_LABELS[c] for c in COLUMNS], rows)]
@@ -182,7 +185,7 @@ def table_latex(summary: pd.DataFrame, table: str, spread: str, profile: str, re
              r"\setlength{\tabcolsep}{4pt}", r"\begin{tabular}{@{}l" + "c" * len(COLUMNS) + "@{}}", r"\toprule",
              " & ".join([""] + [_stack(COLUMN_LABELS[c]) for c in COLUMNS]) + r" \\"]
     for d in DATASET_ORDER:
-        part = summary[(summary["table"] == table) & (summary["dataset"] == d)].set_index(["recipe", "column"])
+        part = cells_of(summary, table, d)
         rows = [("paper", [_tex(part.loc[(recipes[0], c), "paper"]) for c in COLUMNS])]
         for recipe in recipes:
             rows += _tex_rows(part.loc[recipe].loc[list(COLUMNS)], spread,
@@ -193,17 +196,15 @@ def table_latex(summary: pd.DataFrame, table: str, spread: str, profile: str, re
     return "\n".join(lines) + "\n"
 
 
-def _claim_where(row) -> str:
-    return f"{DATASET_LABELS.get(row.dataset, row.dataset)} ({row.comparison})"
-
-
 def claim_summary(part: pd.DataFrame) -> str:
     """'supported 2 (where, where); inconclusive 6 — of 8 comparisons' for one claim's rows."""
     pieces = []
     for verdict in VERDICTS:
         hits = part[part["verdict"] == verdict]
         if len(hits):
-            where = "" if verdict == "inconclusive" else f" ({', '.join(map(_claim_where, hits.itertuples()))})"
+            where = ", ".join(f"{DATASET_LABELS.get(r.dataset, r.dataset)} ({r.comparison})"
+                              for r in hits.itertuples())
+            where = "" if verdict == "inconclusive" else f" ({where})"
             pieces.append(f"{verdict} {len(hits)}{where}")
     return "; ".join(pieces) + f" — of {len(part)} comparisons"
 
@@ -343,8 +344,7 @@ def parse_args(argv=None):
 
 
 class Loaded(NamedTuple):
-    """What the command-line tools read: the selected runs, the skipped records, notes on the runs left out,
-    the paper's values per table and the per-cell summary."""
+    """What the command-line tools read: notes are on the runs left out, paper holds its values per table."""
 
     runs: pd.DataFrame
     skipped: list[dict]
