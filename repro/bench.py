@@ -38,6 +38,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -80,7 +81,6 @@ class Prepared:
     epoch: int = 0
 
     def train_epoch(self) -> torch.Tensor:
-        """One training epoch; returns its mean loss (on the device)."""
         loss, _ = train.train_epoch(self.config, self.step, self.model, self.lrs, self.epoch % SCHEDULE_EPOCHS,
                                     self.n)
         self.epoch += 1
@@ -175,7 +175,7 @@ class Pool:
         self.replies = ctx.Queue()
         self.commands = [ctx.Queue() for _ in range(size)]
         self.barriers = {k: ctx.Barrier(k) for k in packing if k > 1}  # kept: the workers open them by name
-        with _environment(env or {}):
+        with mock.patch.dict(os.environ, env or {}):  # spawned processes take the environment at their start
             # not daemons: a daemon may not start processes, and inductor compiles in a pool of its own
             self.procs = [ctx.Process(target=_worker, args=(i, q, self.replies, self.barriers))
                           for i, q in enumerate(self.commands)]
@@ -215,37 +215,22 @@ class Pool:
 
 
 @contextlib.contextmanager
-def _environment(env: dict):
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-@contextlib.contextmanager
 def mps_daemon():
     """A CUDA MPS control daemon of this command's own (its own pipe folder, so nothing else on the machine
     joins it), stopped at the end; yields the environment its clients need."""
-    folder = Path(tempfile.mkdtemp(prefix="flexpool-mps-"))
-    env = {"CUDA_MPS_PIPE_DIRECTORY": str(folder / "pipe"), "CUDA_MPS_LOG_DIRECTORY": str(folder / "log")}
-    for path in env.values():
-        Path(path).mkdir()
-    started = subprocess.run([MPS_CONTROL, "-d"], env=os.environ | env, capture_output=True, text=True,
-                             timeout=60, check=False)
-    if started.returncode:
-        raise BenchError(f"{MPS_CONTROL} -d failed: {(started.stderr or started.stdout).strip()}")
-    try:
-        yield env
-    finally:
-        subprocess.run([MPS_CONTROL], input="quit\n", env=os.environ | env, capture_output=True, text=True,
-                       timeout=120, check=False)
-        shutil.rmtree(folder, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix="flexpool-mps-", ignore_cleanup_errors=True) as folder:
+        env = {"CUDA_MPS_PIPE_DIRECTORY": f"{folder}/pipe", "CUDA_MPS_LOG_DIRECTORY": f"{folder}/log"}
+        for path in env.values():
+            os.mkdir(path)
+        started = subprocess.run([MPS_CONTROL, "-d"], env=os.environ | env, capture_output=True, text=True,
+                                 timeout=60, check=False)
+        if started.returncode:
+            raise BenchError(f"{MPS_CONTROL} -d failed: {(started.stderr or started.stdout).strip()}")
+        try:
+            yield env
+        finally:
+            subprocess.run([MPS_CONTROL], input="quit\n", env=os.environ | env, capture_output=True, text=True,
+                           timeout=120, check=False)
 
 
 # --- the survey ----------------------------------------------------------------------------------------------
@@ -271,32 +256,27 @@ def measure_regime(regime: str, packing: list[int], args, env: dict | None = Non
     plain, cpu = is_plain(regime), args.device == "cpu"
     cell = PLAIN_CELL if plain else HEAVIEST
     config, name = bench_config(cell, regime, args), regime + (" + MPS" if env else "")
+
+    def order(worker: int, compile_threads: int, runs: int) -> tuple:
+        threads = max(1, CORES // runs) if cpu else torch.get_num_threads()
+        return worker, ("prepare", cell, (config, args.steps, compile_threads, threads, plain))
+
     rates, warm, cold = {}, {}, None
     with Pool(max(packing), packing, env) as pool:
         for k in packing:
             if cpu or not warm:
-                first, warm[k] = prepare_side_by_side(pool, cell, config, k if cpu else max(packing), plain, args)
-                cold = first if cold is None else cold
+                # worker 0 alone, with every core to compile; then `runs` again side by side, finding its compiled
+                # code in the cache: the slowest of them
+                runs = k if cpu else max(packing)
+                [first] = pool.ask([order(0, CORES, runs)], PREPARE_TIMEOUT_S).values()
+                again = pool.ask([order(i, max(1, CORES // runs), runs) for i in range(runs)], PREPARE_TIMEOUT_S)
+                cold, warm[k] = first if cold is None else cold, max(again.values())
                 print(f"  {name:<{WIDTH}} ready in {cold:.1f} s cold, {warm[k]:.1f} s warm", flush=True)
             answers = pool.ask([(i, ("time", cell, (args.seconds, k))) for i in range(k)], PREPARE_TIMEOUT_S)
             rates[k] = sum(answers.values())
             print(f"  {name:<{WIDTH}} {plural(k, 'run'):>7}: {rates[k]:>12,.0f} images/s", flush=True)
     by_runs = {k: warm.get(k, warm[packing[0]]) for k in packing}
     return rates, {"cold": cold, "warm": by_runs[packing[0]], "warm_by_runs": by_runs}
-
-
-def prepare_side_by_side(pool: Pool, cell: str, config: RunConfig, runs: int, plain: bool, args):
-    """(seconds, seconds): worker 0 prepares alone, with every core to compile; then workers 0..runs-1 again side
-    by side, finding its compiled code in the cache: the slowest of them. Each trains with its share of the
-    cores on a CPU."""
-    threads = max(1, CORES // runs) if args.device == "cpu" else torch.get_num_threads()
-
-    def order(worker: int, compile_threads: int) -> tuple:
-        return worker, ("prepare", cell, (config, args.steps, compile_threads, threads, plain))
-
-    [first] = pool.ask([order(0, CORES)], PREPARE_TIMEOUT_S).values()
-    again = pool.ask([order(i, max(1, CORES // runs)) for i in range(runs)], PREPARE_TIMEOUT_S).values()
-    return first, max(again)
 
 
 def measure_columns(regime: str, workers: int, args) -> dict:
@@ -308,17 +288,14 @@ def measure_columns(regime: str, workers: int, args) -> dict:
         pool.ask(orders, PREPARE_TIMEOUT_S * len(CELLS) / workers)
         rates = {}
         for cell in CELLS:
-            [rate] = pool.ask([(owner[cell], ("time", cell, (args.seconds, 1)))], PREPARE_TIMEOUT_S).values()
-            rates[cell] = rate
+            [rates[cell]] = pool.ask([(owner[cell], ("time", cell, (args.seconds, 1)))], PREPARE_TIMEOUT_S).values()
             print(f"  {cell:<{WIDTH}} {rates[cell]:>12,.0f} images/s", flush=True)
     return rates
 
 
 def survey(args) -> dict:
     """Every regime (and, with --mps, packed again under MPS), then every column in the fastest."""
-    results = []
-    for regime in args.regimes:
-        results.append(_attempt(regime, False, lambda r=regime: measure_regime(r, args.packing, args)))
+    results = [_attempt(r, False, lambda r=r: measure_regime(r, args.packing, args)) for r in args.regimes]
     if args.mps:
         results += mps_results(args)
     single = {r["regime"]: r["images_per_s"][1] for r in results if not r["mps"] and r["images_per_s"]}
@@ -343,10 +320,8 @@ def survey(args) -> dict:
 
 
 def speedups(single: dict, best: dict, gain: float, columns: dict) -> dict:
-    """How the fastest regime compares with its yardsticks: its summed images/s (heaviest column, its runs side
-    by side) over one eager fp32 run's; and the AvgPool column, one run each, over the plain loop's, then run
-    the fastest way (one run's speed x the packing gain of the heaviest column) over the plain loop as written
-    (one process, every core)."""
+    """The fastest regime over its yardsticks, the ratios SPEEDUP_WORDS names; "the fastest way" is one run's
+    speed x the packing gain of the heaviest column, the plain loop as written is one process on every core."""
     out = {}
     if "off/fp32" in single:
         out["over_eager_fp32"] = best["images_per_s"] / single["off/fp32"]
@@ -377,23 +352,22 @@ def mps_results(args) -> list[dict]:
     if shutil.which(MPS_CONTROL) is None or not packed:
         print(f"  MPS: skipped ({MPS_CONTROL} not found)" if packed else "  MPS: skipped (no packed runs)")
         return []
-    results = []
     try:
         with mps_daemon() as env:
-            for regime in args.regimes:
-                results.append(_attempt(regime, True, lambda r=regime: measure_regime(r, packed, args, env)))
-    except BenchError as e:
-        results.append({"regime": "MPS", "mps": True, "images_per_s": {}, "prepare_s": {}, "error": str(e)})
-    return results
+            return [_attempt(regime, True, lambda r=regime: measure_regime(r, packed, args, env))
+                    for regime in args.regimes]
+    except BenchError as e:  # the daemon did not start
+        return [{"regime": "MPS", "mps": True, "images_per_s": {}, "prepare_s": {}, "error": str(e)}]
 
 
 def _attempt(regime: str, mps: bool, measure) -> dict:
+    result = {"regime": regime, "mps": mps, "images_per_s": {}, "prepare_s": {}, "error": None}
     try:
-        rates, prepare_s = measure()
-        return {"regime": regime, "mps": mps, "images_per_s": rates, "prepare_s": prepare_s, "error": None}
+        result["images_per_s"], result["prepare_s"] = measure()
     except BenchError as e:
         print(f"  {regime + (' + MPS' if mps else ''):<{WIDTH}} failed: {e}", flush=True)
-        return {"regime": regime, "mps": mps, "images_per_s": {}, "prepare_s": {}, "error": str(e)}
+        result["error"] = str(e)
+    return result
 
 
 def best_text(best: dict, args) -> str:
@@ -510,8 +484,7 @@ def both(name: str) -> str:
 def settle(args: argparse.Namespace) -> torch.device:
     """Fill in the defaults that depend on the device; check the rest."""
     device = train.resolve_device(args.device)
-    gpu = device.type == "cuda"
-    pick = (lambda name: DEFAULTS[name][0 if gpu else 1])
+    pick = (lambda name: DEFAULTS[name][0 if device.type == "cuda" else 1])
     args.device = str(device)
     for name in ("steps", "seconds"):
         if getattr(args, name) is None:
@@ -544,12 +517,9 @@ def main(argv=None) -> int:
               f"{args.seconds:g} s a measurement; regimes {' '.join(args.regimes)}; "
               f"{' '.join(map(str, args.packing))} run(s) side by side", flush=True)
         result = survey(args)
-    except ConfigError as e:
+    except (ConfigError, BenchError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    except BenchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(e, ConfigError) else 1
     env = train.environment(device)  # after the workers: with MPS, nothing here held the GPU before them
     report = table(result, args, device)
     print(f"device: {env['device']}, torch {env['torch']}, commit {env['git_commit']}\n{report}")

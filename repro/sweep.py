@@ -167,12 +167,6 @@ class Runtime:
     fields: dict  # RunConfig fields that do not change results: results_dir (the root), data_root, wandb, ...
 
 
-def trial_config(study: Study, runtime: Runtime, params: dict, number: int) -> RunConfig:
-    results = Path(runtime.fields["results_dir"]) / "sweeps" / study.name
-    return RunConfig.from_dict({**study.fixed, **params, **runtime.fields, "results_dir": str(results),
-                                "cell": f"sweep/{study.name}/trial{number}", "wandb_group": f"sweep/{study.name}"})
-
-
 def wanted(optuna_study: optuna.Study, budget: int) -> bool:
     """More to do: a retry waits, or finished and running trials fall short of the budget."""
     optuna.storages.fail_stale_trials(optuna_study)
@@ -200,9 +194,9 @@ class Worker(submitit.helpers.Checkpointable):
         from repro import train  # torch only where trials train
 
         quiet()
-        optuna_study = optuna.load_study(study_name=study.name, storage=open_storage(runtime.storage,
-                                                                                        runtime.heartbeat),
-                                         sampler=SAMPLERS[study.sampler](), pruner=make_pruner(study))
+        storage = open_storage(runtime.storage, runtime.heartbeat)
+        optuna_study = optuna.load_study(study_name=study.name, storage=storage, sampler=SAMPLERS[study.sampler](),
+                                         pruner=make_pruner(study))
         if self.orphan is not None:
             retry(optuna_study, self.orphan)
         trained = 0
@@ -225,7 +219,11 @@ class Worker(submitit.helpers.Checkpointable):
         from repro import train
 
         self.current = trial.number
-        config = trial_config(study, runtime, sample(study.space, lambda n, s: suggest(trial, n, s)), trial.number)
+        params = sample(study.space, lambda n, s: suggest(trial, n, s))
+        config = RunConfig.from_dict({
+            **study.fixed, **params, **runtime.fields, "cell": f"sweep/{study.name}/trial{trial.number}",
+            "results_dir": str(Path(runtime.fields["results_dir"]) / "sweeps" / study.name),
+            "wandb_group": f"sweep/{study.name}"})
         trial.set_user_attr("run_id", config.run_id)
 
         def on_epoch(entry: dict) -> bool:

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from repro.config import RunConfig
-from repro.runs import flag
+from repro.config import RunConfig, flag
 from repro.studies import Study, integer
 
 
@@ -65,7 +64,6 @@ def text(study: Study) -> str:
 
 
 def export(study: Study) -> Path:
-    """Write it beside the study's file, in wandb-agent/."""
     out = Path(study.path).parent / "wandb-agent" / f"{study.name}.yaml"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text(study))
