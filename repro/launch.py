@@ -34,8 +34,7 @@ from repro.config import ConfigError, RunConfig, check, plural
 from repro.data import DataError, prepare
 from repro.runs import State
 
-RUN_LOCKED = 3  # exit code of a run process whose run another process is training
-RUN_UNWRITABLE = 4  # exit code of a run process whose files could not be written (disk full, read-only)
+RUN_LOGGED = 3  # exit code of a run process that logged why it left no record (lock held elsewhere, disk)
 
 
 def profile_label(config: RunConfig, profile: str) -> str:
@@ -50,10 +49,9 @@ def profile_label(config: RunConfig, profile: str) -> str:
 
 
 def to_run(states: dict[RunConfig, State], force: bool, retry_failed: bool) -> list[RunConfig]:
-    """Pending and unusable runs (those resume from their checkpoint), plus failed ones with --retry-failed, plus
-    done and queued ones with --force; never running ones. Seed 0 of every cell first, then seed 1, ...: a
-    campaign cut short (a GPU held for minutes, a queue that preempts) leaves whole seeds across the columns,
-    which the paired comparisons need."""
+    """The runs to submit, never running ones; seed 0 of every cell first, then seed 1, ...: a campaign
+    cut short (a GPU held for minutes, a queue that preempts) leaves whole seeds across the columns, which the
+    paired comparisons need."""
     wanted = {"pending", "unusable"} | ({"failed"} if retry_failed or force else set()) \
         | ({"done", "queued"} if force else set())
     return sorted((c for c, state in states.items() if state in wanted), key=lambda c: c.seed)
@@ -92,10 +90,10 @@ def _train(config: dict, log: str, gpu: str | None, threads: int | None) -> None
         sys.exit(records.STOPPED_EXIT)
     except records.WriteError as e:  # the disk's fault, not the run's: no record, a launch resumes it later
         print(f"error: {e}; nothing recorded, launching again resumes the run", flush=True)
-        sys.exit(RUN_UNWRITABLE)
+        sys.exit(RUN_LOGGED)
     if record is None:
         print("another process holds this run's lock: it is trained there", flush=True)
-        sys.exit(RUN_LOCKED)
+        sys.exit(RUN_LOGGED)
 
 
 class RunPack(submitit.helpers.Checkpointable):
@@ -148,7 +146,7 @@ class RunPack(submitit.helpers.Checkpointable):
         finally:
             slots.put(gpu)
         state, code = runs.state(config), proc.exitcode
-        if state in ("done", "failed") or code in (RUN_LOCKED, RUN_UNWRITABLE):
+        if state in ("done", "failed") or code == RUN_LOGGED:
             ended = ""  # its process said so in its log
         elif self._stopping or code in (records.STOPPED_EXIT, -signal.SIGTERM):  # -SIGTERM: before train.run ran
             ended, self._stopping = "stopped", True
@@ -196,8 +194,7 @@ def progressed(config: RunConfig, since: float) -> bool:
 
 def submit(configs: list[RunConfig], kind: str, profile: dict | None, runs_per_gpu: int, folder: Path,
            name: str, snapshot: bool = True) -> list:
-    """Submit the runs as one job (an array on SLURM); returns submitit's jobs, one per task. A submission
-    that fails (sbatch's error, no room for the job files) raises SubmitError or WriteError: one line."""
+    """Submit the runs as one job (an array on SLURM); submitit's jobs, one per task."""
     per_task = max(1, profile["gpus_per_node"]) * runs_per_gpu if kind == "slurm" else len(configs)
     packs = [configs[i:i + per_task] for i in range(0, len(configs), per_task)]
     with executors.submitting(kind, folder, profile, name, snapshot) as executor:
@@ -214,8 +211,8 @@ def follow(jobs: list, configs: list[RunConfig]) -> runs.States:
     if executors.run_debug(jobs):
         return runs.states(configs)
     start, last = time.time(), ""
-    bar = tqdm(total=len(configs), unit="run", desc="runs", dynamic_ncols=True, disable=not sys.stderr.isatty())
-    with bar:
+    with tqdm(total=len(configs), unit="run", desc="runs", dynamic_ncols=True,
+              disable=not sys.stderr.isatty()) as bar:
         while True:
             states = runs.states(configs)
             finished = sum(s in ("done", "failed") for s in states.values())

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Literal, get_args
 
 from repro import records
-from repro.config import COMPILE_MODES, PRECISIONS, WANDB_MODES, RunConfig, default_data_root, plural
+from repro.config import COMPILE_MODES, PRECISIONS, WANDB_MODES, RunConfig, default_data_root, flag, plural
 from repro.experiments import COLUMNS, DATASETS, PROFILES, RECIPES, TARGETS, load_params, plan, profiles_help
 
 State = Literal["done", "running", "queued", "failed", "unusable", "pending"]
@@ -101,18 +101,17 @@ def states(configs: list[RunConfig]) -> States:
             kind, host, job = queue_path(config).read_text().split()
             jobs[config] = (kind, host, job)
     submitted = [job for kind, _, job in jobs.values() if kind == "slurm"]
-    note = ""
+    result = States()
     try:
         slurm = slurm_jobs() if submitted else set()
     except OSError as e:
         slurm = set(submitted)  # their jobs may wait or run: counted as pending, they would be submitted again
-        note = f"SLURM's queue could not be read ({e}): {plural(len(submitted), 'run')} submitted to SLURM " \
-               "counted as queued"
+        result.note = f"SLURM's queue could not be read ({e}): {plural(len(submitted), 'run')} " \
+                      "submitted to SLURM counted as queued"
     here = socket.gethostname()
     alive = {config for config, (kind, host, job) in jobs.items()
              if (kind == "slurm" and job in slurm) or (kind == "local" and host == here and process_lives(job))}
-    result = States({c: state(c, c in alive) for c in configs})
-    result.note = note
+    result.update((c, state(c, c in alive)) for c in configs)
     return result
 
 
@@ -161,15 +160,9 @@ def failure_lines(states: dict[RunConfig, State]) -> list[str]:
 # ---- the runs a command means: its plan arguments and RunConfig fields ----------------------------------------
 
 def failed(error: Exception) -> int:
-    """A command's error in one line; its exit code: 1 for the machine's fault (OSError: disk, permissions,
-    sbatch), 2 for the command's."""
+    """A command's error in one line; exit code 1 for the machine's fault (OSError), 2 for the command's."""
     print(f"error: {error}", file=sys.stderr)
     return 1 if isinstance(error, OSError) else 2
-
-
-def flag(field: str) -> str:
-    """A RunConfig field's flag, as repro.train spells it: results_dir -> --results-dir."""
-    return "--" + field.replace("_", "-")
 
 
 def add_field_args(parser: argparse.ArgumentParser, fields, **helps: str) -> None:

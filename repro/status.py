@@ -16,13 +16,11 @@ from repro.config import ConfigError, RunConfig
 
 
 def cell_table(states: dict[RunConfig, runs.State]) -> str:
-    per_cell: dict[str, Counter] = {}
-    for config, state in states.items():
-        per_cell.setdefault(config.cell, Counter())[state] += 1
-    width = max(len(cell) for cell in per_cell)
-    lines = [f"{'cell':<{width}}  " + "  ".join(f"{s:>7}" for s in runs.STATES)]
-    lines += [f"{cell:<{width}}  " + "  ".join(f"{n[s]:>7}" for s in runs.STATES) for cell, n in per_cell.items()]
-    return "\n".join(lines)
+    counts = Counter((config.cell, state) for config, state in states.items())
+    cells = dict.fromkeys(config.cell for config in states)  # in plan order
+    rows = [("cell", runs.STATES), *((cell, [counts[cell, s] for s in runs.STATES]) for cell in cells)]
+    width = max(map(len, cells))
+    return "\n".join(f"{cell:<{width}}  " + "  ".join(f"{n:>7}" for n in row) for cell, row in rows)
 
 
 def other_records(configs: list[RunConfig], profile: str, recipe: str) -> list[str]:
