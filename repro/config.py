@@ -160,3 +160,8 @@ def default_data_root() -> str:
 
 def field_names() -> list[str]:
     return [f.name for f in dataclasses.fields(RunConfig)]
+
+
+def flag(field: str) -> str:
+    """A RunConfig field's command-line flag: results_dir -> --results-dir."""
+    return "--" + field.replace("_", "-")

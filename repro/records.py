@@ -210,7 +210,4 @@ def exclusive(config: RunConfig):
         except OSError:
             yield False
             return
-        try:
-            yield True
-        finally:
-            fcntl.lockf(f, fcntl.LOCK_UN)
+        yield True  # closing the file lets go of the lock

@@ -6,6 +6,7 @@ run's stable id, so a resumed, requeued or manually relaunched run continues the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import time
@@ -31,10 +32,6 @@ def _warn(what: str, error: Exception) -> None:
                   stacklevel=3)
 
 
-def wandb_run_id(config: RunConfig) -> str:
-    return config.run_id
-
-
 def tags(config: RunConfig) -> list[str]:
     parts = config.folder.split("/")
     return parts + [f"pool={config.pool}", f"profile={profile_of(config)}", f"recipe={recipe_of(config)}"] + (
@@ -58,7 +55,7 @@ class Tracker:
             directory.mkdir(parents=True, exist_ok=True)
             self.run = wandb.init(
                 project=config.wandb_project, entity=config.wandb_entity or None, mode=mode,
-                id=wandb_run_id(config), resume="allow", dir=str(directory),
+                id=config.run_id, resume="allow", dir=str(directory),
                 group=config.wandb_group or config.folder,
                 name=f"{config.cell or config.dataset}/seed{config.seed}", tags=tags(config),
                 config={**config.to_dict(), "run_id": config.run_id, "eval_split": config.eval_split},
@@ -80,9 +77,6 @@ class Tracker:
         except Exception as e:  # noqa: BLE001
             _warn("log", e)
             return False
-        return self._written(step)
-
-    def _written(self, step: int) -> bool:
         end = time.monotonic() + WRITE_TIMEOUT_S
         try:
             while self.confirm:
@@ -107,19 +101,14 @@ class Tracker:
             self.run.finish(exit_code=exit_code)
         except Exception as e:  # noqa: BLE001
             _warn("finish", e)
-            _teardown()
+            # Let go of the W&B service that is gone (SLURM's SIGTERM ends it with the run): teardown
+            # unregisters W&B's exit hook, which would otherwise talk to it and print a ConnectionResetError
+            # traceback into the run's log. Its errors are ignored: there is nothing left to tell the service.
+            import wandb
+
+            with contextlib.suppress(Exception):
+                wandb.teardown()
         self.run = None
-
-
-def _teardown() -> None:
-    """Let go of a W&B service that is gone (SLURM's SIGTERM ends it with the run): W&B's own exit hook would
-    otherwise talk to it and print a ConnectionResetError traceback into the run's log."""
-    import wandb
-
-    try:
-        wandb.teardown()  # unregisters that exit hook before it talks to the service
-    except Exception:  # noqa: BLE001, S110 - the service is gone: there is nothing left to tell it
-        pass
 
 
 def history_steps(path: Path, start: int, steps: set[int]) -> int:

@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from repro import compiled, data, experiments, pooling, records
-from repro.config import ConfigError, RunConfig, default_data_root
+from repro.config import ConfigError, RunConfig, default_data_root, flag
 from repro.models import STAGE_CHANNELS, resnet20, sac_loss
 from repro.tracking import Tracker
 
@@ -163,7 +163,7 @@ def make_step(config: RunConfig, model: torch.nn.Module, optimizer: torch.optim.
               images: torch.Tensor, labels: torch.Tensor):
     """step(idx, aug, mask, lr) -> (loss, correct): one training step on the batch images[idx], with the
     augmentation numbers and dropout mask epoch_draws drew for it, at learning rate `lr` (a tensor: no host
-    sync). Eager, the reference; with --compile the same step compiled whole (repro.compiled)."""
+    sync)."""
     info, device = data.INFO[config.dataset], images.device
     bf16, layout = uses_bf16(config, device), memory_format(config, device)
     if device.type == "cuda":  # a seed gives the same run: no convolution backward that adds in varying order
@@ -236,14 +236,14 @@ def evaluate(model, images, labels, config: RunConfig) -> list[float]:
     device = images.device
     info, layout = data.INFO[config.dataset], memory_format(config, device)
     model.eval()
-    correct = None
+    correct = 0
     for start in range(0, len(labels), EVAL_BATCH):
         x = data.normalize(images[start:start + EVAL_BATCH], info).contiguous(memory_format=layout)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(config, device)):
             outputs = model(x)
         heads = outputs if isinstance(outputs, tuple) else (outputs,)
         hits = torch.stack([(h.argmax(1) == labels[start:start + EVAL_BATCH]).sum() for h in heads])
-        correct = hits if correct is None else correct + hits
+        correct = correct + hits
     return (correct.double() / len(labels)).tolist()
 
 
@@ -298,18 +298,19 @@ def environment(device: torch.device) -> dict:
     import torchvision
 
     if device.type == "cuda":
-        name, bf16_units = torch.cuda.get_device_name(device), {}
+        name, cpu = torch.cuda.get_device_name(device), {}
     else:  # the CPU's model and bf16 units decide its speed and the last digits of its results
-        name, bf16_units = cpu_model(), {"cpu_bf16_units": cpu_bf16_units() or "none", "cpus": len(os.sched_getaffinity(0))}
+        name = cpu_model()
+        cpu = {"cpu_bf16_units": cpu_bf16_units() or "none", "cpus": len(os.sched_getaffinity(0))}
     # the threads, like the device, change results in their last digits (README: One run)
-    return {"device": name, "device_type": device.type, **bf16_units, "threads": torch.get_num_threads(),
+    return {"device": name, "device_type": device.type, **cpu, "threads": torch.get_num_threads(),
             "torch": torch.__version__, "torchvision": torchvision.__version__, "python": platform.python_version(),
             "git_commit": git_commit(), "host": socket.gethostname(),
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
-def make_record(config: RunConfig, status: str, history: list, started: float, device, error=None,
-                model=None) -> dict:
+def make_record(config: RunConfig, status: str, history: list, started: float, device, model,
+                error=None) -> dict:
     last = history[-1] if history else {}
     train_s = sum(h["seconds"] for h in history)
     images = sum(h["images"] for h in history)
@@ -437,19 +438,17 @@ def _run_locked(config: RunConfig, on_epoch, stop: _StopOnSigterm) -> dict:
                 status = "pruned"
                 break
         bar.close()
-        record = make_record(config, status, history, started, device, model=model)
+        record = make_record(config, status, history, started, device, model)
         records.write_record(record, records.record_path(config))
-    except Exception as e:
-        # A full or read-only disk is not the run's failure: no record, so a launch resumes the run once the disk
-        # takes writes again (a failed record would make it skip the run).
-        if not isinstance(e, records.WriteError):
-            failed = make_record(config, "failed", history, started, device, error=f"{type(e).__name__}: {e}",
-                                 model=model)
+    except BaseException as e:
+        # Stopped (SIGTERM), KeyboardInterrupt: the checkpoint stays, no record yet. A full or read-only disk
+        # is not the run's failure either: no record, so a launch resumes the run once the disk takes writes
+        # again (a failed record would make it skip the run).
+        if isinstance(e, Exception) and not isinstance(e, records.WriteError):
+            failed = make_record(config, "failed", history, started, device, model,
+                                 error=f"{type(e).__name__}: {e}")
             with contextlib.suppress(OSError):  # the disk failed just now: the error raised below says so
                 records.write_record(failed, records.record_path(config))
-        tracker.finish(exit_code=1)
-        raise
-    except BaseException:  # Stopped (SIGTERM), KeyboardInterrupt: the checkpoint stays, no record yet
         tracker.finish(exit_code=1)
         raise
     tracker.finish({"accuracy": record["metrics"]["accuracy"], "status": status,
@@ -503,18 +502,16 @@ def resume(config, model, optimizer) -> list[dict]:
 
 # --- command line ------------------------------------------------------------------------------------------
 
-def add_config_arguments(parser: argparse.ArgumentParser, skip=()) -> None:
-    """One flag per RunConfig field (underscores become dashes), its help from the field."""
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per RunConfig field (spelled by config.flag), its help from the field."""
     for f in dataclasses.fields(RunConfig):
-        if f.name in skip:
-            continue
-        flag, help_ = "--" + f.name.replace("_", "-"), f"{f.metadata['help']} (default: {f.default})"
+        option, help_ = flag(f.name), f"{f.metadata['help']} (default: {f.default})"
         if isinstance(f.default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_)
+            parser.add_argument(option, action=argparse.BooleanOptionalAction, default=f.default, help=help_)
         elif isinstance(f.default, tuple):
-            parser.add_argument(flag, type=float, nargs=len(f.default), default=f.default, help=help_)
+            parser.add_argument(option, type=float, nargs=len(f.default), default=f.default, help=help_)
         else:
-            parser.add_argument(flag, type=type(f.default), default=f.default, help=help_)
+            parser.add_argument(option, type=type(f.default), default=f.default, help=help_)
 
 
 def main(argv=None) -> int:
@@ -536,12 +533,10 @@ def main(argv=None) -> int:
         # the record names the data folder used, not '' (the launcher and sweeps resolve it the same way)
         config = config.replace(data_root=str(Path(config.data_root or default_data_root()).resolve()))
         record = run(config)
-    except (ConfigError, data.DataError, TrainingError) as e:
+    except (ConfigError, data.DataError, TrainingError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # the machine's fault, not the command's: a full disk, a read-only results folder
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        # an OSError is the machine's fault, not the command's: a full disk, a read-only results folder
+        return 1 if isinstance(e, OSError) else 2
     except Stopped as e:
         print(f"stopped: {e}", file=sys.stderr)
         return records.STOPPED_EXIT
