@@ -31,6 +31,7 @@ import os
 import queue
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -185,11 +186,11 @@ class Pool:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, error, *exc) -> None:
         for q in self.commands:
             q.put(None)
         for proc in self.procs:
-            proc.join(timeout=30)
+            proc.join(timeout=0 if error else 30)  # after a failure or a stop, a busy worker is not waited for
             if proc.is_alive():
                 proc.kill()
 
@@ -520,6 +521,9 @@ def main(argv=None) -> int:
     except (ConfigError, BenchError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, ConfigError) else 1
+    except train.Stopped as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        return records.STOPPED_EXIT
     env = train.environment(device)  # after the workers: with MPS, nothing here held the GPU before them
     report = table(result, args, device)
     print(f"device: {env['device']}, torch {env['torch']}, commit {env['git_commit']}\n{report}")
@@ -533,5 +537,10 @@ def main(argv=None) -> int:
     return 0
 
 
+def stop(signum, frame) -> None:
+    raise train.Stopped("SIGTERM")  # unwinds through the pools, which stop their workers
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, stop)
     sys.exit(main())

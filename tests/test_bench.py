@@ -2,6 +2,11 @@ import argparse
 import contextlib
 import io
 import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -142,3 +147,35 @@ def test_bench_rejects_bad_options(tmp_path, capsys, argv, message):
     assert bench.main(["--device", "cpu", "--out", str(tmp_path), *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and not list(tmp_path.iterdir())
+
+
+def in_session(sid: int) -> list[int]:
+    """The processes of a session, read from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[3]) == sid:
+                found.append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the bench's workers through /proc")
+def test_sigterm_stops_the_bench_and_its_workers_in_one_line(tmp_path):
+    argv = [sys.executable, "-m", "repro.bench", "--device", "cpu", "--batch-size", "4", "--steps", "2",
+            "--seconds", "600", "--regimes", "off/fp32", "--packing", "1", "--no-columns", "--out", str(tmp_path)]
+    bench_process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     start_new_session=True)
+    for line in bench_process.stdout:  # prepared: its worker now times for 600 s
+        if "warm" in line:
+            break
+    assert len(in_session(bench_process.pid)) >= 2, "the bench and its worker"
+    bench_process.send_signal(signal.SIGTERM)
+    assert bench_process.wait(timeout=60) == 143
+    assert bench_process.stderr.read().strip().splitlines() == ["stopped: SIGTERM"]
+    end = time.time() + 30
+    while in_session(bench_process.pid) and time.time() < end:
+        time.sleep(0.2)
+    assert not in_session(bench_process.pid), "no worker outlives the bench"
+    assert not list(tmp_path.iterdir()), "a stopped bench writes no result"
