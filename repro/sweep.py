@@ -111,8 +111,14 @@ def storage_error(url: str, error: Exception) -> records.WriteError | None:
     return None
 
 
+def retry_callback() -> RetryHeartbeatStaleTrialCallback:
+    """A failed or stale trial enqueued again with its epochs so far; built when needed, as optuna warns that
+    it is experimental whenever one is made."""
+    return RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY, inherit_intermediate_values=True)
+
+
 def open_storage(url: str, heartbeat: int):
-    retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY, inherit_intermediate_values=True)
+    retry = retry_callback()
     path = storage_file(url)
     try:
         if path is not None:
@@ -179,8 +185,7 @@ def retry(optuna_study: optuna.Study, number: int) -> None:
     after its heartbeat goes stale."""
     if optuna_study.trials[number].state == TrialState.RUNNING:
         optuna_study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
-        RetryHeartbeatStaleTrialCallback(MAX_RETRY, inherit_intermediate_values=True)(
-            optuna_study, optuna_study.trials[number])
+        retry_callback()(optuna_study, optuna_study.trials[number])
 
 
 class Worker(submitit.helpers.Checkpointable):
