@@ -238,16 +238,25 @@ def figures_section(drawn: list[tuple[str, str, str | None]]) -> str:
     return "\n".join(lines)
 
 
+def launch_flags(runs: pd.DataFrame) -> str:
+    """The launch options the records share: their compile mode and, where all ran on CPUs, how many ran side by
+    side (a share of the cores each), which sets both the speed and the threads each run computed with."""
+    modes = compile_modes(runs).dropna().unique()
+    flags = f" --compile {modes[0]}" if len(modes) == 1 else ""
+    side_by_side = (runs["cpus"] // runs["threads"]).unique() if runs["device_type"].eq("cpu").all() else []
+    if len(side_by_side) == 1 and side_by_side[0] > 1:
+        flags += f" --executor local --runs-per-gpu {side_by_side[0]:.0f}"
+    return flags
+
+
 def plan_commands(args, seeds: int, runs: pd.DataFrame) -> tuple[str, str, str]:
     """The launch, status and report commands of the plan (all of it, or the data sets --datasets names), the
-    launch with the compile mode the records share."""
+    launch with the options the records share."""
     only = "" if set(args.datasets) == set(DATASET_ORDER) else f" --datasets {' '.join(args.datasets)}"
     plan = f"all --seeds {seeds}{only} --profile {args.profile} --recipe {args.recipe}"
-    modes = compile_modes(runs).dropna().unique()
-    compile_flag = f" --compile {modes[0]}" if len(modes) == 1 else ""
     report = (f"python -m analysis.make_report --profile {args.profile} --recipe {args.recipe} "
               f"--seeds {seeds}{only} --spread {args.spread}")
-    return f"python -m repro.launch {plan}{compile_flag}", f"python -m repro.status {plan}", report
+    return f"python -m repro.launch {plan}{launch_flags(runs)}", f"python -m repro.status {plan}", report
 
 
 def reproduce(args, seeds: int, runs: pd.DataFrame) -> str:

@@ -256,6 +256,19 @@ def test_reproduce_gives_the_commands_of_this_page(report):
         "python -m analysis.make_report --profile budget --recipe suite --seeds 3 --spread std"]
 
 
+@pytest.mark.parametrize("threads, flags", [(1, " --compile auto --executor local --runs-per-gpu 2"),
+                                            (2, " --compile auto")])
+def test_launch_command_trains_cpu_runs_side_by_side_as_the_records_did(tmp_path, threads, flags):
+    env = {**ENV["fashion_mnist"], "cpus": 2, "threads": threads}
+    for column in LABELS:
+        write_run(tmp_path, "table1", "fashion_mnist", column, 0, 0.9, profile="budget", env=env)
+    make_report.main(["--runs", str(tmp_path / "runs"), "--profile", "budget", "--seeds", "1",
+                      "--datasets", "fashion_mnist", "--out", str(tmp_path / "report")])
+    launch = ("python -m repro.launch all --seeds 1 --datasets fashion_mnist --profile budget --recipe suite"
+              f"{flags}   # trains")
+    assert launch in (tmp_path / "report" / "README.md").read_text()
+
+
 @pytest.mark.parametrize("option", [["--profile", "any"], ["--recipe", "both"], ["--seeds", "0"]])
 def test_options_a_page_cannot_tell_exit_2_in_one_line(report, option, capsys):
     with pytest.raises(SystemExit) as exit:
