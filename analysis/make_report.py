@@ -361,7 +361,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    loaded, out = load_summary(args), out_dir(args)
+    loaded, out = load_summary(args, args.datasets), out_dir(args)
     seeds = args.seeds or (int(loaded.runs["seed"].max()) + 1 if len(loaded.runs) else 1)
     claims = stats.assess(stats.evaluate_claims(loaded.runs, loaded.paper, DATASET_ORDER, [args.recipe]))
     # make_figures' figures as PNGs next to the page: (file name, table, data set or None) for each

@@ -353,8 +353,12 @@ class Loaded(NamedTuple):
     summary: pd.DataFrame
 
 
-def load_summary(args) -> Loaded:
+def load_summary(args, datasets=DATASET_ORDER) -> Loaded:
+    """The runs and skipped records of `datasets` (a record too broken to name its data set counts for all)."""
     runs, skipped, notes = collect.load_from_args(args)
+    runs = runs[runs["dataset"].isin(datasets)].reset_index(drop=True)
+    others = set(DATASET_ORDER) - set(datasets)
+    skipped = [s for s in skipped if not any(f"/{dataset}/" in s["cell"] for dataset in others)]
     paper = {t: collect.load_paper(t, args.paper) for t in TABLES}
     counts = collect.skipped_counts(skipped, args.profile)
     return Loaded(runs, skipped, notes, paper, summarize(runs, paper, counts, collect.recipes(args.recipe)))

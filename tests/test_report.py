@@ -256,17 +256,32 @@ def test_reproduce_gives_the_commands_of_this_page(report):
         "python -m analysis.make_report --profile budget --recipe suite --seeds 3 --spread std"]
 
 
+def fashion_mnist_page(root: Path, threads: int = 1) -> str:
+    """The page of --datasets fashion_mnist from its four Table 1 runs (CPU, 2 cores, `threads` each) beside a
+    Tiny ImageNet run and a failed Tiny ImageNet record."""
+    env = {**ENV["fashion_mnist"], "cpus": 2, "threads": threads}
+    for column in LABELS:
+        write_run(root, "table1", "fashion_mnist", column, 0, 0.9, profile="budget", env=env)
+    write_run(root, "table1", "tiny_imagenet", "avgpool", 0, 0.2, profile="budget", env=env)
+    write_run(root, "table1", "tiny_imagenet", "flexpool", 0, 0.2, profile="budget", status="failed")
+    make_report.main(["--runs", str(root / "runs"), "--profile", "budget", "--seeds", "1",
+                      "--datasets", "fashion_mnist", "--out", str(root / "report")])
+    return (root / "report" / "README.md").read_text()
+
+
 @pytest.mark.parametrize("threads, flags", [(1, " --compile auto --executor local --runs-per-gpu 2"),
                                             (2, " --compile auto")])
 def test_launch_command_trains_cpu_runs_side_by_side_as_the_records_did(tmp_path, threads, flags):
-    env = {**ENV["fashion_mnist"], "cpus": 2, "threads": threads}
-    for column in LABELS:
-        write_run(tmp_path, "table1", "fashion_mnist", column, 0, 0.9, profile="budget", env=env)
-    make_report.main(["--runs", str(tmp_path / "runs"), "--profile", "budget", "--seeds", "1",
-                      "--datasets", "fashion_mnist", "--out", str(tmp_path / "report")])
     launch = ("python -m repro.launch all --seeds 1 --datasets fashion_mnist --profile budget --recipe suite"
               f"{flags}   # trains")
-    assert launch in (tmp_path / "report" / "README.md").read_text()
+    assert launch in fashion_mnist_page(tmp_path, threads)
+
+
+def test_a_page_of_some_data_sets_counts_only_their_records(tmp_path):
+    page = fashion_mnist_page(tmp_path)
+    assert "**Runs**: 4 completed of 8 planned (8 cells × 1 seed)." in page
+    assert "**Data sets**: Fashion-MNIST (4 runs); no runs: CIFAR10, CIFAR100, Tiny ImageNet." in page
+    assert "| Tiny ImageNet | missing (n=0); paper 46.50 |" in page and "status 'failed'" not in page
 
 
 @pytest.mark.parametrize("option", [["--profile", "any"], ["--recipe", "both"], ["--seeds", "0"]])
