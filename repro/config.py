@@ -104,6 +104,10 @@ class RunConfig:
         check(self.weight_decay >= 0, f"weight_decay must be non-negative, got {self.weight_decay}")
         check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
         check(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        # the cell names the folder of the run's record and log (folder): '..' or a leading '/' would leave it
+        check(not self.cell or all(part not in ("", ".", "..") for part in self.cell.split("/")),
+              f"cell {self.cell!r} must be a folder below the results folder: names separated by '/', none of "
+              f"them empty, '.' or '..'")
         check(min(self.sac_weights) >= 0 and self.sac_weights[-1] > 0,
               f"sac_weights must be non-negative with the last (the prediction's head) positive, "
               f"got {list(self.sac_weights)}")

@@ -266,6 +266,14 @@ def test_cli_refuses_runs_it_used_to_train(capsys, tmp_path, argv, message):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("cell", ["../../escaped", "sweep/../../../escaped", "ABSOLUTE/escaped", "adhoc//x"])
+def test_a_cell_never_leaves_the_results_folder(capsys, tmp_path, cell):
+    cell = cell.replace("ABSOLUTE", str(tmp_path))
+    assert train.main([*TINY, "--cell", cell, "--results-dir", str(tmp_path / "results")]) == 2
+    one_line_error(capsys.readouterr().err, f"cell {cell!r} must be a folder below the results folder")
+    assert not list(tmp_path.rglob("*.json")) and not list(tmp_path.rglob("*.log"))
+
+
 def test_failed_download_is_named_as_such(tmp_path):
     closed = "http://127.0.0.1:9"  # a proxy nobody listens on: every download is refused at once
     root = tmp_path / "nodata"
