@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import shutil
 import urllib.error
+import zlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ import torchvision
 from PIL import Image
 from torchvision.datasets.utils import download_and_extract_archive
 
+from repro import records
 from repro.config import default_data_root
 
 TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
@@ -138,14 +140,16 @@ def _unpack_mnist_gz(cls, raw: Path) -> None:
         gz, out = raw / filename, raw / filename.removesuffix(".gz")
         if out.exists() or not gz.exists():
             continue
-        tmp = out.with_suffix(".tmp")
-        try:
-            with gzip.open(gz, "rb") as src, open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-        except (OSError, EOFError) as e:
-            tmp.unlink(missing_ok=True)
-            raise DataError(f"fashion_mnist: {gz} is corrupt or truncated ({e}); delete it and download again")
-        tmp.replace(out)
+        # through a temp file of its own: two launches may unpack the same files at once
+        records.atomic_write(out, functools.partial(_gunzip, gz))
+
+
+def _gunzip(gz: Path, target) -> None:
+    try:
+        with gzip.open(gz, "rb") as source:
+            shutil.copyfileobj(source, target)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:  # cut short, or bytes changed: bad CRC or deflate data
+        raise DataError(f"fashion_mnist: {gz} is corrupt or truncated ({e}); delete it and download again") from None
 
 
 # --- Tiny ImageNet (no torchvision class) ------------------------------------------------------------------
@@ -176,10 +180,8 @@ def tiny_imagenet(root: Path, split: str, download: bool):
             print(f"tiny_imagenet: ignoring unreadable cache {cache} ({e}); decoding the JPEGs again")
     files, labels = _tiny_imagenet_files(base, split)
     images = _decode_resize(files)
-    cache.parent.mkdir(exist_ok=True)
-    tmp = cache.with_suffix(".tmp.npz")
-    np.savez(tmp, images=images.numpy(), labels=labels.numpy())
-    tmp.replace(cache)
+    # through a temp file of its own: two launches may build the cache at once
+    records.atomic_write(cache, lambda f: np.savez(f, images=images.numpy(), labels=labels.numpy()))
     return images, labels
 
 

@@ -88,7 +88,7 @@ def _train(config: dict, log: str, gpu: str | None, threads: int | None) -> None
     except train.Stopped as e:
         print(f"stopped: {e}", flush=True)
         sys.exit(records.STOPPED_EXIT)
-    except records.WriteError as e:  # the disk's fault, not the run's: no record, a launch resumes it later
+    except (records.WriteError, DataError) as e:  # the disk's or the data's fault, not the run's: no record
         print(f"error: {e}; nothing recorded, launching again resumes the run", flush=True)
         sys.exit(RUN_LOGGED)
     if record is None:

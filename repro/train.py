@@ -442,9 +442,9 @@ def _run_locked(config: RunConfig, on_epoch, stop: _StopOnSigterm) -> dict:
         records.write_record(record, records.record_path(config))
     except BaseException as e:
         # Stopped (SIGTERM), KeyboardInterrupt: the checkpoint stays, no record yet. A full or read-only disk
-        # is not the run's failure either: no record, so a launch resumes the run once the disk takes writes
-        # again (a failed record would make it skip the run).
-        if isinstance(e, Exception) and not isinstance(e, records.WriteError):
+        # or missing or corrupt data is not the run's failure either: no record, so a launch resumes the run
+        # once the disk takes writes again or the data is mended (a failed record would make it skip the run).
+        if isinstance(e, Exception) and not isinstance(e, (records.WriteError, data.DataError)):
             failed = make_record(config, "failed", history, started, device, model,
                                  error=f"{type(e).__name__}: {e}")
             with contextlib.suppress(OSError):  # the disk failed just now: the error raised below says so

@@ -1,9 +1,10 @@
 import gzip
+import shutil
 
 import pytest
 import torch
 
-from repro import data
+from repro import data, train
 from tests.conftest import N_TEST, N_TRAIN
 
 
@@ -57,6 +58,55 @@ def test_corrupt_fashion_mnist_gz(data_root):
     gz.write_bytes(gz.read_bytes()[:50])
     with pytest.raises(data.DataError, match="corrupt or truncated"):
         data.load("fashion_mnist", data_root, "train")
+
+
+def flip_middle(path) -> None:
+    """Corrupt a file as a bad disk or a broken copy does: its middle third's bytes inverted, its length kept."""
+    content = bytearray(path.read_bytes())
+    third = len(content) // 3
+    content[third:2 * third] = bytes(b ^ 0xFF for b in content[third:2 * third])
+    path.write_bytes(bytes(content))
+
+
+def test_gz_with_bytes_flipped_is_named_corrupt_and_leaves_no_file(data_root):
+    raw = data_root / "FashionMNIST" / "raw"
+    flip_middle(raw / "train-images-idx3-ubyte.gz")
+    before = sorted(raw.iterdir())
+    with pytest.raises(data.DataError, match=r"train-images-idx3-ubyte.gz is corrupt or truncated .*; delete it"):
+        data.load("fashion_mnist", data_root, "train")
+    assert sorted(raw.iterdir()) == before  # no unpacked file, not even half of one
+
+
+def test_corrupt_data_fails_a_run_in_one_line_without_a_record(tmp_path, data_root, capsys):
+    """The run did not start: no failed record, which a launch would skip without --retry-failed."""
+    gz = data_root / "FashionMNIST" / "raw" / "train-images-idx3-ubyte.gz"
+    intact = gz.read_bytes()
+    flip_middle(gz)
+    argv = ["--dataset", "fashion_mnist", "--data-root", str(data_root), "--epochs", "1", "--batch-size", "8",
+            "--results-dir", str(tmp_path / "results"), "--wandb", "disabled"]
+    assert train.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: fashion_mnist: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "train-images-idx3-ubyte.gz is corrupt or truncated" in err and "delete it" in err
+    assert not list((tmp_path / "results").rglob("*.json"))
+    gz.write_bytes(intact)
+    assert train.main(argv) == 0
+
+
+def test_two_launches_unpacking_at_once_both_load(data_root, monkeypatch):
+    """Another launch unpacks the same files while this one is writing them: both must end with intact files."""
+    copy = shutil.copyfileobj
+    raw = data_root / "FashionMNIST" / "raw"
+
+    def another_launch_unpacks_meanwhile(source, target, *args):
+        monkeypatch.setattr(shutil, "copyfileobj", copy)
+        assert len(data.load("fashion_mnist", data_root, "train")[1]) == N_TRAIN
+        copy(source, target, *args)
+
+    monkeypatch.setattr(shutil, "copyfileobj", another_launch_unpacks_meanwhile)
+    images, labels = data.load("fashion_mnist", data_root, "train")
+    assert images.shape == (N_TRAIN, 1, 28, 28) and len(labels) == N_TRAIN
+    assert not [p for p in raw.iterdir() if p.suffix not in ("", ".gz")]
 
 
 def test_truncated_idx_file(data_root):
