@@ -56,6 +56,8 @@ class RunConfig:
     data_root: str = knob("", "data folder ('' = $FLEXPOOL_DATA, else ./data)", id=False)
     download: bool = knob(False, "download missing data sets (needs internet)", id=False)
     results_dir: str = knob("results", "records go to <results_dir>/runs, checkpoints to .../checkpoints", id=False)
+    checkpoint_dir: str = knob("", "checkpoint folder, e.g. scratch space ('' = $FLEXPOOL_CHECKPOINTS, else "
+                               "<results_dir>/checkpoints)", id=False)
     device: str = knob("auto", "auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...", id=False)
     compile: str = knob("auto", f"torch.compile the whole training step: {', '.join(COMPILE_MODES)} (auto: off on "
                         f"a CPU, repro.train.CUDA_COMPILE on a GPU; README: Speed)", id=False)
@@ -160,6 +162,18 @@ def plural(n: int, word: str) -> str:
 
 def default_data_root() -> str:
     return os.environ.get("FLEXPOOL_DATA") or "./data"
+
+
+def default_checkpoint_dir() -> str:
+    """'' when unset: then a run checkpoints under its own results folder."""
+    return os.environ.get("FLEXPOOL_CHECKPOINTS", "")
+
+
+def absolute_checkpoint_dir(value: str) -> str:
+    """--checkpoint-dir as a run carries it: $FLEXPOOL_CHECKPOINTS filled in where it is given, and absolute, so a
+    job that runs from a code snapshot or on another node with another environment checkpoints where it was told."""
+    folder = value or default_checkpoint_dir()
+    return os.path.abspath(os.path.expanduser(folder)) if folder else ""
 
 
 def field_names() -> list[str]:

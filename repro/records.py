@@ -31,7 +31,7 @@ from pathlib import Path
 
 import yaml
 
-from repro.config import ConfigError, RunConfig
+from repro.config import ConfigError, RunConfig, default_checkpoint_dir
 
 # The exit code of a run's process that SIGTERM stopped (its checkpoint kept, no record), as a shell says.
 STOPPED_EXIT = 128 + signal.SIGTERM
@@ -79,7 +79,8 @@ def record_path(config: RunConfig) -> Path:
 
 
 def checkpoint_path(config: RunConfig) -> Path:
-    return Path(config.results_dir) / "checkpoints" / f"{config.run_id}.pt"
+    folder = config.checkpoint_dir or default_checkpoint_dir() or Path(config.results_dir) / "checkpoints"
+    return Path(folder) / f"{config.run_id}.pt"
 
 
 def lock_path(config: RunConfig) -> Path:

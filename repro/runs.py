@@ -28,7 +28,16 @@ from pathlib import Path
 from typing import Literal, get_args
 
 from repro import records
-from repro.config import COMPILE_MODES, PRECISIONS, WANDB_MODES, RunConfig, default_data_root, flag, plural
+from repro.config import (
+    COMPILE_MODES,
+    PRECISIONS,
+    WANDB_MODES,
+    RunConfig,
+    absolute_checkpoint_dir,
+    default_data_root,
+    flag,
+    plural,
+)
 from repro.experiments import COLUMNS, DATASETS, PROFILES, RECIPES, TARGETS, load_params, plan, profiles_help
 
 State = Literal["done", "running", "queued", "failed", "unusable", "pending"]
@@ -178,10 +187,11 @@ def add_field_args(parser: argparse.ArgumentParser, fields, **helps: str) -> Non
 
 
 def field_values(args: argparse.Namespace, fields) -> dict:
-    """The named fields' values from `args`, results_dir and data_root absolute ('' data_root: the default
-    folder): jobs run from a code snapshot (another working directory), maybe on other machines."""
+    """The named fields' values from `args`, the paths absolute ('' data_root: the default folder): jobs run from
+    a code snapshot (another working directory), maybe on other machines."""
     return {**{name: getattr(args, name) for name in fields}, "results_dir": str(Path(args.results_dir).resolve()),
-            "data_root": str(Path(args.data_root or default_data_root()).resolve())}
+            "data_root": str(Path(args.data_root or default_data_root()).resolve()),
+            "checkpoint_dir": absolute_checkpoint_dir(args.checkpoint_dir)}
 
 
 def add_plan_args(parser: argparse.ArgumentParser) -> None:
@@ -196,7 +206,7 @@ def add_plan_args(parser: argparse.ArgumentParser) -> None:
                         help="suite (default): SGD + Nesterov, weight decay 5e-4; paper: the paper's literal Adam, "
                              "no weight decay (README: Deviations)")
     parser.add_argument("--params", metavar="FILE", help="tuned hyper-parameters (YAML/JSON), e.g. from a sweep")
-    add_field_args(parser, ("results_dir", "data_root"))
+    add_field_args(parser, ("results_dir", "data_root", "checkpoint_dir"))
 
 
 def plan_from_args(args: argparse.Namespace, *fields: str) -> list[RunConfig]:

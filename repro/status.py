@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import sys
 from collections import Counter
 from pathlib import Path
@@ -39,6 +40,19 @@ def other_records(configs: list[RunConfig], profile: str, recipe: str) -> list[s
             for (p, r), n in sorted(found.items())]
 
 
+def checkpoint_lines(states: dict[RunConfig, runs.State]) -> list[str]:
+    """Where the runs that are not done resume from: checkpoints may live far from the records (scratch space)."""
+    lines = []
+    for config, state in states.items():
+        path = records.checkpoint_path(config)
+        with contextlib.suppress(OSError):
+            written = datetime.datetime.fromtimestamp(path.stat().st_mtime)
+            if state != "done":
+                lines.append(f"checkpoint of {config.cell} seed {config.seed} ({state}): {path}, written "
+                             f"{written:%Y-%m-%d %H:%M}")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m repro.status", description=__doc__.split("\n\n")[0])
     runs.add_plan_args(parser)
@@ -49,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         return runs.failed(e)
     print(cell_table(states))
     print(runs.summary(states))
-    for line in runs.failure_lines(states) + other_records(list(states), args.profile, args.recipe):
+    for line in (runs.failure_lines(states) + checkpoint_lines(states)
+                 + other_records(list(states), args.profile, args.recipe)):
         print(line)
     return 0
 

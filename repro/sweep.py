@@ -40,7 +40,7 @@ from repro.studies import SAMPLERS, Study, load_study, make_pruner, sample, sugg
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 MAX_RETRY = 3  # a trial that keeps killing its worker is given up after this many retries
 RESULTS_HELP = "the study's storage goes to DIR/sweeps/NAME.db, its trials' records, checkpoints and W&B runs to " \
-               "DIR/sweeps/NAME/"
+               "DIR/sweeps/NAME/ (checkpoints to CHECKPOINT_DIR/sweeps/NAME/ with --checkpoint-dir)"
 RUNTIME = [f for f in RUNTIME_FIELDS if f not in ("cell", "wandb_group")]  # where and how trials run: train's flags
 
 
@@ -225,9 +225,11 @@ class Worker(submitit.helpers.Checkpointable):
 
         self.current = trial.number
         params = sample(study.space, lambda n, s: suggest(trial, n, s))
+        # a study's own folders: two studies never train one run id into one checkpoint under two locks
+        folders = {key: str(Path(runtime.fields[key]) / "sweeps" / study.name)
+                   for key in ("results_dir", "checkpoint_dir") if runtime.fields.get(key)}
         config = RunConfig.from_dict({
-            **study.fixed, **params, **runtime.fields, "cell": f"sweep/{study.name}/trial{trial.number}",
-            "results_dir": str(Path(runtime.fields["results_dir"]) / "sweeps" / study.name),
+            **study.fixed, **params, **runtime.fields, **folders, "cell": f"sweep/{study.name}/trial{trial.number}",
             "wandb_group": f"sweep/{study.name}"})
         trial.set_user_attr("run_id", config.run_id)
 

@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from repro import compiled, data, experiments, pooling, records
-from repro.config import ConfigError, RunConfig, default_data_root, flag
+from repro.config import ConfigError, RunConfig, absolute_checkpoint_dir, default_data_root, flag
 from repro.models import STAGE_CHANNELS, resnet20, sac_loss
 from repro.tracking import Tracker
 
@@ -531,7 +531,8 @@ def main(argv=None) -> int:
     try:
         config = RunConfig(**{f.name: args[f.name] for f in dataclasses.fields(RunConfig)})
         # the record names the data folder used, not '' (the launcher and sweeps resolve it the same way)
-        config = config.replace(data_root=str(Path(config.data_root or default_data_root()).resolve()))
+        config = config.replace(data_root=str(Path(config.data_root or default_data_root()).resolve()),
+                                checkpoint_dir=absolute_checkpoint_dir(config.checkpoint_dir))
         record = run(config)
     except (ConfigError, data.DataError, TrainingError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -3,6 +3,7 @@ disks, and smaller holes. CPU; the disk tests mount a tmpfs or a read-only bind 
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import json
@@ -139,6 +140,71 @@ def test_sigterm_to_a_run_stops_its_task_unfinished_and_a_relaunch_resumes(capsy
 def write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+# ---- 3. checkpoints outside the results folder (scratch space) ------------------------------------------------
+
+def stop_after(epochs: int):
+    """An on_epoch that sends this process SIGTERM after that many epochs: train.run stops as SLURM makes it."""
+    def on_epoch(entry):
+        if entry["epoch"] == epochs:
+            os.kill(os.getpid(), signal.SIGTERM)
+    return on_epoch
+
+
+def test_a_run_stopped_by_sigterm_resumes_from_a_checkpoint_outside_the_results_folder(
+        capsys, tmp_path, data_root, monkeypatch, sigterm_guard):
+    monkeypatch.setenv("FLEXPOOL_CHECKPOINTS", str(tmp_path / "scratch"))
+    (config,) = configs(tmp_path, data_root, columns=["avgpool"], epochs=4)
+    with pytest.raises(train.Stopped):
+        train.run(config, on_epoch=stop_after(2))
+    assert records.checkpoint_path(config) == tmp_path / "scratch" / f"{config.run_id}.pt"
+    assert records.checkpoint_path(config).exists() and not (tmp_path / "results" / "checkpoints").exists()
+
+    code, out, _ = main(capsys, status, "table1", *selection(tmp_path, data_root, "--columns", "avgpool",
+                                                               "--params", write(tmp_path / "p.yaml", "epochs: 4\n")))
+    assert code == 0 and "1 pending" in out
+    assert f"checkpoint of table1/fashion_mnist/avgpool seed 0 (pending): {records.checkpoint_path(config)}" in out
+
+    record = train.run(config)
+    assert f"resuming run {config.run_id} after epoch 2 from {tmp_path / 'scratch'}" in capsys.readouterr().out
+    assert [h["epoch"] for h in record["history"]] == [1, 2, 3, 4]
+
+
+def test_two_checkpoint_folders_never_mix_one_runs_state(capsys, tmp_path, data_root, sigterm_guard):
+    (config,) = configs(tmp_path, data_root, columns=["avgpool"], epochs=4)
+    in_a, in_b = (config.replace(checkpoint_dir=str(tmp_path / name)) for name in ("a", "b"))
+    assert in_a.run_id == in_b.run_id == config.run_id  # where it checkpoints is not what it computes
+    with pytest.raises(train.Stopped):
+        train.run(in_a, on_epoch=stop_after(2))
+    saved_in_a = records.checkpoint_path(in_a).read_bytes()
+    capsys.readouterr()
+    with pytest.raises(train.Stopped):
+        train.run(in_b, on_epoch=stop_after(1))
+    assert "resuming" not in capsys.readouterr().out  # b starts afresh: it never reads a's checkpoint
+    assert len(records.load_checkpoint(records.checkpoint_path(in_b))["history"]) == 1
+    assert records.checkpoint_path(in_a).read_bytes() == saved_in_a  # nor writes it
+    record = train.run(in_a)
+    assert f"after epoch 2 from {records.checkpoint_path(in_a)}" in capsys.readouterr().out
+    assert [h["epoch"] for h in record["history"]] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("flag,env", [(True, False), (False, True)])
+def test_launch_carries_the_checkpoint_folder_into_its_jobs_absolute(tmp_path, data_root, monkeypatch, flag, env):
+    """A job runs from a code snapshot, maybe on another node with another environment: the folder travels in
+    each run's config, absolute, whether it came from --checkpoint-dir or from $FLEXPOOL_CHECKPOINTS."""
+    monkeypatch.chdir(tmp_path)
+    if env:
+        monkeypatch.setenv("FLEXPOOL_CHECKPOINTS", "scratch")
+    parser = argparse.ArgumentParser()
+    runs.add_plan_args(parser)
+    args = parser.parse_args(["table1", *map(str, selection(tmp_path, data_root)),
+                              *(["--checkpoint-dir", "scratch"] if flag else [])])
+    planned = runs.plan_from_args(args)
+    monkeypatch.delenv("FLEXPOOL_CHECKPOINTS", raising=False)  # as on a node without it
+    assert {c.checkpoint_dir for c in planned} == {str(tmp_path / "scratch")}
+    assert {records.checkpoint_path(c).parent for c in planned} == {tmp_path / "scratch"}
+    assert [c.run_id for c in planned] == [c.run_id for c in configs(tmp_path, data_root)]
 
 
 # ---- 4. a record that cannot count: one verdict for status, launch and the analysis ----------------------------

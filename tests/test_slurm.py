@@ -83,13 +83,15 @@ def test_table_as_a_job_array_on_gpus(capsys, tmp_path, data_root, slurm):
 
 
 def test_preempted_task_is_requeued_and_its_run_resumes(capsys, tmp_path, data_root, slurm):
+    """With its checkpoints on scratch space, as on a cluster: the requeued task finds them there."""
     params = tmp_path / "long.yaml"
     params.write_text("epochs: 20\n")
     argv = ("table1", *selection(tmp_path, data_root, "--columns", "avgpool", "--params", params),
-            "--cluster", "local")
+            "--cluster", "local", "--checkpoint-dir", tmp_path / "scratch")
     code, out = main(capsys, launch, *argv)
     assert code == 0 and "progress: python -m repro.status" in out
     (config,) = configs(tmp_path, data_root, columns=["avgpool"], epochs=20)
+    config = config.replace(checkpoint_dir=str(tmp_path / "scratch"))
     code, again = main(capsys, launch, *argv)  # its job waits in SLURM's queue or runs: queued, not pending
     assert code == 0 and "nothing to submit" in again and "0 pending" in again
     wait_for(lambda: records.checkpoint_path(config).exists(), what="the first checkpoint")
@@ -98,7 +100,9 @@ def test_preempted_task_is_requeued_and_its_run_resumes(capsys, tmp_path, data_r
     wait_for(lambda: records.run_status(config) == "completed", timeout=600, what="the requeued run's record")
     record = records.read_record(records.record_path(config))
     assert [h["epoch"] for h in record["history"]] == list(range(1, 21))
-    assert "resuming run" in runs.log_path(config).read_text()
+    assert f"resuming run {config.run_id} after epoch" in runs.log_path(config).read_text()
+    assert f"from {tmp_path / 'scratch'}" in runs.log_path(config).read_text()
+    assert not (tmp_path / "results" / "checkpoints").exists()
     task_log = next(Path(re.search(r"job logs: (\S+)", out).group(1)).glob("*_log.out")).read_text()
     assert "Requeued job" in task_log
     wait_for(lambda: sacct_states(job_id(out)) == {"COMPLETED"}, timeout=30, what="sacct to show COMPLETED")

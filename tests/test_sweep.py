@@ -4,6 +4,7 @@ local workers, retries of a dead worker's trial, the best-parameter export, W&B 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -167,6 +168,14 @@ def test_journal_heartbeat_retries_a_dead_workers_trial(tmp_path):
     time.sleep(2.5)
     assert sweep.Worker()(study, runtime) == 1
     check_retried(optuna_study)
+
+
+def test_trials_checkpoint_in_their_studys_folder_of_the_checkpoint_dir(tmp_path):
+    study, runtime, _ = in_process(tmp_path, f"sqlite:///{tmp_path / 'study.db'}", heartbeat=60)
+    runtime = dataclasses.replace(runtime, fields={**runtime.fields, "checkpoint_dir": str(tmp_path / "scratch")})
+    assert sweep.Worker()(study, runtime) == 1
+    assert len(list((tmp_path / "scratch" / "sweeps" / study.name).glob("*.pt"))) == 1
+    assert not list((tmp_path / "results").rglob("*.pt"))
 
 
 def test_preempted_worker_requeues_and_retries_its_trial(tmp_path):
