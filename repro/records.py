@@ -173,6 +173,10 @@ def run_status(config: RunConfig) -> str:
     return run_record_state(config)[0]
 
 
+# What a checkpoint holds (train.save writes it): a file that loads but holds something else is none.
+CHECKPOINT = {"run_id": str, "model": dict, "optimizer": dict, "history": list}
+
+
 def save_checkpoint(state: dict, path: Path) -> None:
     import torch
 
@@ -183,16 +187,23 @@ def save_checkpoint(state: dict, path: Path) -> None:
 
 
 def load_checkpoint(path: Path) -> dict | None:
-    """The saved state, or None when there is none; a corrupt file raises RecordError."""
+    """The saved state, or None when there is none; a corrupt file, or one that holds something else than a
+    checkpoint, raises RecordError."""
     import torch
 
     path = Path(path)
     if not path.exists():
         return None
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001 - torch raises many kinds for a truncated or foreign file
         raise RecordError(f"{path}: corrupt checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict):
+        raise RecordError(f"{path}: not a checkpoint (a {type(state).__name__}, not a dict)")
+    wrong = [key for key, kind in CHECKPOINT.items() if not isinstance(state.get(key), kind)]
+    if wrong:
+        raise RecordError(f"{path}: not a checkpoint ({', '.join(wrong)} missing or of another type)")
+    return state
 
 
 @contextlib.contextmanager

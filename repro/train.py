@@ -398,12 +398,10 @@ def _run_locked(config: RunConfig, on_epoch, stop: _StopOnSigterm) -> dict:
     model = None
     try:
         images, labels, eval_images, eval_labels = load_data(config, device)
-        model = make_model(config, device)
-        optimizer = make_optimizer(config, model)
+        model, optimizer, history = resume(config, device)
         steps = steps_per_epoch(len(labels), config.batch_size)
         trained = steps * min(config.batch_size, len(labels))  # images an epoch
         lrs = lr_schedule(config, config.epochs * steps, device)
-        history = resume(config, model, optimizer)
         started -= history[-1].get("wall_s", 0.0) if history else 0.0  # wall time counts every attempt's epochs
         step = make_step(config, model, optimizer, images, labels)  # after resume: a compiled one holds the state
         status = "completed"
@@ -474,30 +472,36 @@ def save(config, model, optimizer, history) -> None:
                              "history": history}, records.checkpoint_path(config))
 
 
-def resume(config, model, optimizer) -> list[dict]:
-    """The history so far, with model and optimizer restored (the schedule follows from the epoch); [] when
-    starting fresh."""
+def resume(config: RunConfig, device: torch.device):
+    """(model, optimizer, history so far): restored from the run's checkpoint (the schedule follows from the
+    epoch), or fresh with [] where there is none. A checkpoint that cannot be read or does not fit (a model or
+    optimizer whose code changed since) is a warning and a fresh start: the run cannot go on from it."""
     path = records.checkpoint_path(config)
+    model = make_model(config, device)
+    optimizer = make_optimizer(config, model)
     try:
         state = records.load_checkpoint(path)
+        if state is None:
+            return model, optimizer, []
+        restore(state, model, optimizer, config)
     except records.RecordError as e:
         print(f"warning: {e}; starting run {config.run_id} from scratch", file=sys.stderr)
-        return []
-    if state is None or state.get("run_id") != config.run_id:
-        return []
-    # Checked before loading, as load_state_dict fills what fits before it raises: a model whose code changed
-    # since cannot go on from these weights, as it cannot from an unreadable file.
-    own, saved = model.state_dict(), state["model"]
-    wrong = sorted(set(own) ^ set(saved)) + sorted(k for k in own.keys() & saved.keys()
-                                                    if own[k].shape != saved[k].shape)
-    if wrong:
-        print(f"warning: {path}: does not fit the model ({len(wrong)} tensor(s) missing, extra or of another "
-              f"shape, e.g. {wrong[0]}); starting run {config.run_id} from scratch", file=sys.stderr)
-        return []
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+        model = make_model(config, device)  # restore may have filled part of it before it failed
+        return model, make_optimizer(config, model), []
     print(f"resuming run {config.run_id} after epoch {len(state['history'])} from {path}")
-    return state["history"]
+    return model, optimizer, state["history"]
+
+
+def restore(state: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer, config: RunConfig) -> None:
+    """A checkpoint's weights and optimizer state into the run's own; RecordError where they do not fit."""
+    path = records.checkpoint_path(config)
+    if state["run_id"] != config.run_id:
+        raise records.RecordError(f"{path}: the checkpoint of run {state['run_id']}, not of this one")
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except Exception as e:  # noqa: BLE001 - torch's checks raise RuntimeError, ValueError, KeyError, ... for a misfit
+        raise records.RecordError(f"{path}: does not fit the model or its optimizer ({data.one_line(e)})") from None
 
 
 # --- command line ------------------------------------------------------------------------------------------

@@ -63,6 +63,31 @@ def test_corrupt_checkpoint_restarts_from_scratch(tmp_path, capsys):
     assert "corrupt checkpoint" in capsys.readouterr().err
 
 
+def one_group_fewer(cfg, state):
+    state["optimizer"]["param_groups"].pop()
+    return state
+
+
+@pytest.mark.parametrize("spoil", [
+    lambda cfg, state: [1, 2, 3],  # a .pt file, but no checkpoint's dict
+    lambda cfg, state: {"run_id": cfg.run_id, "history": state["history"]},  # no model
+    one_group_fewer,  # an optimizer built otherwise
+])
+def test_a_checkpoint_that_is_not_this_runs_is_a_warning_and_a_fresh_start(tmp_path, capsys, spoil):
+    cfg = config(tmp_path, epochs=2)
+    other = cfg.replace(seed=1)  # other weights: a resume that took any of them would not train as a fresh run
+    model = train.make_model(other, train.torch.device("cpu"))
+    train.save(cfg, model, train.make_optimizer(other, model), [{"epoch": 1, "wall_s": 1.0}])
+    path = records.checkpoint_path(cfg)
+    train.torch.save(spoil(cfg, records.load_checkpoint(path)), path)
+    record = train.run(cfg)
+    fresh = train.run(config(tmp_path / "fresh", epochs=2))
+    assert record["status"] == "completed"
+    assert [h["train_loss"] for h in record["history"]] == pytest.approx([h["train_loss"] for h in fresh["history"]])
+    err = capsys.readouterr().err
+    assert f"warning: {path}: " in err and f"starting run {cfg.run_id} from scratch" in err and "Traceback" not in err
+
+
 def test_non_finite_loss_fails_the_run_with_a_record(tmp_path):
     cfg = config(tmp_path, epochs=2, lr=1e12, optimizer="sgd")
     with pytest.raises(train.TrainingError, match="non-finite"):
