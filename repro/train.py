@@ -39,6 +39,11 @@ FEATURES = STAGE_CHANNELS[-1]  # width of the pooled features that dropout acts 
 # What --compile auto means on a GPU. Unmeasured: eager until `python -m repro.bench --survey` on the GPU that
 # trains the tables names a faster mode (README: Speed).
 CUDA_COMPILE = "off"
+# tqdm's default lock holds a multiprocessing semaphore, registered with the resource tracker of the process that
+# started this one (RunPack's task). SLURM's signal to every process of a task kills that tracker, and this
+# process's exit would then relaunch one that ends the run's log in "KeyError: '/mp-...'". One bar a process
+# needs only a thread lock.
+tqdm.set_lock(threading.RLock())
 
 
 class TrainingError(RuntimeError):

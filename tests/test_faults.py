@@ -576,11 +576,30 @@ def test_a_task_signalled_before_any_epoch_says_so_instead_of_requeueing(tmp_pat
                         r"raise timeout_min in the cluster profile \(log: .*\)", cause), cause
 
 
+def processes_of(pid: int) -> list[int]:
+    """A process and those it started, theirs too, the deepest first: the processes of a task, as SLURM signals
+    them."""
+    children = []
+    with contextlib.suppress(OSError):  # a process that ended meanwhile started none
+        for thread in Path(f"/proc/{pid}/task").iterdir():
+            children += map(int, (thread / "children").read_text().split())
+    return [p for child in children for p in processes_of(child)] + [pid]
+
+
 def test_a_task_signalled_after_progress_is_requeued_and_its_run_completes(tmp_path, data_root):
+    """SLURM gives the job's signal to every process of the task: multiprocessing's resource tracker, which the
+    task starts for its run processes, dies of it. A run that had registered a semaphore there then ended its log
+    in a relaunched tracker's KeyError, not in the line that says it stopped."""
     (config,) = configs(tmp_path, data_root, columns=["avgpool"], epochs=30)
     folder = tmp_path / "results" / "slurm-logs" / "job"
     (job,) = launch.submit([config], "local", None, 1, folder, "limit", snapshot=False)
     wait_for(lambda: records.checkpoint_path(config).exists(), what="the first checkpoint")
-    os.kill(task_pid(job), signal.SIGUSR2)
+    for pid in processes_of(task_pid(job)):  # the task last: its handler stops the runs
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGUSR2)
     assert launch.follow([job], [config]) == {config: "done"}
-    assert "resuming run" in runs.log_path(config).read_text()
+    log = runs.log_path(config).read_text()
+    assert "resuming run" in log and "Traceback" not in log, log
+    lines = log.splitlines()
+    stopped = next(i for i, line in enumerate(lines) if line.startswith("stopped: SIGTERM"))
+    assert lines[stopped + 1].endswith("run process ended without a record: stopped"), log
