@@ -99,10 +99,13 @@ class _ShapeRecorder(fx.Interpreter):
         return result
 
 
+def _reason(error: Exception) -> str:
+    return f"{type(error).__name__}: {str(error).strip()}".splitlines()[0]
+
+
 def _untraceable(model: nn.Module, what: str, error: Exception) -> GlobalPoolError:
-    reason = f"{type(error).__name__}: {str(error).strip()}".splitlines()[0]
     return GlobalPoolError(f"torch.fx {what} forward() of {type(model).__name__} to look for a pool written there "
-                           f"({reason})")
+                           f"({_reason(error)})")
 
 
 def _trace(model: nn.Module) -> fx.GraphModule:
@@ -113,11 +116,11 @@ def _trace(model: nn.Module) -> fx.GraphModule:
     return fx.GraphModule(model, graph, type(model).__name__)
 
 
-def _trace_with_shapes(model: nn.Module, example_input: torch.Tensor) -> fx.GraphModule:
+def _trace_with_shapes(model: nn.Module, inputs: tuple) -> fx.GraphModule:
     traced = _trace(model)
     try:
         with _dry_run(model):
-            _ShapeRecorder(traced).run(example_input)
+            _ShapeRecorder(traced).run(*inputs)
     except Exception as error:  # the trace does not run as forward() does, e.g. a layer writes into a list it gets
         raise _untraceable(model, "cannot run its trace of", error) from error
     return traced
@@ -225,7 +228,7 @@ def _reads_training(model: nn.Module, traced: fx.GraphModule) -> bool:
         model.training = not model.training
 
 
-def _replace_traced_pool(model: nn.Module, traced: fx.GraphModule, node: fx.Node, example_input: torch.Tensor,
+def _replace_traced_pool(model: nn.Module, traced: fx.GraphModule, node: fx.Node, inputs: tuple,
                          softmax: bool) -> fx.GraphModule:
     name = type(model).__name__
     if _reads_training(model, traced):
@@ -235,7 +238,7 @@ def _replace_traced_pool(model: nn.Module, traced: fx.GraphModule, node: fx.Node
         raise GlobalPoolError(f"{name} has an attribute 'flexpool' already, the name its FlexPool2d would get")
     x, keepdim = _as_global_pool(node, traced)
     flex = FlexPool2d(*_shape(x)[1:], softmax=softmax, keepdim=keepdim)
-    flex.to(example_input.device, x.meta["value"].dtype).train(model.training)
+    flex.to(inputs[0].device, x.meta["value"].dtype).train(model.training)
     traced.add_submodule("flexpool", flex)
     with traced.graph.inserting_before(node):
         node.replace_all_uses_with(traced.graph.call_module("flexpool", (x,)))
@@ -244,19 +247,19 @@ def _replace_traced_pool(model: nn.Module, traced: fx.GraphModule, node: fx.Node
     return traced
 
 
-def _replace_pool_module(model: nn.Module, name: str, example_input: torch.Tensor, softmax: bool) -> nn.Module:
+def _replace_pool_module(model: nn.Module, name: str, inputs: tuple, softmax: bool) -> nn.Module:
     pool = model.get_submodule(name)
-    inputs = []
-    handle = pool.register_forward_hook(lambda module, args, output: inputs.append(args[0]))
+    pooled = []
+    handle = pool.register_forward_hook(lambda module, args, output: pooled.append(args[0]))
     try:
         with _dry_run(model):
-            model(example_input)
+            model(*inputs)
     finally:
         handle.remove()
-    if len(inputs) != 1:
-        raise GlobalPoolError(f"the global pool {name!r} ran {len(inputs)} times in one forward pass; a FlexPool "
+    if len(pooled) != 1:
+        raise GlobalPoolError(f"the global pool {name!r} ran {len(pooled)} times in one forward pass; a FlexPool "
                               f"needs exactly one feature map size")
-    x = inputs[0]
+    x = pooled[0]
     if x.dim() != 4:
         raise GlobalPoolError(f"the global pool {name!r} gets input of shape {tuple(x.shape)}, not N x C x H x W")
     flex = FlexPool2d(*x.shape[1:], softmax=softmax, keepdim=_keepdim(pool)).to(x.device, x.dtype)
@@ -273,9 +276,47 @@ def _pool_module_name(model: nn.Module, not_in_forward: str) -> str:
         raise GlobalPoolError(f"{error}. {not_in_forward}") from None
 
 
-def replace_global_pool(model: nn.Module, example_input: torch.Tensor, softmax: bool = False) -> nn.Module:
+def _kind(value) -> str:
+    """What a wrong argument is, for its one-line error: 'list', 'None', 'tuple (Tensor, int)', ..."""
+    if isinstance(value, tuple):
+        return f"tuple ({', '.join(type(v).__name__ for v in value)})"
+    return "None" if value is None else type(value).__name__
+
+
+def _instead_of_a_module(model) -> str:
+    name = getattr(model, "__name__", "")
+    if isinstance(model, type):
+        return f"the class {name}: pass a model made of it, e.g. {name}(...)"
+    if callable(model):  # a model builder, or a lambda
+        return f"the function {name}: pass the model it makes, or a module that computes it"
+    return _kind(model)
+
+
+def _checked_inputs(model, example_input) -> tuple:
+    """forward()'s positional inputs, once the model has run on them; GlobalPoolError, one line, where the model is
+    no module or does not run on them, so that no error further on is taken for a property of the model."""
+    if not isinstance(model, nn.Module):
+        raise GlobalPoolError(f"the model must be a torch.nn.Module, got {_instead_of_a_module(model)}")
+    inputs = example_input if isinstance(example_input, tuple) else (example_input,)
+    if not inputs or not all(isinstance(x, torch.Tensor) for x in inputs):
+        raise GlobalPoolError(f"example_input must be a tensor (e.g. one image, 1 x C x H x W, at the resolution the "
+                              f"model trains at), or a tuple of them for a forward() that takes several; got "
+                              f"{_kind(example_input)}")
+    try:
+        with _dry_run(model):
+            model(*inputs)
+    except Exception as error:  # noqa: BLE001 - whatever forward() raises says what it wanted instead
+        shapes = ", ".join(" x ".join(map(str, x.shape)) or "a scalar" for x in inputs)
+        raise GlobalPoolError(f"{type(model).__name__} does not run on the example input of shape {shapes} "
+                              f"({_reason(error)})") from None
+    return inputs
+
+
+def replace_global_pool(model: nn.Module, example_input: torch.Tensor | tuple[torch.Tensor, ...],
+                        softmax: bool = False) -> nn.Module:
     """Swap the model's global average pool for a FlexPool2d sized by a forward pass of `example_input` (one
-    image is enough; its resolution is the one the model will be trained at).
+    image is enough; its resolution is the one the model will be trained at; a tuple of tensors for a forward()
+    that takes several inputs).
 
     forward() is traced with torch.fx (its submodules not traced into) and the global average pool that feeds the
     output is taken: a pool module (nn.AdaptiveAvgPool2d(1), timm's SelectAdaptivePool2d('avg')) is swapped in
@@ -285,20 +326,22 @@ def replace_global_pool(model: nn.Module, example_input: torch.Tensor, softmax: 
     swapped. The FlexPool gives the output shape the pool gave (N x C x 1 x 1 or N x C), so at initialisation the
     model computes what it computed before. Raises GlobalPoolError, one line, where there is no such pool, or
     several, or where the swap would not be faithful: a pool module that does not run exactly once in a forward
-    pass, a forward() that reads self.training (a trace would freeze the mode).
+    pass, a forward() that reads self.training (a trace would freeze the mode); and where `model` is no module or
+    does not run on `example_input`.
     """
+    inputs = _checked_inputs(model, example_input)
     try:
-        traced = _trace_with_shapes(model, example_input)
+        traced = _trace_with_shapes(model, inputs)
     except GlobalPoolError as untraceable:
-        return _replace_pool_module(model, _pool_module_name(model, str(untraceable)), example_input, softmax)
+        return _replace_pool_module(model, _pool_module_name(model, str(untraceable)), inputs, softmax)
     node = _final_pool(traced)
     if node is None:
         name = _pool_module_name(model, "forward() itself has no global average pool either (F.adaptive_avg_pool2d("
                                         "x, 1) or a mean over dims 2, 3 of an N x C x H x W map)")
-        return _replace_pool_module(model, name, example_input, softmax)
+        return _replace_pool_module(model, name, inputs, softmax)
     if node.op == "call_module":
-        return _replace_pool_module(model, node.target, example_input, softmax)
-    return _replace_traced_pool(model, traced, node, example_input, softmax)
+        return _replace_pool_module(model, node.target, inputs, softmax)
+    return _replace_traced_pool(model, traced, node, inputs, softmax)
 
 
 class SACModel(nn.Module):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import errno
 import io
 import os
 import re
@@ -149,12 +150,13 @@ def code_snapshot(folder: Path, kind: str, enabled: bool):
         try:
             snapshot.__enter__()
         except subprocess.CalledProcessError as e:
-            output.seek(0)  # one line of theirs; a full disk named as such, since they name only the file
+            output.seek(0)  # one line of theirs; a full disk named as every write names it (records.write_error)
             lines = [line for line in output.read().decode(errors="replace").splitlines()
                      if line.strip() and not line.startswith("Cloning into")]
             cause, code = lines[0] if lines else str(e), folder / "code"
-            if shutil.disk_usage(folder).free == 0:
-                raise records.WriteError(f"cannot write {code}: No space left on device (ENOSPC); {cause}") from None
+            # their words first: a tool that fails deletes its partial file, and the disk has room again
+            if any(os.strerror(errno.ENOSPC) in line for line in lines) or shutil.disk_usage(folder).free == 0:
+                raise records.write_error(code, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))) from None
             raise SubmitError(f"the code snapshot into {code} failed: {cause}") from None
         finally:
             os.dup2(saved, 2)

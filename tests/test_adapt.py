@@ -280,6 +280,49 @@ def test_unconvertible_model_gets_one_line_saying_why(model, message):
     assert not flexpools(model)
 
 
+class TwoInputs(nn.Module):
+    """An image and a per-image scale, both required; its global pool a module or written in forward()."""
+
+    def __init__(self, pool):
+        super().__init__()
+        self.conv, self.pool, self.fc = nn.Conv2d(3, 8, 3), pool, nn.Linear(8, 2)
+
+    def forward(self, x, scale):
+        return self.fc(self.pool(self.conv(x) * scale).flatten(1))
+
+
+@pytest.mark.parametrize("pool", [nn.AdaptiveAvgPool2d(1), lambda x: x.mean((2, 3))], ids=["module", "forward"])
+def test_a_model_with_several_inputs_takes_a_tuple_of_examples(pool):
+    torch.manual_seed(0)
+    model = TwoInputs(pool).eval()
+    x, scale = torch.randn(2, 3, 16, 16), torch.tensor([2.0, 3.0]).view(2, 1, 1, 1)
+    expected = model(x, scale)
+    converted = replace_global_pool(model, (x[:1], scale[:1]))
+    assert len(flexpools(converted)) == 1
+    assert_same_outputs(converted(x, scale), expected)
+
+
+@pytest.mark.parametrize("model, example, message", [
+    ("resnet18", torch.randn(1, 3, 32, 32), r"the model must be a torch\.nn\.Module, got str$"),
+    (lambda x: x.mean((2, 3)), torch.randn(1, 3, 32, 32), r"got the function <lambda>: pass the model it makes"),
+    (torchvision.models.resnet18, torch.randn(1, 3, 32, 32), r"got the function resnet18: pass the model it makes"),
+    (torchvision.models.ResNet, torch.randn(1, 3, 32, 32), r"got the class ResNet: pass a model made of it"),
+    (torchvision.models.resnet18(), [torch.randn(1, 3, 32, 32)], r"example_input must be a tensor .*; got list$"),
+    (torchvision.models.resnet18(), None, r"example_input must be a tensor .*; got None$"),
+    (torchvision.models.resnet18(), (torch.randn(1, 3, 32, 32), 2), r"; got tuple \(Tensor, int\)$"),
+    (torchvision.models.resnet18(), torch.randn(1, 1, 32, 32),
+     r"^ResNet does not run on the example input of shape 1 x 1 x 32 x 32 \(RuntimeError: .* to have 3 channels"),
+    (torchvision.models.densenet121(), torch.randn(1, 1, 32, 32),  # its pool is written in forward()
+     r"^DenseNet does not run on the example input of shape 1 x 1 x 32 x 32 \(RuntimeError: .* to have 3 chann"),
+    (TwoInputs(nn.AdaptiveAvgPool2d(1)), torch.randn(1, 3, 32, 32),
+     r"TwoInputs does not run .* \(TypeError: .*missing 1 required positional argument: 'scale'\)$"),
+])
+def test_a_wrong_model_or_example_input_gets_one_line_naming_it(model, example, message):
+    with pytest.raises(GlobalPoolError, match=message) as error:
+        replace_global_pool(model, example)
+    assert "\n" not in str(error.value)
+
+
 # --- SAC heads -----------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("make", [MODELS["resnet18"], MODELS["timm_resnet18"]], ids=["torchvision", "timm"])

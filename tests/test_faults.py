@@ -317,6 +317,16 @@ def test_full_disk_fails_a_submission_in_one_line(capsys, small_disk, data_root,
     assert "No space left on device" in err or "disk is full" in err, err
 
 
+def test_full_disk_during_the_code_snapshot_names_enospc(capsys, small_disk, data_root):
+    """The snapshot (the checkout, megabytes) fills the disk part way; git or rsync deletes its partial file as it
+    fails, so the disk has room again when the error is read: the cause is in their words, not the disk's state."""
+    if not executors.submitit.helpers.RsyncSnapshot.available():
+        pytest.skip("no rsync: no code snapshot")
+    code, _, err = main(capsys, launch, "table1", *smoke(small_disk, data_root, "--columns", "avgpool"))
+    assert code == 1
+    one_line_error(err, f"cannot write {small_disk / 'results'}", "/code: No space left on device (ENOSPC)")
+
+
 # ---- 6. smaller holes -----------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("argv,message", [
