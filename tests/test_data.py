@@ -83,7 +83,7 @@ def test_corrupt_data_fails_a_run_in_one_line_without_a_record(tmp_path, data_ro
     intact = gz.read_bytes()
     flip_middle(gz)
     argv = ["--dataset", "fashion_mnist", "--data-root", str(data_root), "--epochs", "1", "--batch-size", "8",
-            "--results-dir", str(tmp_path / "results"), "--wandb", "disabled"]
+            "--lr", "0.01", "--results-dir", str(tmp_path / "results"), "--wandb", "disabled"]
     assert train.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: fashion_mnist: ") and err.count("\n") == 1 and "Traceback" not in err, err
