@@ -38,6 +38,12 @@ def tags(config: RunConfig) -> list[str]:
         ["sac"] if config.sac else [])
 
 
+def wandb_settings(wandb):
+    """W&B's settings for a run. `x_transaction_log_flush_interval` is a private setting (W&B 0.31 on, capped below
+    1.0 in pyproject.toml); tests/test_dependencies.py fails with a clear message if W&B drops it."""
+    return wandb.Settings(silent=True, init_timeout=60, x_transaction_log_flush_interval=FLUSH_INTERVAL_S)
+
+
 class Tracker:
     def __init__(self, config: RunConfig):
         self.run = None
@@ -59,9 +65,7 @@ class Tracker:
                 group=config.wandb_group or config.folder,
                 name=f"{config.cell or config.dataset}/seed{config.seed}", tags=tags(config),
                 config={**config.to_dict(), "run_id": config.run_id, "eval_split": config.eval_split},
-                reinit="finish_previous",
-                settings=wandb.Settings(silent=True, init_timeout=60,
-                                        x_transaction_log_flush_interval=FLUSH_INTERVAL_S),
+                reinit="finish_previous", settings=wandb_settings(wandb),
             )
             self.log_file, self.confirm = Path(self.run.settings.sync_file), True
         except Exception as e:  # noqa: BLE001 - any tracking error is only a warning
@@ -113,7 +117,8 @@ class Tracker:
 
 def history_steps(path: Path, start: int, steps: set[int]) -> int:
     """Add the steps of the history records in the .wandb file `path` after offset `start` (a record's end) to
-    `steps`; returns the offset where its last whole record ends."""
+    `steps`; returns the offset where its last whole record ends. The file's format and W&B's `Record` message are
+    W&B's own, not a public API: tests/test_dependencies.py fails with a clear message if W&B changes them."""
     from wandb.proto.wandb_internal_pb2 import Record
 
     with open(path, "rb") as f:
