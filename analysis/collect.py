@@ -38,7 +38,7 @@ ENV_KEYS = ("date", "git_commit", "torch", "device", "device_type", "cpu_bf16_un
             "threads")
 ROW_COLUMNS = [  # the keys of record_row, so an empty DataFrame still has them
     "file", "run_id", "cell", "table", "dataset", "column", "seed", "accuracy", "head_accuracies", "train_loss",
-    "eval_split", "profile", "variant", *TIMING_KEYS, *ENV_KEYS, "config", "flexpool", "recipe", "sum_dev",
+    "eval_split", "profile", "variant", *TIMING_KEYS, *ENV_KEYS, "config", "flexpool", "recipe", "sum_dev", "curve",
 ]
 
 
@@ -67,8 +67,15 @@ def record_row(record: dict, name: str) -> dict:
         "profile": profile_of(config), "variant": config.replace(seed=0).run_id,
         **{key: timing.get(key) for key in TIMING_KEYS}, **{key: env.get(key) for key in ENV_KEYS},
         "config": config.to_dict(), "flexpool": flexpool, "recipe": recipe_of(config),
-        "sum_dev": sum_dev(flexpool),
+        "sum_dev": sum_dev(flexpool), "curve": curve(record),
     }
+
+
+def curve(record: dict) -> list[float]:
+    """The eval accuracy after each epoch, from the record's history (its learning curve)."""
+    history = record.get("history") if isinstance(record.get("history"), list) else []
+    return [float(h["eval_accuracy"]) for h in history
+            if isinstance(h, dict) and h.get("eval_accuracy") is not None]
 
 
 def recipes(choice: str) -> list[str]:
@@ -84,7 +91,8 @@ def sum_dev(flexpool: dict) -> float:
 
 
 def _skip(name: str, record, reason: str) -> dict:
-    """A skipped record's entry; its cell, profile and recipe when still readable, so the right cell shows it."""
+    """A skipped record's entry; its cell, profile and recipe when still readable, so the right cell shows it,
+    and whether it is a run that diverged (a result, counted apart from failed and partial records)."""
     cell = record.get("cell") if isinstance(record, dict) else ""
     try:
         config = RunConfig.from_dict(record["config"])
@@ -92,7 +100,7 @@ def _skip(name: str, record, reason: str) -> dict:
     except Exception:  # noqa: BLE001 - whatever is wrong with it, the reason is already known
         profile = recipe = None
     return {"file": name, "cell": cell if isinstance(cell, str) else "", "profile": profile, "recipe": recipe,
-            "reason": reason}
+            "reason": reason, "diverged": isinstance(record, dict) and record.get("status") == "diverged"}
 
 
 def load_runs(runs_dir: str | Path) -> tuple[pd.DataFrame, list[dict]]:
@@ -196,10 +204,11 @@ def load_paper(table: str, paper_dir: str | Path = PAPER_DIR) -> pd.Series:
     return pd.read_csv(path).set_index(["dataset", "column"])["accuracy"]
 
 
-def skipped_counts(skipped: list[dict], profile: str = "any") -> pd.Series:
-    """How many skipped records (failed or partial) of this profile each (recipe, cell) has: the tables show them
-    beside n."""
-    entries = [(s["recipe"], s["cell"]) for s in skipped if s["cell"] and profile in ("any", s["profile"])]
+def skipped_counts(skipped: list[dict], profile: str = "any", diverged: bool = False) -> pd.Series:
+    """How many skipped records of this profile each (recipe, cell) has, failed or partial ones, or with
+    `diverged` the runs that diverged: the tables show both beside n."""
+    entries = [(s["recipe"], s["cell"]) for s in skipped
+               if s["cell"] and profile in ("any", s["profile"]) and s["diverged"] == diverged]
     return pd.DataFrame(entries, columns=["recipe", "cell"]).value_counts()
 
 
@@ -246,9 +255,14 @@ def load_from_args(args) -> tuple[pd.DataFrame, list[dict], list[str]]:
 
 
 def run_cli(main):
-    """Run a CLI body; bad input becomes one line on stderr and exit status 2, never a traceback."""
+    """Run a CLI body; bad input becomes one line on stderr and exit status 2, a file that cannot be written
+    (read-only folder, full disk: records.WriteError names it and the cause) one line and exit status 1, never a
+    traceback."""
     try:
         main()
     except AnalysisError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except OSError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)

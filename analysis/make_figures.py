@@ -40,7 +40,7 @@ from analysis.make_tables import (
     profile_text,
 )
 from repro.config import plural
-from repro.experiments import COLUMN_LABELS, COLUMNS, TABLES
+from repro.experiments import COLUMN_LABELS, COLUMNS, PROFILES, TABLES
 from repro.records import atomic_write
 
 DPI = 150  # the heatmaps' in-cell numbers stay legible
@@ -224,23 +224,108 @@ def flexpool_figure(runs: pd.DataFrame, table: str, dataset: str, profile: str, 
     return fig
 
 
+def curves(cell_runs: pd.DataFrame) -> pd.DataFrame:
+    """Per epoch, mean, std and n over the seeds of the test accuracy (percent) after that epoch; an epoch counts
+    only the runs that reached it."""
+    per_seed = pd.DataFrame([pd.Series(c, index=range(1, len(c) + 1)) for c in cell_runs["curve"]]) * 100
+    return per_seed.agg(["mean", "std", "count"]).T.rename(columns={"count": "n"})
+
+
+def curves_figure(runs: pd.DataFrame, spread: str, profile: str, recipe: str) -> Figure | None:
+    """Test accuracy after each epoch, per column a mean line with a band of the spread over seeds: a panel per
+    table (columns) and data set with runs (rows). None without runs. The y axis shows the second half of
+    training, where the columns part; the first epochs' climb would flatten it."""
+    mine = runs[(runs["recipe"] == recipe) & (runs["curve"].map(len) > 0)]
+    datasets = [d for d in DATASET_ORDER if (mine["dataset"] == d).any()]
+    if not datasets:
+        return None
+    fig = Figure(figsize=(10.0, 3.4 * len(datasets) + 1.0), dpi=DPI, layout="constrained")
+    for row, dataset in zip(fig.subplots(len(datasets), len(TABLES), squeeze=False), datasets):
+        for ax, table in zip(row, TABLES):
+            cell = mine[(mine["dataset"] == dataset) & (mine["table"] == table)]
+            low, high, seeds, epochs = [], [], set(), 1
+            for i, column in enumerate(COLUMNS):
+                if not (cell["column"] == column).any():
+                    continue
+                c = curves(cell[cell["column"] == column])
+                band = (c["std"] / c["n"].pow(0.5) if spread == "sem" else c["std"]).fillna(0)
+                ax.plot(c.index, c["mean"], color=f"C{i}", label=COLUMN_LABELS[column])
+                ax.fill_between(c.index, c["mean"] - band, c["mean"] + band, color=f"C{i}", alpha=0.2, linewidth=0)
+                later = c.index > len(c) / 2
+                low.append((c["mean"] - band)[later].min())
+                high.append((c["mean"] + band)[later].max())
+                seeds.add(int(c["n"].max()))
+                epochs = max(epochs, len(c))
+            if low:
+                margin = 0.05 * (max(high) - min(low)) or 0.5
+                ax.set_ylim(min(low) - margin, max(high) + margin)
+                ax.set_xlim(epochs / 2, epochs)
+            else:
+                ax.text(0.5, 0.5, "no runs yet", transform=ax.transAxes, ha="center", color="C3")
+            count = (plural(min(seeds), "seed") if len(seeds) == 1 else f"{min(seeds)}-{max(seeds)} seeds") \
+                if seeds else "no runs"
+            ax.set_title(f"{DATASET_LABELS[dataset]}, Table {table[-1]}: {count} per column", fontsize=9)
+            ax.set_xlabel("epoch", fontsize=8)
+            ax.set_ylabel("test accuracy (%)", fontsize=8)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(alpha=0.3)
+    handles = {label: h for ax in fig.axes for h, label in zip(*ax.get_legend_handles_labels())}
+    fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=len(handles), fontsize=8)
+    fig.suptitle(f"Learning curves: test accuracy after each epoch, second half of training; {profile_text(profile)}, "
+                 f"{recipe} recipe\nlines: mean over seeds; bands: {SPREADS[spread]} over seeds", fontsize=10)
+    return fig
+
+
+def lengths_figure(compared: pd.DataFrame, short: str, long: str, recipe: str) -> Figure:
+    """Each claim's Δ with its 95% CI after the shorter and the longer training (stats.across_profiles), one row
+    per comparison, the paper's Δ beside them: does a gain grow, shrink or turn with training length?"""
+    rows = len(compared)
+    fig = Figure(figsize=(9.0, 1.4 + 0.32 * rows), dpi=DPI, layout="constrained")
+    ax = fig.subplots()
+    y = np.arange(rows)[::-1]
+    for offset, (suffix_, profile, color) in zip((0.15, -0.15), (("_short", short, "C0"), ("_long", long, "C1"))):
+        mean = compared[f"mean_diff{suffix_}"]
+        error = [mean - compared[f"ci_low{suffix_}"], compared[f"ci_high{suffix_}"] - mean]
+        ax.errorbar(mean, y + offset, xerr=[e.fillna(0) for e in error], fmt="o", color=color, capsize=3,
+                    label=f"ours after {PROFILES[profile]['epochs']} epochs ({profile} profile)")
+    ax.plot(compared["paper_diff"], y, "s", color=PAPER_COLOR, label="paper (100 epochs)")
+    ax.axvline(0, color="0.5", linewidth=0.8)
+    labels = [f"({r.claim}) {DATASET_LABELS[r.dataset]}: {r.comparison} (n={min(r.n_short, r.n_long)})"
+              for r in compared.itertuples()]
+    ax.set_yticks(y, labels, fontsize=7)
+    ax.set_ylim(-0.6, rows - 0.4)
+    ax.set_xlabel("Δ test accuracy, treatment − baseline (pp); bars: 95% CI over the paired seeds", fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    fig.legend(loc="outside lower center", ncols=3, fontsize=8)
+    fig.suptitle(f"The paper's claims after {PROFILES[short]['epochs']} and {PROFILES[long]['epochs']} epochs, "
+                 f"{recipe} recipe, paired by seed on the seeds both have", fontsize=10)
+    return fig
+
+
 def figures(runs: pd.DataFrame, summary: pd.DataFrame, spread: str, profile: str,
-            recipes) -> Iterator[tuple[str, str, str | None, Figure]]:
-    """(file stem, table, data set or None for a trend figure, figure): Figures 2 and 4, then the FlexPool
-    weights of each data set whose records hold any."""
+            recipes) -> Iterator[tuple[str, str, str | None, str | None, Figure]]:
+    """(file stem, kind, table, data set, figure), kind "trend", "weights" or "curves": Figures 2 and 4, the
+    FlexPool weights of each data set whose records hold any, then the learning curves."""
     for table in TABLES:
-        yield FIGURE_NAMES[table], table, None, trend_figure(runs, summary, table, spread, profile, recipes)
+        yield FIGURE_NAMES[table], "trend", table, None, trend_figure(runs, summary, table, spread, profile, recipes)
         for dataset in DATASET_ORDER:
             for recipe in recipes:
                 fig = flexpool_figure(runs, table, dataset, profile, recipe)
                 if fig is not None:
-                    suffix = f"-{recipe}" if len(recipes) > 1 else ""
-                    yield f"flexpool-{table}-{dataset}{suffix}", table, dataset, fig
+                    yield f"flexpool-{table}-{dataset}{suffix(recipe, recipes)}", "weights", table, dataset, fig
+    for recipe in recipes:
+        fig = curves_figure(runs, spread, profile, recipe)
+        if fig is not None:
+            yield f"curves{suffix(recipe, recipes)}", "curves", None, None, fig
+
+
+def suffix(recipe: str, recipes) -> str:
+    """A figure's file name names its recipe where the figures show several."""
+    return f"-{recipe}" if len(recipes) > 1 else ""
 
 
 def save(fig: Figure, out: Path, stem: str, formats=("png", "pdf")) -> list[Path]:
     """Each format written then renamed so a reader never opens half a file."""
-    out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{stem}.{fmt}" for fmt in formats]
     for path in paths:
         atomic_write(path, lambda f, fmt=path.suffix[1:]: fig.savefig(f, format=fmt))
@@ -266,7 +351,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     loaded, out = load_summary(args), out_dir(args)
     drawn = figures(loaded.runs, loaded.summary, args.spread, args.profile, collect.recipes(args.recipe))
-    written = [path for stem, _, _, fig in drawn for path in save(fig, out, stem)]
+    written = [path for stem, *_, fig in drawn for path in save(fig, out, stem)]
     text = provenance(loaded.runs, "python -m analysis.make_figures " + " ".join(argv or sys.argv[1:]))
     atomic_write(out / "README.md", lambda f: f.write(text.encode()))
     if loaded.runs.empty:

@@ -49,7 +49,7 @@ from repro.experiments import (
     cell_config,
     profile_words,
 )
-from repro.records import atomic_write
+from repro.records import DIVERGED_RULE, atomic_write
 
 PAGE = "README.md"  # a code-hosting site shows a folder's README.md as its page
 ALPHA = f"{stats.ALPHA:.2g}"
@@ -162,7 +162,8 @@ def what_was_run(loaded: Loaded, profile: str, recipe: str, seeds: int, datasets
     # the skipped records of this profile and recipe, or of none known (unreadable), then the notes on runs
     # of other profiles, recipes or configs
     skipped = [f"`{s['file']}`: {s['reason']}" for s in loaded.skipped
-               if s["profile"] in (profile, None) and s["recipe"] in (recipe, None)] + loaded.notes
+               if s["profile"] in (profile, None) and s["recipe"] in (recipe, None) and not s["diverged"]]
+    skipped += loaded.notes
     items = [
         f"**Profile**: {profile_words(profile)}: {PROFILE_NOTES[profile]}.",
         f"**Recipe**: {recipe_text([recipe])}.",
@@ -173,10 +174,19 @@ def what_was_run(loaded: Loaded, profile: str, recipe: str, seeds: int, datasets
         f"**Records**: {provenance(runs)}.",
         f"**Regime**: {regime(runs)}.",
         f"**Configs**: {configs(runs, profile, recipe)}.",
+        f"**Diverged** ({DIVERGED_RULE}; counted, never averaged): {diverged_runs(loaded, profile, recipe)}.",
         "**Skipped or left out**:" + ("" if skipped else " none."),
     ]
     return "\n".join(["## What was run", "", *(f"- {item}" for item in items),
                       *(f"  - {line}" for line in skipped)]) + "\n"
+
+
+def diverged_runs(loaded: Loaded, profile: str, recipe: str) -> str:
+    """'none', or 'table1/x/flexpool seed 2: training loss nan in epoch 7; ...'."""
+    prefix = "status 'diverged': "
+    hits = [f"`{s['file']}`: {s['reason'].removeprefix(prefix)}" for s in loaded.skipped
+            if s["diverged"] and (s["profile"], s["recipe"]) == (profile, recipe)]
+    return "; ".join(hits) or "none"
 
 
 def tables(summary: pd.DataFrame, spread: str, profile: str, recipe: str) -> str:
@@ -220,9 +230,79 @@ def seeds_section(claims: pd.DataFrame) -> str:
     return "\n".join(["## Seeds needed", "", SEEDS_NOTE, "", *body, ""])
 
 
-def figure_note(table: str, dataset: str | None) -> str:
+# ---- the same claims at two lengths of training; the same cells under two recipes ----------------------------
+
+LENGTHS = [p for p in PROFILES if "train_subset" not in PROFILES[p]]  # the whole data: only the length differs
+
+
+def epochs(profile: str) -> str:
+    return f"{PROFILES[profile]['epochs']} epochs"
+
+
+def ci_text(low: float, high: float) -> str:
+    return "n/a" if pd.isna(low) else f"[{low:+.2f}, {high:+.2f}]"
+
+
+def lengths_reading(compared: pd.DataFrame, short: str, long: str) -> str:
+    """One line: how many comparisons changed direction or verdict from the shorter training to the longer."""
+    reversed_ = compared["change"].str.contains("direction reversed")
+    verdict = compared["verdict_short"] != compared["verdict_long"]
+    named = "; ".join(f"{DATASET_LABELS[r.dataset]} ({r.comparison}): {r.change}"
+                      for r in compared[reversed_ | verdict].itertuples())
+    return (f"**Reading**: of {plural(len(compared), 'comparison')} with seeds at both lengths, "
+            f"{reversed_.sum()} changed direction and {verdict.sum()} changed verdict from {epochs(short)} to "
+            f"{epochs(long)}" + (f": {named}." if named else "."))
+
+
+def lengths_section(compared: pd.DataFrame, short: str, long: str, recipe: str, figure: str | None) -> str:
+    lines = [f"## {epochs(short)} and {epochs(long)}: the claims at two lengths of training", "",
+             f"Where the {profile_words(short)} and the {profile_words(long)} both have runs of the same cells and "
+             f"seeds under the {recipe} recipe: each claim's Δ at both lengths, paired by seed on the seeds both "
+             "have (n), as in the claims above. Did the direction or the verdict change with training length?", ""]
+    if compared.empty:
+        return "\n".join([*lines, f"No cell has runs of both profiles on the same seeds yet.", ""])
+    header = ["Claim", "Dataset", "Comparison", "n", f"Δ at {epochs(short)} (95% CI)", "verdict",
+              f"Δ at {epochs(long)} (95% CI)", "verdict", "paper Δ", "What changed"]
+    rows = [[f"({r.claim})", DATASET_LABELS[r.dataset], r.comparison, str(min(r.n_short, r.n_long)),
+             f"{fmt(r.mean_diff_short, sign=True)} {ci_text(r.ci_low_short, r.ci_high_short)}", r.verdict_short,
+             f"{fmt(r.mean_diff_long, sign=True)} {ci_text(r.ci_low_long, r.ci_high_long)}", r.verdict_long,
+             fmt(r.paper_diff, sign=True), r.change] for r in compared.itertuples()]
+    lines += [lengths_reading(compared, short, long), "", *md_table(header, rows), ""]
+    return "\n".join(lines + ([f"![{Path(figure).stem}]({figure})", ""] if figure else []))
+
+
+def recipes_section(compared: pd.DataFrame, profile: str) -> str:
+    first, second = RECIPES
+    lines = [f"## The {first} recipe against the {second} recipe", "",
+             f"Where both recipes have runs of the same cells and seeds in the {profile_words(profile)}: per cell "
+             f"Δ = {first} − {second} test accuracy (points), paired by seed, with its 95% CI: what the "
+             f"{first} recipe ({recipe_text([first])}) gains (or costs) against the {second} recipe "
+             f"({recipe_text([second])}).", ""]
+    if compared.empty:
+        return "\n".join([*lines, "No cell has runs of both recipes on the same seeds yet.", ""])
+    order = {d: i for i, d in enumerate(DATASET_ORDER)}
+    compared = compared.sort_values(["table", "dataset"], key=lambda c: c.map(order) if c.name == "dataset" else c,
+                                    kind="stable")
+    header = ["Table", "Dataset", "Column", "n", f"{first} (%)", f"{second} (%)", f"Δ {first} − {second} (pp)",
+              "95% CI", "p", "Verdict"]
+    rows = [[f"Table {r.table[-1]}", DATASET_LABELS[r.dataset], COLUMN_LABELS[r.column], str(r.n), fmt(r.first),
+             fmt(r.second), fmt(r.mean_diff, sign=True), ci_text(r.ci_low, r.ci_high),
+             "n/a" if pd.isna(r.p) else f"{r.p:.3g}", f"**{r.verdict}** ({r.reason})"]
+            for r in compared.itertuples()]
+    gains = compared["verdict"].value_counts()
+    reading = (f"**Reading**: the {first} recipe is ahead in {gains.get('supported', 0)}, behind in "
+               f"{gains.get('contradicted', 0)} and indistinguishable in {gains.get('inconclusive', 0)} of "
+               f"{plural(len(compared), 'cell')} (95% CI).")
+    return "\n".join([*lines, reading, "", *md_table(header, rows), ""])
+
+
+def figure_note(kind: str, table: str | None, dataset: str | None) -> str:
     """What the figure shows and what to look at, in a sentence."""
-    if dataset is None:
+    if kind == "curves":
+        return ("**Learning curves**: the test accuracy after each epoch, per column the mean over seeds with a "
+                "band of their spread; look at whether the columns still climb at the end (training too short "
+                "for the question) and at when their order settles.")
+    if kind == "trend":
         return (f"**{make_figures.TREND_TITLES[table]}**: per data set, the accuracy each FlexPool column "
                 "gains over AvgPool, ours beside the paper's; look at whether our points climb from left to "
                 "right as the paper's do, and whether their error bars clear 0.")
@@ -231,10 +311,10 @@ def figure_note(table: str, dataset: str | None) -> str:
             "average pooling, blue: less) and for the weight sums' histogram at 1, where Eq. 2 pulls them.")
 
 
-def figures_section(drawn: list[tuple[str, str, str | None]]) -> str:
+def figures_section(drawn: list[tuple[str, str, str | None, str | None]]) -> str:
     lines = ["## Figures", ""]
-    for name, table, dataset in drawn:
-        lines += [figure_note(table, dataset), "", f"![{Path(name).stem}]({name})", ""]
+    for name, kind, table, dataset in drawn:
+        lines += [figure_note(kind, table, dataset), "", f"![{Path(name).stem}]({name})", ""]
     return "\n".join(lines)
 
 
@@ -267,7 +347,7 @@ def reproduce(args, seeds: int, runs: pd.DataFrame) -> str:
                       "", REPRODUCE_OTHERS, ""])
 
 
-def page(loaded: Loaded, claims: pd.DataFrame, drawn, args, seeds: int) -> str:
+def page(loaded: Loaded, claims: pd.DataFrame, drawn, args, seeds: int, comparisons: list[str]) -> str:
     profile, recipe = args.profile, args.recipe
     made = (f"Made by `python -m analysis.make_report` from {plural(len(loaded.runs), 'run record')} of this "
             "profile and recipe and the paper's transcribed numbers (`results/paper/`); every number below "
@@ -276,7 +356,7 @@ def page(loaded: Loaded, claims: pd.DataFrame, drawn, args, seeds: int) -> str:
     return "\n".join([*head, what_was_run(loaded, profile, recipe, seeds, args.datasets),
                       tables(loaded.summary, args.spread, profile, recipe),
                       claims_section(claims, loaded.summary, profile, recipe), seeds_section(claims),
-                      figures_section(drawn), reproduce(args, seeds, loaded.runs)])
+                      *comparisons, figures_section(drawn), reproduce(args, seeds, loaded.runs)])
 
 
 README_END = "<!-- end of results -->"
@@ -296,15 +376,34 @@ def limits(profile: str) -> str:
             f"only; the {paper}-epoch runs (`--profile full`) settle the paper's claims.")
 
 
-def readme_section(loaded: Loaded, claims: pd.DataFrame, drawn, args, seeds: int, page_path: Path) -> str:
-    """The top-level README's Results: this page in brief, every number from the same records."""
+def other_pages(args, everything: pd.DataFrame, out: Path) -> str:
+    """'Other records: 3 runs of the full profile (100 epochs, the paper's), paper recipe (their page: LINK).': the
+    profiles and recipes of the records beside this page's, so the README names what else is under way."""
+    counts = everything[everything["table"].isin(list(TABLES)) & (everything["eval_split"] == "test")].groupby(
+        ["profile", "recipe"]).size()
+    base = Path(args.readme).resolve().parent
+    parts = []
+    for (profile, recipe), n in counts.items():
+        if (profile, recipe) == (args.profile, args.recipe) or profile not in PROFILES:
+            continue
+        page_path = out.parent.parent / profile / recipe / PAGE  # beside this page, as out_dir lays them out
+        link = page_path.resolve().relative_to(base).as_posix() if page_path.is_file() else ""
+        parts.append(f"{plural(n, 'run')} of the {profile_words(profile)}, {recipe} recipe"
+                     + (f" (their page: [{link}]({link}))" if link else ""))
+    return f"Other records: {'; '.join(parts)}." if parts else ""
+
+
+def readme_section(loaded: Loaded, claims: pd.DataFrame, drawn, args, seeds: int, page_path: Path,
+                   others: str = "") -> str:
+    """The top-level README's Results: this page in brief, every number from the same records, and a line on the
+    records of other profiles and recipes."""
     runs, summary, profile, recipe = loaded.runs, loaded.summary, args.profile, args.recipe
     base = Path(args.readme).resolve().parent
     link = page_path.resolve().relative_to(base).as_posix()
     ran = [d for d in DATASET_ORDER if summary.loc[summary["dataset"] == d, "n"].sum()]
     rows = [[f"Table {table[-1]}, {DATASET_LABELS[d]}", *md_cells(summary, recipe, table, d, args.spread)]
             for d in ran for table in TABLES]
-    figure = next((name for name, _, dataset in drawn if dataset is None), None)
+    figure = next((name for name, kind, *_ in drawn if kind == "trend"), None)
     launch, _, report = plan_commands(args, seeds, runs)
     start = (f"<!-- results: written by {report} --readme {args.readme}; made from the records, not edited "
              "by hand -->")
@@ -312,7 +411,7 @@ def readme_section(loaded: Loaded, claims: pd.DataFrame, drawn, args, seeds: int
              f"{completed(runs, seeds, args.datasets)}; {compute(runs)}; {provenance(runs)}. Trained by "
              f"`{launch}`. The whole page, with each claim's Holm-adjusted p, whether the paper's Δ fits our "
              f"interval and the seeds that would settle it: [{link}]({link}).")
-    lines = [start, "", intro, "",
+    lines = [start, "", intro, "", *([others, ""] if others else []),
              *md_table(["Test accuracy (%)", *(COLUMN_LABELS[c] for c in COLUMNS)], rows), ""]
     if not claims.empty:
         lines += [f"The paper's claims, paired by seed ({CLAIMS_METHOD_SHORT}):", "",
@@ -359,19 +458,45 @@ def parse_args(argv=None):
     return args
 
 
+def comparisons(args, loaded: Loaded, everything: pd.DataFrame, out: Path) -> list[str]:
+    """The sections that set this page's runs beside another profile's (the same claims at another length of
+    training) and the other recipe's (the same cells), on the cells and seeds both have; a figure for the first.
+    `everything`: the usable runs of the page's data sets, of every profile and recipe."""
+    sections = []
+    for other in (p for p in LENGTHS if args.profile in LENGTHS and p != args.profile):
+        theirs = collect.select(everything, other, args.recipe)[0]
+        if theirs.empty:
+            continue
+        short, long = sorted((args.profile, other), key=lambda p: PROFILES[p]["epochs"])
+        pair = {args.profile: loaded.runs, other: theirs}
+        compared = stats.across_profiles(pair[short], pair[long], loaded.paper, DATASET_ORDER, args.recipe)
+        figure = None
+        if not compared.empty:
+            fig = make_figures.lengths_figure(compared, short, long, args.recipe)
+            figure = make_figures.save(fig, out, f"epochs-{short}-{long}", formats=("png",))[0].name
+        sections.append(lengths_section(compared, short, long, args.recipe, figure))
+    first, second = (collect.select(everything, args.profile, recipe)[0] for recipe in RECIPES)
+    if not (first.empty or second.empty):
+        sections.append(recipes_section(stats.across_recipes(first, second), args.profile))
+    return sections
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     loaded, out = load_summary(args, args.datasets), out_dir(args)
     seeds = args.seeds or (int(loaded.runs["seed"].max()) + 1 if len(loaded.runs) else 1)
     claims = stats.assess(stats.evaluate_claims(loaded.runs, loaded.paper, DATASET_ORDER, [args.recipe]))
-    # make_figures' figures as PNGs next to the page: (file name, table, data set or None) for each
-    drawn = [(make_figures.save(fig, out, stem, formats=("png",))[0].name, table, dataset)
-             for stem, table, dataset, fig in make_figures.figures(loaded.runs, loaded.summary, args.spread,
-                                                                    args.profile, [args.recipe])]
-    text = page(loaded, claims, drawn, args, seeds)
+    # make_figures' figures as PNGs next to the page: (file name, kind, table, data set) for each
+    drawn = [(make_figures.save(fig, out, stem, formats=("png",))[0].name, kind, table, dataset)
+             for stem, kind, table, dataset, fig in make_figures.figures(loaded.runs, loaded.summary, args.spread,
+                                                                          args.profile, [args.recipe])]
+    everything = (collect.load_wandb(args.from_wandb) if args.from_wandb else collect.load_runs(args.runs))[0]
+    everything = everything[everything["dataset"].isin(args.datasets)]
+    text = page(loaded, claims, drawn, args, seeds, comparisons(args, loaded, everything, out))
     atomic_write(out / PAGE, lambda f: f.write(text.encode()))
     if args.readme:
-        write_readme(Path(args.readme), readme_section(loaded, claims, drawn, args, seeds, out / PAGE))
+        write_readme(Path(args.readme), readme_section(loaded, claims, drawn, args, seeds, out / PAGE,
+                                                       other_pages(args, everything, out)))
     print(f"wrote {out / PAGE} and {plural(len(drawn), 'figure')} ({plural(len(loaded.runs), 'run')}, "
           f"{plural(len(loaded.skipped), 'record')} skipped)", file=sys.stderr)
 

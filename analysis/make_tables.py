@@ -22,7 +22,7 @@ import pandas as pd
 from analysis import collect, stats
 from repro.config import plural
 from repro.experiments import COLUMN_LABELS, COLUMNS, PROFILES, RECIPES, TABLES, profile_words
-from repro.records import atomic_write
+from repro.records import DIVERGED_RULE, atomic_write
 
 DATASET_ORDER = ("cifar10", "fashion_mnist", "cifar100", "tiny_imagenet")  # the paper's row order
 DATASET_LABELS = {"cifar10": "CIFAR10", "fashion_mnist": "Fashion-MNIST", "cifar100": "CIFAR100",
@@ -44,10 +44,11 @@ SHORT_LEGEND = ("T1, T2: Table 1, 2; Avg: AvgPool; Flex: FlexPool; +Reg: FlexPoo
 
 
 def summarize(runs: pd.DataFrame, paper: dict[str, pd.Series], skipped: pd.Series | None = None,
-              recipes=("suite",)) -> pd.DataFrame:
+              recipes=("suite",), diverged: pd.Series | None = None) -> pd.DataFrame:
     """One row per (recipe, table, dataset, column), every cell of both tables per recipe, in percent: n, mean,
-    std, sem, seeds, paper, diff (= mean - paper), skipped (failed or partial records of the cell), sum_dev (mean
-    |sum - 1| of the final FlexPool, as a fraction). Cells without runs: n = 0, mean NaN."""
+    std, sem, seeds, paper, diff (= mean - paper), skipped (failed or partial records of the cell), diverged (its
+    runs that diverged: counted, never averaged), sum_dev (mean |sum - 1| of the final FlexPool, as a fraction).
+    Cells without runs: n = 0, mean NaN."""
     cells = pd.MultiIndex.from_product([list(recipes), list(TABLES), DATASET_ORDER, list(COLUMNS)], names=KEYS)
     runs = runs.assign(acc=runs["accuracy"] * 100, sum_dev=runs["sum_dev"].astype(float))
     grouped = runs.groupby(KEYS)
@@ -59,8 +60,9 @@ def summarize(runs: pd.DataFrame, paper: dict[str, pd.Series], skipped: pd.Serie
     out["seeds"] = [seeds.get(cell, "") for cell in cells]
     out["paper"] = [paper[t].get((d, c), math.nan) for _, t, d, c in cells]
     out["diff"] = out["mean"] - out["paper"]
-    skipped = skipped if skipped is not None else pd.Series(dtype=int)
-    out["skipped"] = [int(skipped.get((r, f"{t}/{d}/{c}"), 0)) for r, t, d, c in cells]
+    for name, counts in (("skipped", skipped), ("diverged", diverged)):
+        counts = counts if counts is not None else pd.Series(dtype=int)
+        out[name] = [int(counts.get((r, f"{t}/{d}/{c}"), 0)) for r, t, d, c in cells]
     return out.reset_index()
 
 
@@ -93,8 +95,13 @@ def fmt(x: float, sign: bool = False) -> str:
     return "n/a" if pd.isna(x) else f"{x:+.2f}" if sign else f"{x:.2f}"
 
 
+def left_out(cell: dict) -> str:
+    """', 1 skipped, 2 diverged': the cell's records that are not in its mean, or ''."""
+    return "".join(f", {cell[kind]} {kind}" for kind in ("skipped", "diverged") if cell[kind])
+
+
 def md_cell(cell: dict, spread: str) -> str:
-    count = f"n={cell['n']}" + (f", {cell['skipped']} skipped" if cell["skipped"] else "")
+    count = f"n={cell['n']}{left_out(cell)}"
     paper = f"paper {fmt(cell['paper'])}"
     if cell["n"] == 0:
         return f"missing ({count}); {paper}"
@@ -125,7 +132,16 @@ def caption(summary: pd.DataFrame, table: str, spread: str, profile: str, recipe
                       f"{len(n)} cells")
     return (f"Test accuracy (%), {profile_text(profile)}, {recipe_text(recipes)}; {'; '.join(counts)}. "
             f"Ours: mean ± {SPREADS[spread]} over seeds; n (runs): runs averaged (failed or partial ones "
-            f"skipped); Δ = ours − paper; {SUM_DEV}. The paper's \"ImageNet\" is Tiny ImageNet at 32x32.")
+            f"skipped){'; ' if diverged(part) else ''}{diverged(part)}; Δ = ours − paper; {SUM_DEV}. The paper's "
+            "\"ImageNet\" is Tiny ImageNet at 32x32.")
+
+
+def diverged(summary: pd.DataFrame) -> str:
+    """'2 runs diverged (...): counted beside n, never averaged, their seeds out of every pair', or '' when none
+    did: a recipe that diverges is a finding, to be seen but not averaged as if it had trained."""
+    n = int(summary["diverged"].sum())
+    return (f"{plural(n, 'run')} diverged ({DIVERGED_RULE}): counted beside n, never averaged, their seeds out "
+            "of every pair" if n else "")
 
 
 def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -170,7 +186,7 @@ def _tex_rows(cells: pd.DataFrame, spread: str, label: str) -> list[tuple[str, l
         else:
             ours.append(f"${cell['mean']:.2f}" + (rf" \pm {cell[spread]:.2f}$" if cell["n"] > 1 else "$"))
         diff.append(_tex(cell["diff"], sign=True))
-        runs.append(f"{cell['n']}" + (f" ({cell['skipped']} skipped)" if cell["skipped"] else ""))
+        runs.append(f"{cell['n']}" + (f" ({left_out(cell)[2:]})" if left_out(cell) else ""))
         dev.append("" if column == "avgpool" else _tex(cell["sum_dev"]))
     return [(label, ours), (r"\quad $\Delta$", diff), (r"\quad runs", runs), (r"\quad $|\Sigma w-1|$", dev)]
 
@@ -241,8 +257,8 @@ def claims_md(claims: pd.DataFrame, summary: pd.DataFrame, profile: str, recipes
         part = claims[claims["recipe"] == recipe]
         if len(recipes) > 1:
             lines += ["", f"### {recipe_text([recipe])}"]
-        missing = untested(summary, recipe)
-        lines += [""] + ([missing, ""] if missing else [])
+        missing, left = untested(summary, recipe), diverged(summary[summary["recipe"] == recipe])
+        lines += [""] + ([missing, ""] if missing else []) + ([f"{left[0].upper()}{left[1:]}.", ""] if left else [])
         if part.empty:
             continue
         rows = [claim_cells(r) for r in part.itertuples()]
@@ -360,8 +376,9 @@ def load_summary(args, datasets=DATASET_ORDER) -> Loaded:
     others = set(DATASET_ORDER) - set(datasets)
     skipped = [s for s in skipped if not any(f"/{dataset}/" in s["cell"] for dataset in others)]
     paper = {t: collect.load_paper(t, args.paper) for t in TABLES}
-    counts = collect.skipped_counts(skipped, args.profile)
-    return Loaded(runs, skipped, notes, paper, summarize(runs, paper, counts, collect.recipes(args.recipe)))
+    counts, diverged = (collect.skipped_counts(skipped, args.profile, d) for d in (False, True))
+    return Loaded(runs, skipped, notes, paper,
+                  summarize(runs, paper, counts, collect.recipes(args.recipe), diverged))
 
 
 def main(argv=None) -> None:

@@ -160,3 +160,50 @@ def assess(claims: pd.DataFrame) -> pd.DataFrame:
         p_holm=p_holm, survives=(claims["verdict"] != "inconclusive") & (p_holm < ALPHA),
         size=[size_verdict(r.paper_diff, r.ci_low, r.ci_high) for r in rows],
         seeds_needed=[seeds_needed(r.paper_diff, r.sd) for r in rows])
+
+
+# ---- the same claims at two lengths of training, the same cells under two recipes --------------------------------
+
+CELL_KEYS = ["table", "dataset", "column"]
+
+
+def on_common_seeds(a: pd.DataFrame, b: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """a's and b's runs of the cells and seeds both have: two profiles or recipes compared on the same seeds."""
+    keys = [*CELL_KEYS, "seed"]
+    both = a[keys].merge(b[keys]).drop_duplicates()
+    return a.merge(both), b.merge(both)
+
+
+def change(r) -> str:
+    """What became of a comparison from the shorter training to the longer: its direction and its verdict."""
+    if not (r.n_short and r.n_long):
+        return "n/a"
+    changes = ["direction reversed"] if r.mean_diff_short * r.mean_diff_long < 0 else []
+    if r.verdict_short != r.verdict_long:
+        changes.append(f"{r.verdict_short} → {r.verdict_long}")
+    return "; ".join(changes) or "same direction and verdict"
+
+
+def across_profiles(short: pd.DataFrame, long: pd.DataFrame, paper: dict[str, pd.Series], datasets,
+                    recipe: str) -> pd.DataFrame:
+    """Each claim's comparison, paired by seed as evaluate_claims does, under the shorter and the longer profile on
+    the cells and seeds both have: evaluate_claims' columns with _short and _long suffixes, and `change`."""
+    short, long = on_common_seeds(short, long)
+    keys = ["recipe", "claim", "dataset", "comparison", "baseline", "treatment", "paper_diff"]
+    merged = evaluate_claims(short, paper, datasets, [recipe]).merge(
+        evaluate_claims(long, paper, datasets, [recipe]), on=keys, suffixes=("_short", "_long"))
+    merged = merged[(merged["n_short"] > 0) & (merged["n_long"] > 0)]
+    return merged.assign(change=[change(r) for r in merged.itertuples()]).reset_index(drop=True)
+
+
+def across_recipes(first: pd.DataFrame, second: pd.DataFrame) -> pd.DataFrame:
+    """Per cell both recipes ran on common seeds: the first recipe's accuracy minus the second's, in points,
+    paired by seed (`paired`), with each recipe's mean."""
+    first, second = on_common_seeds(first, second)
+    rows = []
+    for cell, a in first.groupby(CELL_KEYS, sort=False):
+        b = second.merge(pd.DataFrame([cell], columns=CELL_KEYS))
+        a, b = a.set_index("seed")["accuracy"] * 100, b.set_index("seed")["accuracy"] * 100
+        rows.append({**dict(zip(CELL_KEYS, cell)), "first": a.mean(), "second": b.mean(), **paired(b, a)})
+    return pd.DataFrame(rows, columns=[*CELL_KEYS, "first", "second", "n", "mean_diff", "sd", "ci_low", "ci_high",
+                                       "p", "verdict", "reason"])

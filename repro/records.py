@@ -2,7 +2,8 @@
 
 A record is one JSON file per run, written atomically (temp file + rename), so a crash or a preempted job
 never leaves half a record. Record fields (SCHEMA = 1):
-  schema, run_id, cell, status ("completed" | "failed" | "pruned"), error, config (RunConfig as a dict),
+  schema, run_id, cell, status ("completed" | "failed" | "pruned" | "diverged"), error, diverged ({epoch,
+  train_loss, rule} when it diverged, else null), config (RunConfig as a dict),
   eval_split ("test" | "val"), profile and recipe (experiments.PROFILES / RECIPES the config matches, or
   "custom"), metrics {accuracy, head_accuracies, train_loss},
   history [{epoch, train_loss, train_accuracy, eval_accuracy, head_accuracies, lr, images, images_per_s, seconds,
@@ -35,6 +36,10 @@ from repro.config import ConfigError, RunConfig, default_checkpoint_dir
 
 # The exit code of a run's process that SIGTERM stopped (its checkpoint kept, no record), as a shell says.
 STOPPED_EXIT = 128 + signal.SIGTERM
+
+# When a run counts as diverged (train.py judges, the record keeps the loss and epoch): a recipe that diverges
+# is a finding, shown beside a cell's n and never averaged as if the run had trained.
+DIVERGED_RULE = "a non-finite training loss, or a last epoch's above 2 ln(classes), twice the loss a run starts from"
 
 SCHEMA = 1
 _UMASK = os.umask(0o022)
@@ -136,11 +141,15 @@ def last_line(text: str, default: str = "?") -> str:
 
 def record_state(record: dict) -> tuple[str, str]:
     """(status, reason): 'completed' (usable: a valid config and a main accuracy in [0, 1]; no reason), 'failed'
-    or 'pruned' (a sweep stopped it; the reason is the record's error), or 'unusable' (partial or malformed: it
-    counts as neither done nor failed, and a launch trains it again from its checkpoint)."""
+    or 'pruned' (a sweep stopped it; the reason is the record's error), 'diverged' (DIVERGED_RULE: finished, never
+    averaged; the reason names the loss and epoch), or 'unusable' (partial or malformed: it counts as neither done
+    nor failed, and a launch trains it again from its checkpoint)."""
     status = record.get("status")
     if status in ("failed", "pruned"):
         return status, last_line(str(record.get("error") or "no error message"))[:200]
+    if status == "diverged":
+        where = record.get("diverged") if isinstance(record.get("diverged"), dict) else {}
+        return status, f"training loss {where.get('train_loss')} in epoch {where.get('epoch')}"
     if status != "completed":
         return "unusable", f"status {status!r}"
     try:

@@ -2,7 +2,7 @@
 
 A run's state comes from disk only (no torch, no submitit here), so it holds for any executor and from any shell:
   running   a process holds its lock (records.exclusive): it trains now
-  done      its record is completed and usable (records.record_state)
+  done      its record is completed and usable, or says it diverged (records.record_state)
   failed    its record says so; only --retry-failed or --force run it again
   queued    not done or failed, but the job it was submitted in still waits or runs (in SLURM's queue, or the
             local job's process lives): a second launch must not submit it again
@@ -91,8 +91,8 @@ def state(config: RunConfig, queued: bool = False) -> State:
     if lock_holder(config) is not None:
         return "running"
     recorded = records.run_status(config)
-    if recorded in ("completed", "failed"):
-        return "done" if recorded == "completed" else "failed"
+    if recorded in ("completed", "diverged", "failed"):  # a diverged run is a result: training it again repeats it
+        return "failed" if recorded == "failed" else "done"
     return "queued" if queued else "pending" if recorded == "missing" else "unusable"
 
 
@@ -161,9 +161,15 @@ def summary(states: dict[RunConfig, State]) -> str:
 
 
 def failure_lines(states: dict[RunConfig, State]) -> list[str]:
-    """One line per failed or unusable run: its cell, seed, what went wrong (records.record_state) and its log."""
-    return [f"{s.upper()} {c.cell} seed {c.seed}: {records.run_record_state(c)[1]} (log: {log_path(c)})"
-            for c, s in states.items() if s in ("failed", "unusable")]
+    """One line per failed, unusable or diverged run: its cell, seed, what went wrong (records.record_state) and
+    its log."""
+    lines = []
+    for c, s in states.items():
+        recorded, reason = records.run_record_state(c) if s in ("failed", "unusable", "done") else ("", "")
+        if s in ("failed", "unusable") or recorded == "diverged":
+            lines.append(f"{'DIVERGED' if recorded == 'diverged' else s.upper()} {c.cell} seed {c.seed}: {reason} "
+                         f"(log: {log_path(c)})")
+    return lines
 
 
 # ---- the runs a command means: its plan arguments and RunConfig fields ----------------------------------------

@@ -238,12 +238,7 @@ class Worker(submitit.helpers.Checkpointable):
             # Pruning after the last epoch would save nothing and hide a finished result.
             return entry["epoch"] < config.epochs and trial.should_prune()
 
-        try:
-            record = train.run(config, on_epoch)
-        except train.TrainingError as e:
-            # A diverged run learned nothing: scoring it 0 (not failing it) teaches the sampler to avoid such values.
-            trial.set_user_attr("diverged", str(e))
-            return 0.0
+        record = train.run(config, on_epoch)
         if record is None:
             raise RunBusy(f"run {config.run_id} is trained by another trial with the same parameters")
         if record["status"] == "pruned":
@@ -257,6 +252,10 @@ class Worker(submitit.helpers.Checkpointable):
 
 def quiet() -> None:
     """One line per trial is ours to print; optuna's own log lines and experimental-feature notes are noise."""
+        if record["status"] == "diverged":
+            # It learned nothing: scoring it 0 (not failing it) teaches the sampler to avoid such values.
+            trial.set_user_attr("diverged", records.record_state(record)[1])
+            return 0.0
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 

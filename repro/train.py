@@ -47,7 +47,12 @@ tqdm.set_lock(threading.RLock())
 
 
 class TrainingError(RuntimeError):
-    """The run itself went wrong (e.g. a non-finite loss); its record is marked failed."""
+    """The run itself went wrong; its record is marked failed."""
+
+
+# records.DIVERGED_RULE: a run ends diverged above this many times the loss of a uniform guess, ln(classes),
+# which is where every run starts (Eq. 3's SAC weights sum to 1; Eq. 2 is 0 at FlexPool's initialisation).
+DIVERGED_LOSS = 2.0
 
 
 # --- setup -------------------------------------------------------------------------------------------------
@@ -315,13 +320,13 @@ def environment(device: torch.device) -> dict:
 
 
 def make_record(config: RunConfig, status: str, history: list, started: float, device, model,
-                error=None) -> dict:
+                error=None, diverged=None) -> dict:
     last = history[-1] if history else {}
     train_s = sum(h["seconds"] for h in history)
     images = sum(h["images"] for h in history)
     return {
         "schema": records.SCHEMA, "run_id": config.run_id, "cell": config.cell, "status": status,
-        "error": error, "config": config.to_dict(), "eval_split": config.eval_split,
+        "error": error, "diverged": diverged, "config": config.to_dict(), "eval_split": config.eval_split,
         "profile": experiments.profile_of(config), "recipe": experiments.recipe_of(config),
         "metrics": {"accuracy": last.get("eval_accuracy"), "head_accuracies": last.get("head_accuracies"),
                     "train_loss": last.get("train_loss")},
@@ -409,7 +414,7 @@ def _run_locked(config: RunConfig, on_epoch, stop: _StopOnSigterm) -> dict:
         lrs = lr_schedule(config, config.epochs * steps, device)
         started -= history[-1].get("wall_s", 0.0) if history else 0.0  # wall time counts every attempt's epochs
         step = make_step(config, model, optimizer, images, labels)  # after resume: a compiled one holds the state
-        status = "completed"
+        status, diverged = "completed", None
         bar = tqdm(range(len(history), config.epochs), initial=len(history), total=config.epochs,
                    desc=config.cell or config.dataset, unit="epoch", disable=not sys.stderr.isatty())
         for epoch in bar:
@@ -419,9 +424,10 @@ def _run_locked(config: RunConfig, on_epoch, stop: _StopOnSigterm) -> dict:
             loss, accuracy = train_epoch(config, step, model, lrs, epoch, len(labels))
             loss, accuracy = loss.item(), accuracy.item()  # the one host sync of the epoch
             seconds = time.perf_counter() - start
-            if not math.isfinite(loss):
-                raise TrainingError(f"non-finite training loss ({loss}) in epoch {epoch + 1}; lower --lr or check "
-                                    "the data")
+            if not math.isfinite(loss):  # no epoch after it can mean anything: the run ends here, diverged
+                status, diverged = "diverged", {"epoch": epoch + 1, "train_loss": str(loss)}
+                model = None  # nor are its weights finite: the record holds no FlexPool summary
+                break
             heads = evaluate(model, eval_images, eval_labels, config)
             entry = {"epoch": epoch + 1, "train_loss": loss, "train_accuracy": accuracy, "eval_accuracy": heads[-1],
                      "head_accuracies": heads, "lr": lrs[(epoch + 1) * steps - 1].item(), "images": trained,
@@ -441,8 +447,15 @@ def _run_locked(config: RunConfig, on_epoch, stop: _StopOnSigterm) -> dict:
                 status = "pruned"
                 break
         bar.close()
-        record = make_record(config, status, history, started, device, model)
+        uniform_guess = math.log(data.INFO[config.dataset].num_classes)
+        if status == "completed" and history[-1]["train_loss"] > DIVERGED_LOSS * uniform_guess:
+            status, diverged = "diverged", {"epoch": len(history), "train_loss": history[-1]["train_loss"]}
+        record = make_record(config, status, history, started, device, model,
+                             diverged=diverged and {**diverged, "rule": records.DIVERGED_RULE})
         records.write_record(record, records.record_path(config))
+        if diverged:
+            print(f"diverged: {records.record_state(record)[1]} ({records.DIVERGED_RULE}); record "
+                  f"{records.record_path(config)}", file=sys.stderr)
     except BaseException as e:
         # Stopped (SIGTERM), KeyboardInterrupt: the checkpoint stays, no record yet. A full or read-only disk
         # or missing or corrupt data is not the run's failure either: no record, so a launch resumes the run
@@ -551,6 +564,8 @@ def main(argv=None) -> int:
         print(f"stopped: {e}", file=sys.stderr)
         return records.STOPPED_EXIT
     if record is None:
+        return 1
+    if record["status"] == "diverged":  # a finding, recorded (run said so); but no model came of it
         return 1
     m = record["metrics"]
     heads = " ".join(f"{a:.2%}" for a in m["head_accuracies"] or [])

@@ -167,6 +167,28 @@ def test_corrupt_failed_and_partial_records_are_listed_and_skipped(results, tmp_
     assert "missing (n=0, 2 skipped); paper 66.18" in (tmp_path / "tables" / "table1.md").read_text()
 
 
+def test_diverged_runs_are_counted_beside_n_and_never_averaged_or_paired(results, tmp_path, capsys):
+    """A recipe that diverges is a finding: the cell says how many runs diverged, its mean and pairs leave them out."""
+    results_dir, known = results
+    write_run(results_dir, "table1", "cifar10", "flexpool", 3, 0.1, status="diverged",
+              diverged={"epoch": 7, "train_loss": "nan", "rule": records.DIVERGED_RULE})
+    write_run(results_dir, "table1", "cifar10", "avgpool", 3, 0.9)  # its pair: seed 3 of FlexPool diverged
+    run_tables(results_dir / "runs", tmp_path / "tables")
+    err = capsys.readouterr().err
+    assert "status 'diverged': training loss nan in epoch 7" in err
+    table = pd.read_csv(tmp_path / "tables" / "table1.csv").set_index(["dataset", "column"])
+    flex = known[(known["table"] == "table1") & (known["column"] == "flexpool") & (known["dataset"] == "cifar10")]
+    assert table.loc[("cifar10", "flexpool"), "mean"] == pytest.approx(flex["acc"].mean() * 100, abs=1e-4)
+    assert table.loc[("cifar10", "flexpool"), ["n", "diverged", "skipped"]].tolist() == [3, 1, 0]
+    md = (tmp_path / "tables" / "table1.md").read_text()
+    assert "(n=3, 1 diverged)" in md and f"1 run diverged ({records.DIVERGED_RULE})" in md
+    assert "(n=3, 1 diverged)" not in (tmp_path / "tables" / "table2.md").read_text()
+    claims = pd.read_csv(tmp_path / "tables" / "claims.csv").set_index(["dataset", "comparison"])
+    assert claims.loc[("cifar10", "T1: FlexPool vs AvgPool"), "n"] == 3  # seed 3 has no FlexPool run to pair
+    assert "1 run diverged" in (tmp_path / "tables" / "claims.md").read_text()
+    assert "3 (1 diverged)" in (tmp_path / "tables" / "table1.tex").read_text()
+
+
 def test_smoke_and_full_runs_are_never_averaged(results, tmp_path, capsys):
     results_dir, _ = results
     for seed in range(2):
@@ -347,7 +369,7 @@ def test_outputs_of_each_profile_and_recipe_go_to_their_own_folder(results, monk
     assert "Smoke profile (4 epochs, a subset of the images, not the paper's 100)" in (tables / "smoke/suite/claims.tex").read_text()
     assert "1 run in 1 of 16 cells" in smoke
     assert {p.relative_to(figures).as_posix() for p in figures.rglob("*.png")} == {
-        "smoke/suite/figure2.png", "smoke/suite/figure4.png", "smoke/suite/flexpool-table1-cifar10.png"}
+        "smoke/suite/curves.png", "smoke/suite/figure2.png", "smoke/suite/figure4.png", "smoke/suite/flexpool-table1-cifar10.png"}
     capsys.readouterr()
 
 

@@ -63,7 +63,7 @@ def test_budget_tables_and_figures_say_it_is_not_the_papers_experiment(tmp_path)
                                                                "budget"]))
     titles = [fig._suptitle.get_text() for *_, fig in make_figures.figures(
         loaded.runs, loaded.summary, "std", "budget", ["suite"])]
-    assert len(titles) == 3 and all(words in title for title in titles)  # Figures 2 and 4, the weights
+    assert len(titles) == 4 and all(words in title for title in titles)  # Figures 2 and 4, the weights, curves
 
 
 @pytest.mark.parametrize("units,bf16", [("AMX-BF16 + AVX512-BF16", True), ("", False)])

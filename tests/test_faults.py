@@ -301,6 +301,18 @@ def test_read_only_results_fail_in_one_line(capsys, read_only, data_root, module
     one_line_error(err, "Read-only file system (EROFS)", str(read_only))
 
 
+@pytest.mark.parametrize("command", ["make_tables", "make_figures", "make_report"])
+def test_analysis_into_a_read_only_folder_fails_in_one_line(read_only, command):
+    from tests.test_analysis import write_run
+
+    runs = read_only.parent / "records"
+    write_run(runs, "table1", "cifar10", "avgpool", 0, 0.9)
+    done = shell(f"analysis.{command}", "--runs", runs / "runs", "--out", read_only / "out")
+    assert done.returncode == 1
+    one_line_error(done.stderr.splitlines()[-1] + "\n", "Read-only file system (EROFS)", str(read_only / "out"))
+    assert "Traceback" not in done.stderr
+
+
 @pytest.mark.parametrize("module,argv", [
     ("launch", ["table1", "--columns", "avgpool"]),
     ("launch", ["table1", "--columns", "avgpool", "--no-snapshot"]),

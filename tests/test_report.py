@@ -16,7 +16,7 @@ from PIL import Image
 from scipy import integrate
 from scipy import stats as scipy_stats
 
-from analysis import collect, make_report, stats
+from analysis import collect, make_figures, make_report, stats
 from tests.test_analysis import ROOT, write_run
 
 LABELS = {"avgpool": "AvgPool", "flexpool": "FlexPool", "flexpool-reg": "FlexPool + Reg",
@@ -238,13 +238,14 @@ def test_what_was_run_names_profile_runs_compute_and_provenance(report):
 def test_every_linked_file_exists_and_is_a_png(report):
     page, out, _, _ = report
     links = re.findall(r"\]\(([^)]+)\)", page)
-    assert sorted(links) == ["figure2.png", "figure4.png", "flexpool-table1-cifar10.png",
+    assert sorted(links) == ["curves.png", "figure2.png", "figure4.png", "flexpool-table1-cifar10.png",
                              "flexpool-table1-fashion_mnist.png", "flexpool-table2-cifar10.png"]
     for link in links:
         with Image.open(out / link) as image:
             assert image.format == "PNG"
     figures = section(page, "Figures")
     assert figures.count("**Figure") == 2 and figures.count("**Learned FlexPool weights") == 3
+    assert figures.count("**Learning curves**") == 1
 
 
 def test_reproduce_gives_the_commands_of_this_page(report):
@@ -324,3 +325,84 @@ def test_readme_results_are_the_page_in_brief_between_its_markers(report, tmp_pa
     with pytest.raises(collect.AnalysisError, match="has no results block"):
         make_report.main(argv)
     assert readme.read_text() == "# no block\n"
+
+
+# ---- the learning curves; the same claims at two lengths of training; the same cells under two recipes --------
+
+def test_learning_curves_are_the_mean_and_spread_over_seeds_of_each_epoch():
+    runs = pd.DataFrame({"curve": [[0.5, 0.7, 0.8], [0.6, 0.8], [0.4, 0.6, 0.9]]})
+    curves = make_figures.curves(runs)
+    assert curves["n"].tolist() == [3, 3, 2]  # an epoch counts the runs that reached it
+    assert curves["mean"].tolist() == pytest.approx([50.0, 70.0, 85.0])
+    assert curves["std"].iloc[0] == pytest.approx(np.std([50, 60, 40], ddof=1))
+
+
+LENGTH_GAINS = {"budget": -1.0, "full": 1.0}  # FlexPool - AvgPool, pp: the sign turns with training length
+RECIPE_LEVELS = {"suite": 90.0, "paper": 91.0}
+
+
+@pytest.fixture(scope="module")
+def two_profiles(tmp_path_factory):
+    """Table 1 AvgPool and FlexPool on Fashion-MNIST: the paper recipe at both lengths (seeds 0-2 at 100 epochs,
+    0, 1 and 3 at 10, so 0 and 1 pair), and the suite recipe at 10 epochs on seeds 0 and 1."""
+    root = tmp_path_factory.mktemp("profiles")
+    known = []
+    for profile, recipe, seeds in (("full", "paper", (0, 1, 2)), ("budget", "paper", (0, 1, 3)),
+                                   ("budget", "suite", (0, 1))):
+        for column, seed in itertools.product(("avgpool", "flexpool"), seeds):
+            gain = LENGTH_GAINS[profile] if column == "flexpool" else 0.0
+            acc = round(RECIPE_LEVELS[recipe] + gain + 0.01 * seed + (0.02 * seed if column == "flexpool" else 0), 2)
+            write_run(root, "table1", "fashion_mnist", column, seed, acc / 100, profile=profile, recipe=recipe)
+            known.append({"profile": profile, "recipe": recipe, "column": column, "seed": seed, "acc": acc})
+    pages = {}
+    for profile, recipe in (("full", "paper"), ("budget", "paper")):
+        out = root / "report" / profile / recipe
+        make_report.main(["--runs", str(root / "runs"), "--profile", profile, "--recipe", recipe, "--out", str(out),
+                          "--datasets", "fashion_mnist"])
+        pages[profile] = (out / "README.md").read_text()
+    return root, pages, pd.DataFrame(known).set_index(["profile", "recipe", "column", "seed"])["acc"]
+
+
+def test_each_claim_at_two_lengths_pairs_the_seeds_both_profiles_have(two_profiles):
+    root, pages, acc = two_profiles
+    heading = "10 epochs and 100 epochs: the claims at two lengths of training"
+    for page in pages.values():
+        part = section(page, heading)
+        row = table_rows(part)[("Fashion-MNIST", "T1: FlexPool vs AvgPool")]
+        for profile, cell in (("budget", row[4]), ("full", row[6])):
+            diff = [acc[profile, "paper", "flexpool", s] - acc[profile, "paper", "avgpool", s] for s in (0, 1)]
+            assert cell.startswith(f"{np.mean(diff):+.2f} [")  # the mean over seeds 0 and 1 only
+        assert row[3] == "2" and (row[5], row[7]) == ("contradicted", "supported")
+        assert row[9] == "direction reversed; contradicted → supported"
+        assert "**Reading**: of 1 comparison with seeds at both lengths, 1 changed direction and 1 changed " \
+               "verdict from 10 epochs to 100 epochs: Fashion-MNIST (T1: FlexPool vs AvgPool)" in part
+        assert "![epochs-budget-full](epochs-budget-full.png)" in part
+    assert (root / "report" / "full" / "paper" / "epochs-budget-full.png").is_file()
+
+
+def test_the_two_recipes_are_compared_cell_by_cell_on_common_seeds(two_profiles):
+    _, pages, acc = two_profiles
+    part = section(pages["budget"], "The suite recipe against the paper recipe")
+    rows = {cells[2]: cells for cells in (line.strip("| ").split(" | ") for line in part.splitlines()
+                                          if line.startswith("| Table 1 |"))}
+    for column, label in (("avgpool", "AvgPool"), ("flexpool", "FlexPool")):
+        diff = [acc["budget", "suite", column, s] - acc["budget", "paper", column, s] for s in (0, 1)]
+        assert rows[label][3] == "2" and rows[label][6] == f"{np.mean(diff):+.2f}"
+        assert rows[label][9].startswith("**contradicted**")  # the suite recipe is 1 point behind on both seeds
+    assert "the suite recipe is ahead in 0, behind in 2 and indistinguishable in 0 of 2 cells" in part
+    assert "The suite recipe against" not in pages["full"]  # no suite runs at 100 epochs
+
+
+def test_the_readme_names_the_records_of_other_profiles_and_links_their_page(two_profiles, tmp_path):
+    root, _, _ = two_profiles
+    readme = root / "README.md"
+    readme.write_text("<!-- results: -->\n<!-- end of results -->\n")
+    make_report.main(["--runs", str(root / "runs"), "--profile", "budget", "--recipe", "suite", "--out",
+                      str(root / "report" / "budget" / "suite"), "--datasets", "fashion_mnist", "--readme",
+                      str(readme)])
+    text = readme.read_text()
+    assert ("Other records: 6 runs of the budget profile (10 epochs, not the paper's 100), paper recipe (their "
+            "page: [report/budget/paper/README.md](report/budget/paper/README.md)); 6 runs of the full profile "
+            "(100 epochs, the paper's), paper recipe (their page: [report/full/paper/README.md]") in text
+    for target in re.findall(r"\]\(([^)]+)\)", text):
+        assert (root / target).is_file(), target

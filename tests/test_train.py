@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 
@@ -88,12 +89,40 @@ def test_a_checkpoint_that_is_not_this_runs_is_a_warning_and_a_fresh_start(tmp_p
     assert f"warning: {path}: " in err and f"starting run {cfg.run_id} from scratch" in err and "Traceback" not in err
 
 
-def test_non_finite_loss_fails_the_run_with_a_record(tmp_path):
-    cfg = config(tmp_path, epochs=2, lr=1e12, optimizer="sgd")
-    with pytest.raises(train.TrainingError, match="non-finite"):
+def test_a_non_finite_loss_ends_the_run_diverged_at_that_epoch(tmp_path):
+    cfg = config(tmp_path, epochs=3, lr=1e12, optimizer="sgd")
+    record = train.run(cfg)
+    assert record["status"] == "diverged" and record["diverged"]["epoch"] == 1
+    assert record["diverged"]["train_loss"] in ("nan", "inf") and record["diverged"]["rule"] == records.DIVERGED_RULE
+    assert record["history"] == [] and record["flexpool"] == {}
+    json.loads(records.record_path(cfg).read_text(), parse_constant=pytest.fail)  # no NaN: strict JSON
+
+
+def test_a_finite_loss_far_above_the_start_is_diverged_not_completed(tmp_path, capsys):
+    """The loss a run starts from is a uniform guess's, ln(classes); one that ends far above it learned nothing."""
+    argv = ["--dataset", "synthetic", "--epochs", "2", "--train-subset", "256", "--test-subset", "128",
+            "--batch-size", "64", "--lr", "1e6", "--wandb", "disabled", "--results-dir", str(tmp_path)]
+    assert train.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("diverged: training loss ") and "in epoch 2" in err and err.count("\n") == 1
+    (path,) = (tmp_path / "runs").rglob("*.json")
+    record = records.read_record(path)
+    assert record["status"] == "diverged" and record["diverged"]["train_loss"] > 2 * math.log(10)
+    assert record["metrics"]["accuracy"] is not None  # what it did, kept
+    loss = record["diverged"]["train_loss"]
+    assert records.record_state(record) == ("diverged", f"training loss {loss} in epoch 2")
+
+
+def test_a_run_whose_code_raises_leaves_a_failed_record(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug in the training step")
+
+    monkeypatch.setattr(train, "train_epoch", broken)
+    cfg = config(tmp_path, epochs=2)
+    with pytest.raises(RuntimeError, match="a bug"):
         train.run(cfg)
     record = records.read_record(records.record_path(cfg))
-    assert record["status"] == "failed" and "non-finite" in record["error"]
+    assert record["status"] == "failed" and record["error"] == "RuntimeError: a bug in the training step"
 
 
 def test_on_epoch_can_stop_a_run_as_pruned(tmp_path):
