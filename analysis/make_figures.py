@@ -325,10 +325,12 @@ def suffix(recipe: str, recipes) -> str:
 
 
 def save(fig: Figure, out: Path, stem: str, formats=("png", "pdf")) -> list[Path]:
-    """Each format written then renamed so a reader never opens half a file."""
+    """Each format written then renamed so a reader never opens half a file. A PDF carries no creation date, so
+    the same records draw the same bytes."""
     paths = [out / f"{stem}.{fmt}" for fmt in formats]
     for path in paths:
-        atomic_write(path, lambda f, fmt=path.suffix[1:]: fig.savefig(f, format=fmt))
+        metadata = {"CreationDate": None} if path.suffix == ".pdf" else None
+        atomic_write(path, lambda f, fmt=path.suffix[1:], m=metadata: fig.savefig(f, format=fmt, metadata=m))
     return paths
 
 
