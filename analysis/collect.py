@@ -24,11 +24,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from repro import layout
 from repro.config import RunConfig, field_names
 from repro.experiments import PROFILES, RECIPES, TABLES, parse_cell, profile_of, profiles_help, recipe_of
-from repro.records import RecordError, read_record, record_state
+from repro.records import RecordError, command, read_record, record_state
 
-DEFAULT_RUNS = Path("results/runs")
+DEFAULT_RUNS = layout.runs_dir(RunConfig.results_dir)
 PAPER_DIR = Path(__file__).resolve().parent.parent / "results" / "paper"
 PROFILE_CHOICES = (*PROFILES, "any")
 RECIPE_CHOICES = (*RECIPES, "both")
@@ -109,8 +110,8 @@ def load_runs(runs_dir: str | Path) -> tuple[pd.DataFrame, list[dict]]:
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise AnalysisError(f"runs folder {runs_dir} does not exist (launch runs first, or pass --runs DIR)")
-    if (runs_dir / "runs").is_dir():  # accept results/ as well as results/runs/
-        runs_dir = runs_dir / "runs"
+    if layout.runs_dir(runs_dir).is_dir():  # accept results/ as well as results/runs/
+        runs_dir = layout.runs_dir(runs_dir)
     files = sorted(runs_dir.rglob("*.json"))
     if not files:
         raise AnalysisError(f"no run records (*.json) under {runs_dir}: nothing to analyse yet")
@@ -221,14 +222,6 @@ SELECTION_HELP = """which runs count:
   other is named on stderr. Failed, partial or unreadable records are listed on
   stderr (file and reason) and never counted; the tables show their number beside n."""
 
-class Parser(argparse.ArgumentParser):
-    """argparse, but a bad option is one line on stderr (exit 2) rather than usage plus message."""
-
-    def error(self, message):
-        print(f"error: {message} (see --help)", file=sys.stderr)
-        sys.exit(2)
-
-
 def add_input_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs", default=str(DEFAULT_RUNS),
                         help="folder of run records, searched recursively (default: %(default)s)")
@@ -255,14 +248,7 @@ def load_from_args(args) -> tuple[pd.DataFrame, list[dict], list[str]]:
 
 
 def run_cli(main):
-    """Run a CLI body; bad input becomes one line on stderr and exit status 2, a file that cannot be written
-    (read-only folder, full disk: records.WriteError names it and the cause) one line and exit status 1, never a
-    traceback."""
-    try:
-        main()
-    except AnalysisError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except OSError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    """Run a CLI body and exit as every command does (records.command): bad input, an AnalysisError too, one line
+    and exit status 2; a file that cannot be written (read-only folder, full disk: records.WriteError names it and
+    the cause) one line and 1."""
+    sys.exit(command(main, bad_input=(AnalysisError,)))

@@ -29,28 +29,18 @@ from matplotlib.figure import Figure  # the object API needs no pyplot and no di
 from matplotlib.ticker import MaxNLocator
 
 from analysis import collect
-from analysis.make_tables import (
-    DATASET_LABELS,
-    DATASET_ORDER,
-    SPREADS,
-    cells_of,
-    load_summary,
-    out_dir,
-    output_parser,
-    profile_text,
-)
+from analysis.summary import SPREADS, cells_of, label, load_summary, out_dir, output_parser, profile_text
 from repro.config import plural
-from repro.experiments import COLUMN_LABELS, COLUMNS, PROFILES, TABLES
+from repro.datasets import DATASETS, table_datasets
+from repro.experiments import COLUMNS, PROFILES, TABLES
 from repro.records import atomic_write
 
 DPI = 150  # the heatmaps' in-cell numbers stay legible
-TREND_SIZE = (10.0, 7.5)  # inches: 1500 x 1125 pixels at DPI
+TREND_SIZE = (10.0, 7.5)  # inches for two rows of panels: 1500 x 1125 pixels at DPI
 PANEL_SIZE = (3.0, 2.8)  # inches per heatmap panel
 FIGURE_NAMES = {"table1": "figure2", "table2": "figure4"}
 TREND_TITLES = {"table1": "Figure 2: FlexPooling (Table 1)",
                 "table2": "Figure 4: FlexPooling with SAC (Table 2)"}
-SHORT_LABELS = ["AvgPool", "FlexPool", "+ Reg", "+ Reg\n+ Dropout"]
-FLEX_COLUMNS = [c for c in COLUMNS if c != "avgpool"]
 MAIN_POOL, HEAD_POOLS = collect.MAIN_POOL, ("heads.0.pool", "heads.1.pool")
 SINGLE_CHANNELS = 3
 PAPER_COLOR = "0.45"
@@ -74,15 +64,19 @@ def gains(cell_runs: pd.DataFrame) -> pd.DataFrame | None:
 
 def trend_figure(runs: pd.DataFrame, summary: pd.DataFrame, table: str, spread: str, profile: str,
                  recipes) -> Figure:
-    fig = Figure(figsize=TREND_SIZE, dpi=DPI, layout="constrained")
+    rows = -(-len(table_datasets()) // 2)  # a panel per data set, two in a row
+    fig = Figure(figsize=(TREND_SIZE[0], TREND_SIZE[1] * rows / 2), dpi=DPI, layout="constrained")
+    panels = fig.subplots(rows, 2).ravel()
     x = np.arange(len(COLUMNS))
     part = runs[runs["table"] == table]
     series = {(r, d): gains(part[(part["recipe"] == r) & (part["dataset"] == d)]) for r in recipes
-              for d in DATASET_ORDER}
+              for d in table_datasets()}
     series = {key: g for key, g in series.items() if g is not None}
     counts = pd.concat([g["n"] for g in series.values()]).astype(int) if series else pd.Series(dtype=int)
     order = ["paper (published values)", *(f"ours, {r} recipe" for r in recipes)]  # legend order in every figure
-    for ax, d in zip(fig.subplots(2, 2).flat, DATASET_ORDER):
+    for ax in panels[len(table_datasets()):]:
+        ax.axis("off")
+    for ax, d in zip(panels, table_datasets()):
         cells = cells_of(summary, table, d)
         paper = cells.loc[recipes[0]].loc[list(COLUMNS), "paper"]
         levels, ours = [], [0.0]
@@ -109,14 +103,15 @@ def trend_figure(runs: pd.DataFrame, summary: pd.DataFrame, table: str, spread: 
         paper_ax = ax.twinx() if np.ptp(ours) > SCALE_RATIO * np.ptp(paper_gain) else ax
         paper_ax.plot(x, paper_gain, "s--", color=PAPER_COLOR, label=order[0])
         ax.axhline(0, color="0.7", linewidth=0.8)
-        ax.set_xticks(x, SHORT_LABELS, fontsize=8)
+        ax.set_xticks(x, [c.tick for c in COLUMNS.values()], fontsize=8)
         ax.set_xlim(-0.5, len(COLUMNS) - 0.5)
         ax.margins(y=0.25 if counts.nunique() > 1 else 0.15)  # room for the n= labels under the points
         if paper_ax is not ax:
             paper_ax.set_ylabel("paper: accuracy − AvgPool (pp)", color=PAPER_COLOR)
             paper_ax.tick_params(axis="y", colors=PAPER_COLOR)
             _align_zero(ax, paper_ax)
-        title = DATASET_LABELS[d] + (" (paper: ImageNet)" if d == "tiny_imagenet" else "")
+        paper_name = DATASETS[d].paper_name
+        title = label(d) + (f" (paper: {paper_name})" if paper_name else "")
         sep = "\n" if len(recipes) > 1 else ", "  # two recipes' levels do not fit beside the published one
         ax.set_title(f"{title}\nAvgPool accuracy (%): published {paper['avgpool']:.2f}"
                      + (sep + ", ".join(levels) if levels else ""), fontsize=9)
@@ -203,7 +198,8 @@ def histogram(ax, sums: list[float], title: str) -> None:
 def flexpool_figure(runs: pd.DataFrame, table: str, dataset: str, profile: str, recipe: str) -> Figure | None:
     """One row per FlexPool column with weights in its records; None when no record holds any."""
     cells = runs[(runs["recipe"] == recipe) & (runs["table"] == table) & (runs["dataset"] == dataset)]
-    rows = [(c, flexpool_panels(cells[cells["column"] == c])) for c in FLEX_COLUMNS]
+    # every column but the first, AvgPool, has FlexPool weights to show
+    rows = [(c, flexpool_panels(cells[cells["column"] == c])) for c in list(COLUMNS)[1:]]
     rows = [(c, panels) for c, panels in rows if panels]
     if not rows:
         return None
@@ -218,8 +214,8 @@ def flexpool_figure(runs: pd.DataFrame, table: str, dataset: str, profile: str, 
                 heatmap(ax, fig, data, title)
         for ax in ax_row[len(panels):]:
             ax.axis("off")
-        ax_row[0].set_ylabel(COLUMN_LABELS[column], fontsize=10)
-    fig.suptitle(f"Learned FlexPool weights × H·W (1 = average pooling): {DATASET_LABELS[dataset]}, "
+        ax_row[0].set_ylabel(COLUMNS[column].label, fontsize=10)
+    fig.suptitle(f"Learned FlexPool weights × H·W (1 = average pooling): {label(dataset)}, "
                  f"{table.replace('table', 'Table ')}; {profile_text(profile)}, {recipe} recipe", fontsize=11)
     return fig
 
@@ -236,7 +232,7 @@ def curves_figure(runs: pd.DataFrame, spread: str, profile: str, recipe: str) ->
     table (columns) and data set with runs (rows). None without runs. The y axis shows the second half of
     training, where the columns part; the first epochs' climb would flatten it."""
     mine = runs[(runs["recipe"] == recipe) & (runs["curve"].map(len) > 0)]
-    datasets = [d for d in DATASET_ORDER if (mine["dataset"] == d).any()]
+    datasets = [d for d in table_datasets() if (mine["dataset"] == d).any()]
     if not datasets:
         return None
     fig = Figure(figsize=(10.0, 3.4 * len(datasets) + 1.0), dpi=DPI, layout="constrained")
@@ -249,7 +245,7 @@ def curves_figure(runs: pd.DataFrame, spread: str, profile: str, recipe: str) ->
                     continue
                 c = curves(cell[cell["column"] == column])
                 band = (c["std"] / c["n"].pow(0.5) if spread == "sem" else c["std"]).fillna(0)
-                ax.plot(c.index, c["mean"], color=f"C{i}", label=COLUMN_LABELS[column])
+                ax.plot(c.index, c["mean"], color=f"C{i}", label=COLUMNS[column].label)
                 ax.fill_between(c.index, c["mean"] - band, c["mean"] + band, color=f"C{i}", alpha=0.2, linewidth=0)
                 later = c.index > len(c) / 2
                 low.append((c["mean"] - band)[later].min())
@@ -264,7 +260,7 @@ def curves_figure(runs: pd.DataFrame, spread: str, profile: str, recipe: str) ->
                 ax.text(0.5, 0.5, "no runs yet", transform=ax.transAxes, ha="center", color="C3")
             count = (plural(min(seeds), "seed") if len(seeds) == 1 else f"{min(seeds)}-{max(seeds)} seeds") \
                 if seeds else "no runs"
-            ax.set_title(f"{DATASET_LABELS[dataset]}, Table {table[-1]}: {count} per column", fontsize=9)
+            ax.set_title(f"{label(dataset)}, Table {table[-1]}: {count} per column", fontsize=9)
             ax.set_xlabel("epoch", fontsize=8)
             ax.set_ylabel("test accuracy (%)", fontsize=8)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -290,7 +286,7 @@ def lengths_figure(compared: pd.DataFrame, short: str, long: str, recipe: str) -
                     label=f"ours after {PROFILES[profile]['epochs']} epochs ({profile} profile)")
     ax.plot(compared["paper_diff"], y, "s", color=PAPER_COLOR, label="paper (100 epochs)")
     ax.axvline(0, color="0.5", linewidth=0.8)
-    labels = [f"({r.claim}) {DATASET_LABELS[r.dataset]}: {r.comparison} (n={min(r.n_short, r.n_long)})"
+    labels = [f"({r.claim}) {label(r.dataset)}: {r.comparison} (n={min(r.n_short, r.n_long)})"
               for r in compared.itertuples()]
     ax.set_yticks(y, labels, fontsize=7)
     ax.set_ylim(-0.6, rows - 0.4)
@@ -308,7 +304,7 @@ def figures(runs: pd.DataFrame, summary: pd.DataFrame, spread: str, profile: str
     FlexPool weights of each data set whose records hold any, then the learning curves."""
     for table in TABLES:
         yield FIGURE_NAMES[table], "trend", table, None, trend_figure(runs, summary, table, spread, profile, recipes)
-        for dataset in DATASET_ORDER:
+        for dataset in table_datasets():
             for recipe in recipes:
                 fig = flexpool_figure(runs, table, dataset, profile, recipe)
                 if fig is not None:
@@ -335,7 +331,7 @@ def save(fig: Figure, out: Path, stem: str, formats=("png", "pdf")) -> list[Path
 
 
 def parse_args(argv=None):
-    parser = output_parser("python -m analysis.make_figures", __doc__, "results/figures")
+    parser = output_parser("python -m analysis.make_figures", __doc__, "figures")
     return parser.parse_args(argv)
 
 

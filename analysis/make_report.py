@@ -18,16 +18,15 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import collect, make_figures, stats
-from analysis.make_tables import (
+from analysis.summary import (
     CLAIM_HEADER,
-    DATASET_LABELS,
-    DATASET_ORDER,
     Loaded,
     claim_cells,
-    claim_lines,
     claim_summary,
+    claims_block,
     claims_intro,
     fmt,
+    label,
     load_summary,
     md_cells,
     md_table,
@@ -35,12 +34,11 @@ from analysis.make_tables import (
     output_parser,
     recipe_text,
     table_md,
-    untested,
     without_runs,
 )
 from repro.config import plural
+from repro.datasets import table_datasets
 from repro.experiments import (
-    COLUMN_LABELS,
     COLUMNS,
     PROFILE_NOTES,
     PROFILES,
@@ -135,7 +133,7 @@ def seeds_per_cell(summary: pd.DataFrame, datasets: list[str]) -> str:
 def data_sets(summary: pd.DataFrame, recipe: str) -> str:
     """'CIFAR10 (32 runs), Fashion-MNIST (20 runs); no runs: CIFAR100, Tiny ImageNet'."""
     n = summary.groupby("dataset")["n"].sum()
-    ran = ", ".join(f"{DATASET_LABELS[d]} ({plural(n[d], 'run')})" for d in DATASET_ORDER if n[d]) or "none"
+    ran = ", ".join(f"{label(d)} ({plural(n[d], 'run')})" for d in table_datasets() if n[d]) or "none"
     missing = without_runs(summary, recipe)
     return ran + (f"; no runs: {', '.join(missing)}" if missing else "")
 
@@ -210,13 +208,10 @@ def holm_cells(r) -> list[str]:
 
 
 def claims_section(claims: pd.DataFrame, summary: pd.DataFrame, profile: str, recipe: str) -> str:
-    missing = untested(summary, recipe)
     lines = ["## The claims", "", f"{claims_intro(profile, [recipe])} {HOLM_AND_SIZE}", ""]
-    lines += [missing, ""] if missing else []
-    if not claims.empty:
-        rows = [claim_cells(r) + holm_cells(r) for r in claims.itertuples()]
-        lines += [*claim_lines(claims, holm_summary), "", *md_table(CLAIMS_HEADER, rows), ""]
-    return "\n".join(lines)
+    lines += claims_block(claims, summary, recipe, holm_summary, CLAIMS_HEADER,
+                          lambda r: claim_cells(r) + holm_cells(r))
+    return "\n".join(lines + ([] if claims.empty else [""]))
 
 
 def needed(seeds: float) -> str:
@@ -224,7 +219,7 @@ def needed(seeds: float) -> str:
 
 
 def seeds_section(claims: pd.DataFrame) -> str:
-    rows = [[f"({r.claim})", DATASET_LABELS[r.dataset], r.comparison, fmt(r.paper_diff, sign=True), fmt(r.sd),
+    rows = [[f"({r.claim})", label(r.dataset), r.comparison, fmt(r.paper_diff, sign=True), fmt(r.sd),
              str(r.n), needed(r.seeds_needed)] for r in claims.itertuples()]
     body = md_table(SEEDS_HEADER, rows) if rows else ["No comparison has runs yet."]
     return "\n".join(["## Seeds needed", "", SEEDS_NOTE, "", *body, ""])
@@ -247,7 +242,7 @@ def lengths_reading(compared: pd.DataFrame, short: str, long: str) -> str:
     """One line: how many comparisons changed direction or verdict from the shorter training to the longer."""
     reversed_ = compared["change"].str.contains("direction reversed")
     verdict = compared["verdict_short"] != compared["verdict_long"]
-    named = "; ".join(f"{DATASET_LABELS[r.dataset]} ({r.comparison}): {r.change}"
+    named = "; ".join(f"{label(r.dataset)} ({r.comparison}): {r.change}"
                       for r in compared[reversed_ | verdict].itertuples())
     return (f"**Reading**: of {plural(len(compared), 'comparison')} with seeds at both lengths, "
             f"{reversed_.sum()} changed direction and {verdict.sum()} changed verdict from {epochs(short)} to "
@@ -255,15 +250,15 @@ def lengths_reading(compared: pd.DataFrame, short: str, long: str) -> str:
 
 
 def lengths_section(compared: pd.DataFrame, short: str, long: str, recipe: str, figure: str | None) -> str:
-    lines = [f"## {epochs(short)} and {epochs(long)}: the claims at two lengths of training", "",
-             f"Where the {profile_words(short)} and the {profile_words(long)} both have runs of the same cells and "
+    intro = (f"Where the {profile_words(short)} and the {profile_words(long)} both have runs of the same cells and "
              f"seeds under the {recipe} recipe: each claim's Δ at both lengths, paired by seed on the seeds both "
-             "have (n), as in the claims above. Did the direction or the verdict change with training length?", ""]
+             "have (n), as in the claims above. Did the direction or the verdict change with training length?")
+    lines = [f"## {epochs(short)} and {epochs(long)}: the claims at two lengths of training", "", intro, ""]
     if compared.empty:
-        return "\n".join([*lines, f"No cell has runs of both profiles on the same seeds yet.", ""])
+        return "\n".join([*lines, "No cell has runs of both profiles on the same seeds yet.", ""])
     header = ["Claim", "Dataset", "Comparison", "n", f"Δ at {epochs(short)} (95% CI)", "verdict",
               f"Δ at {epochs(long)} (95% CI)", "verdict", "paper Δ", "What changed"]
-    rows = [[f"({r.claim})", DATASET_LABELS[r.dataset], r.comparison, str(min(r.n_short, r.n_long)),
+    rows = [[f"({r.claim})", label(r.dataset), r.comparison, str(min(r.n_short, r.n_long)),
              f"{fmt(r.mean_diff_short, sign=True)} {ci_text(r.ci_low_short, r.ci_high_short)}", r.verdict_short,
              f"{fmt(r.mean_diff_long, sign=True)} {ci_text(r.ci_low_long, r.ci_high_long)}", r.verdict_long,
              fmt(r.paper_diff, sign=True), r.change] for r in compared.itertuples()]
@@ -273,19 +268,19 @@ def lengths_section(compared: pd.DataFrame, short: str, long: str, recipe: str, 
 
 def recipes_section(compared: pd.DataFrame, profile: str) -> str:
     first, second = RECIPES
-    lines = [f"## The {first} recipe against the {second} recipe", "",
-             f"Where both recipes have runs of the same cells and seeds in the {profile_words(profile)}: per cell "
+    intro = (f"Where both recipes have runs of the same cells and seeds in the {profile_words(profile)}: per cell "
              f"Δ = {first} − {second} test accuracy (points), paired by seed, with its 95% CI: what the "
              f"{first} recipe ({recipe_text([first])}) gains (or costs) against the {second} recipe "
-             f"({recipe_text([second])}).", ""]
+             f"({recipe_text([second])}).")
+    lines = [f"## The {first} recipe against the {second} recipe", "", intro, ""]
     if compared.empty:
         return "\n".join([*lines, "No cell has runs of both recipes on the same seeds yet.", ""])
-    order = {d: i for i, d in enumerate(DATASET_ORDER)}
+    order = {d: i for i, d in enumerate(table_datasets())}
     compared = compared.sort_values(["table", "dataset"], key=lambda c: c.map(order) if c.name == "dataset" else c,
                                     kind="stable")
     header = ["Table", "Dataset", "Column", "n", f"{first} (%)", f"{second} (%)", f"Δ {first} − {second} (pp)",
               "95% CI", "p", "Verdict"]
-    rows = [[f"Table {r.table[-1]}", DATASET_LABELS[r.dataset], COLUMN_LABELS[r.column], str(r.n), fmt(r.first),
+    rows = [[f"Table {r.table[-1]}", label(r.dataset), COLUMNS[r.column].label, str(r.n), fmt(r.first),
              fmt(r.second), fmt(r.mean_diff, sign=True), ci_text(r.ci_low, r.ci_high),
              "n/a" if pd.isna(r.p) else f"{r.p:.3g}", f"**{r.verdict}** ({r.reason})"]
             for r in compared.itertuples()]
@@ -306,7 +301,7 @@ def figure_note(kind: str, table: str | None, dataset: str | None) -> str:
         return (f"**{make_figures.TREND_TITLES[table]}**: per data set, the accuracy each FlexPool column "
                 "gains over AvgPool, ours beside the paper's; look at whether our points climb from left to "
                 "right as the paper's do, and whether their error bars clear 0.")
-    return (f"**Learned FlexPool weights, {DATASET_LABELS[dataset]}, Table {table[-1]}**: the weights × H·W, "
+    return (f"**Learned FlexPool weights, {label(dataset)}, Table {table[-1]}**: the weights × H·W, "
             "so 1 is average pooling; look for structure far from 1 (red: pixels that count more than in "
             "average pooling, blue: less) and for the weight sums' histogram at 1, where Eq. 2 pulls them.")
 
@@ -332,7 +327,7 @@ def launch_flags(runs: pd.DataFrame) -> str:
 def plan_commands(args, seeds: int, runs: pd.DataFrame) -> tuple[str, str, str]:
     """The launch, status and report commands of the plan (all of it, or the data sets --datasets names), the
     launch with the options the records share."""
-    only = "" if set(args.datasets) == set(DATASET_ORDER) else f" --datasets {' '.join(args.datasets)}"
+    only = "" if set(args.datasets) == set(table_datasets()) else f" --datasets {' '.join(args.datasets)}"
     plan = f"all --seeds {seeds}{only} --profile {args.profile} --recipe {args.recipe}"
     report = (f"python -m analysis.make_report --profile {args.profile} --recipe {args.recipe} "
               f"--seeds {seeds}{only} --spread {args.spread}")
@@ -341,7 +336,8 @@ def plan_commands(args, seeds: int, runs: pd.DataFrame) -> tuple[str, str, str]:
 
 def reproduce(args, seeds: int, runs: pd.DataFrame) -> str:
     launch, status, report = plan_commands(args, seeds, runs)
-    commands = [f"{launch}   # trains the runs; those with records are skipped",
+    commands = ['pip install -r requirements.lock -e ".[dev]"   # in a fresh virtual environment: the versions it pins',
+                f"{launch}   # trains the runs; those with records are skipped",
                 f"{status}   # how many are done", report]
     return "\n".join(["## How to reproduce this page", "", REPRODUCE_WHERE, "", "```bash", *commands, "```",
                       "", REPRODUCE_OTHERS, ""])
@@ -400,8 +396,8 @@ def readme_section(loaded: Loaded, claims: pd.DataFrame, drawn, args, seeds: int
     runs, summary, profile, recipe = loaded.runs, loaded.summary, args.profile, args.recipe
     base = Path(args.readme).resolve().parent
     link = page_path.resolve().relative_to(base).as_posix()
-    ran = [d for d in DATASET_ORDER if summary.loc[summary["dataset"] == d, "n"].sum()]
-    rows = [[f"Table {table[-1]}, {DATASET_LABELS[d]}", *md_cells(summary, recipe, table, d, args.spread)]
+    ran = [d for d in table_datasets() if summary.loc[summary["dataset"] == d, "n"].sum()]
+    rows = [[f"Table {table[-1]}, {label(d)}", *md_cells(summary, recipe, table, d, args.spread)]
             for d in ran for table in TABLES]
     figure = next((name for name, kind, *_ in drawn if kind == "trend"), None)
     launch, _, report = plan_commands(args, seeds, runs)
@@ -412,7 +408,7 @@ def readme_section(loaded: Loaded, claims: pd.DataFrame, drawn, args, seeds: int
              f"`{launch}`. The whole page, with each claim's Holm-adjusted p, whether the paper's Δ fits our "
              f"interval and the seeds that would settle it: [{link}]({link}).")
     lines = [start, "", intro, "", *([others, ""] if others else []),
-             *md_table(["Test accuracy (%)", *(COLUMN_LABELS[c] for c in COLUMNS)], rows), ""]
+             *md_table(["Test accuracy (%)", *(COLUMNS[c].label for c in COLUMNS)], rows), ""]
     if not claims.empty:
         lines += [f"The paper's claims, paired by seed ({CLAIMS_METHOD_SHORT}):", "",
                   *md_table(CLAIM_HEADER, [claim_cells(r) for r in claims.itertuples()]), ""]
@@ -440,11 +436,11 @@ def write_readme(path: Path, section: str) -> None:
 
 
 def parse_args(argv=None):
-    parser = output_parser("python -m analysis.make_report", __doc__, "results/report")
+    parser = output_parser("python -m analysis.make_report", __doc__, "report")
     parser.add_argument("--seeds", type=int,
                         help="seeds per cell the campaign plans, for the runs planned and the commands "
                              "(default: the highest seed in the records + 1)")
-    parser.add_argument("--datasets", nargs="+", default=list(DATASET_ORDER), choices=DATASET_ORDER,
+    parser.add_argument("--datasets", nargs="+", default=list(table_datasets()), choices=table_datasets(),
                         metavar="D", help="the data sets the campaign plans, for the runs planned and the "
                                           "commands (default: all four)")
     parser.add_argument("--readme", metavar="FILE",
@@ -469,7 +465,7 @@ def comparisons(args, loaded: Loaded, everything: pd.DataFrame, out: Path) -> li
             continue
         short, long = sorted((args.profile, other), key=lambda p: PROFILES[p]["epochs"])
         pair = {args.profile: loaded.runs, other: theirs}
-        compared = stats.across_profiles(pair[short], pair[long], loaded.paper, DATASET_ORDER, args.recipe)
+        compared = stats.across_profiles(pair[short], pair[long], loaded.paper, table_datasets(), args.recipe)
         figure = None
         if not compared.empty:
             fig = make_figures.lengths_figure(compared, short, long, args.recipe)
@@ -485,7 +481,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     loaded, out = load_summary(args, args.datasets), out_dir(args)
     seeds = args.seeds or (int(loaded.runs["seed"].max()) + 1 if len(loaded.runs) else 1)
-    claims = stats.assess(stats.evaluate_claims(loaded.runs, loaded.paper, DATASET_ORDER, [args.recipe]))
+    claims = stats.assess(stats.evaluate_claims(loaded.runs, loaded.paper, table_datasets(), [args.recipe]))
     # make_figures' figures as PNGs next to the page: (file name, kind, table, data set) for each
     drawn = [(make_figures.save(fig, out, stem, formats=("png",))[0].name, kind, table, dataset)
              for stem, kind, table, dataset, fig in make_figures.figures(loaded.runs, loaded.summary, args.spread,

@@ -10,152 +10,35 @@ in percent like the paper. The .tex files are booktabs tables that fit a portrai
 
 from __future__ import annotations
 
-import argparse
-import math
 import re
 import sys
-from pathlib import Path
-from typing import NamedTuple
 
 import pandas as pd
 
 from analysis import collect, stats
-from repro.config import plural
-from repro.experiments import COLUMN_LABELS, COLUMNS, PROFILES, RECIPES, TABLES, profile_words
-from repro.records import DIVERGED_RULE, atomic_write
+from analysis.summary import (
+    CLAIMS_METHOD,
+    TABLE_TITLES,
+    caption,
+    cells_of,
+    claims_block,
+    claims_intro,
+    label,
+    left_out,
+    load_summary,
+    out_dir,
+    output_parser,
+    profile_text,
+    recipe_text,
+    table_md,
+    untested,
+)
+from repro.datasets import table_datasets
+from repro.experiments import COLUMNS, TABLES
+from repro.records import atomic_write
 
-DATASET_ORDER = ("cifar10", "fashion_mnist", "cifar100", "tiny_imagenet")  # the paper's row order
-DATASET_LABELS = {"cifar10": "CIFAR10", "fashion_mnist": "Fashion-MNIST", "cifar100": "CIFAR100",
-                  "tiny_imagenet": "Tiny ImageNet"}
-TABLE_TITLES = {"table1": "FlexPooling (ResNet20, no SAC)",
-                "table2": "FlexPooling with Simple Auxiliary Classifiers (SAC)"}
-SPREADS = {"std": "the sample standard deviation", "sem": "the standard error of the mean"}
 FORMATS = {"md": ".md", "latex": ".tex", "csv": ".csv"}
-VERDICTS = ("supported", "contradicted", "inconclusive")
-CLAIM_HEADER = ["Claim", "Dataset", "Comparison", "n", "Δ (pp)", "95% CI", "p", "paper Δ", "Verdict"]
-OPTIMIZERS = {"sgd": "SGD", "adam": "Adam"}
-KEYS = ["recipe", "table", "dataset", "column"]
-SUM_DEV = "|Σw−1|: the final FlexPool's mean distance of a channel's weight sum from 1, which Eq. 2 penalises"
 CLAIM_TABLES = (("a", "b"), ("c",))  # the claims' LaTeX tables: within a table, and SAC across the two
-# Compact column names for the claims' LaTeX, where the paper's long ones do not fit a page.
-SHORT_COLUMNS = {"avgpool": "Avg", "flexpool": "Flex", "flexpool-reg": "+Reg", "flexpool-reg-dropout": "+Drop"}
-SHORT_LEGEND = ("T1, T2: Table 1, 2; Avg: AvgPool; Flex: FlexPool; +Reg: FlexPool + Reg; +Drop: FlexPool + Reg "
-                "+ Dropout.")
-
-
-def summarize(runs: pd.DataFrame, paper: dict[str, pd.Series], skipped: pd.Series | None = None,
-              recipes=("suite",), diverged: pd.Series | None = None) -> pd.DataFrame:
-    """One row per (recipe, table, dataset, column), every cell of both tables per recipe, in percent: n, mean,
-    std, sem, seeds, paper, diff (= mean - paper), skipped (failed or partial records of the cell), diverged (its
-    runs that diverged: counted, never averaged), sum_dev (mean |sum - 1| of the final FlexPool, as a fraction).
-    Cells without runs: n = 0, mean NaN."""
-    cells = pd.MultiIndex.from_product([list(recipes), list(TABLES), DATASET_ORDER, list(COLUMNS)], names=KEYS)
-    runs = runs.assign(acc=runs["accuracy"] * 100, sum_dev=runs["sum_dev"].astype(float))
-    grouped = runs.groupby(KEYS)
-    out = grouped.agg(n=("acc", "size"), mean=("acc", "mean"), std=("acc", "std"),
-                      sum_dev=("sum_dev", "mean")).reindex(cells)
-    out["n"] = out["n"].fillna(0).astype(int)
-    out["sem"] = out["std"] / out["n"].pow(0.5)
-    seeds = grouped["seed"].agg(lambda s: " ".join(map(str, sorted(s))))
-    out["seeds"] = [seeds.get(cell, "") for cell in cells]
-    out["paper"] = [paper[t].get((d, c), math.nan) for _, t, d, c in cells]
-    out["diff"] = out["mean"] - out["paper"]
-    for name, counts in (("skipped", skipped), ("diverged", diverged)):
-        counts = counts if counts is not None else pd.Series(dtype=int)
-        out[name] = [int(counts.get((r, f"{t}/{d}/{c}"), 0)) for r, t, d, c in cells]
-    return out.reset_index()
-
-
-def without_runs(summary: pd.DataFrame, recipe: str) -> list[str]:
-    """Labels of the data sets that have no run of this recipe in either table."""
-    n = summary[summary["recipe"] == recipe].groupby("dataset")["n"].sum()
-    return [DATASET_LABELS[d] for d in DATASET_ORDER if n[d] == 0]
-
-
-def untested(summary: pd.DataFrame, recipe: str) -> str:
-    """'No runs, so no claims tested: CIFAR100, Tiny ImageNet.', or '' when every data set has runs."""
-    missing = without_runs(summary, recipe)
-    return f"No runs, so no claims tested: {', '.join(missing)}." if missing else ""
-
-
-def recipe_text(recipes) -> str:
-    """'suite recipe (sgd, weight decay 0.0005)', from experiments.RECIPES; 'custom' for any other config."""
-    def one(name):
-        fields = RECIPES.get(name)
-        return f"{name} recipe" + (f" ({OPTIMIZERS[fields['optimizer']]}, weight decay {fields['weight_decay']:g})"
-                                   if fields else "")
-    return " and ".join(map(one, recipes))
-
-
-def profile_text(profile: str) -> str:
-    return profile_words(profile) if profile in PROFILES else f"{profile} profile (all profiles)"
-
-
-def fmt(x: float, sign: bool = False) -> str:
-    return "n/a" if pd.isna(x) else f"{x:+.2f}" if sign else f"{x:.2f}"
-
-
-def left_out(cell: dict) -> str:
-    """', 1 skipped, 2 diverged': the cell's records that are not in its mean, or ''."""
-    return "".join(f", {cell[kind]} {kind}" for kind in ("skipped", "diverged") if cell[kind])
-
-
-def md_cell(cell: dict, spread: str) -> str:
-    count = f"n={cell['n']}{left_out(cell)}"
-    paper = f"paper {fmt(cell['paper'])}"
-    if cell["n"] == 0:
-        return f"missing ({count}); {paper}"
-    ours = f"{cell['mean']:.2f}" + (f" ± {cell[spread]:.2f}" if cell["n"] > 1 else "")
-    dev = "" if pd.isna(cell["sum_dev"]) else rf"; \|Σw−1\| {cell['sum_dev']:.2f}"  # a bare | ends the cell
-    return f"{ours} ({count}); {paper}; Δ {fmt(cell['diff'], sign=True)}{dev}"
-
-
-def cells_of(summary: pd.DataFrame, table: str, dataset: str) -> pd.DataFrame:
-    """One data set's cells of a table, indexed by (recipe, column)."""
-    part = summary[(summary["table"] == table) & (summary["dataset"] == dataset)]
-    return part.set_index(["recipe", "column"])
-
-
-def md_cells(summary: pd.DataFrame, recipe: str, table: str, dataset: str, spread: str) -> list[str]:
-    """md_cell of each column, in the paper's order."""
-    part = cells_of(summary, table, dataset).loc[recipe].loc[list(COLUMNS)]
-    return [md_cell(cell, spread) for cell in part.to_dict("records")]
-
-
-def caption(summary: pd.DataFrame, table: str, spread: str, profile: str, recipes) -> str:
-    """The caption's text after the title, in Markdown; latex() turns it into TeX."""
-    part = summary[summary["table"] == table]
-    counts = []
-    for recipe in recipes:
-        n = part.loc[part["recipe"] == recipe, "n"]
-        counts.append(f"{recipe + ': ' if len(recipes) > 1 else ''}{plural(n.sum(), 'run')} in {(n > 0).sum()} of "
-                      f"{len(n)} cells")
-    return (f"Test accuracy (%), {profile_text(profile)}, {recipe_text(recipes)}; {'; '.join(counts)}. "
-            f"Ours: mean ± {SPREADS[spread]} over seeds; n (runs): runs averaged (failed or partial ones "
-            f"skipped){'; ' if diverged(part) else ''}{diverged(part)}; Δ = ours − paper; {SUM_DEV}. The paper's "
-            "\"ImageNet\" is Tiny ImageNet at 32x32.")
-
-
-def diverged(summary: pd.DataFrame) -> str:
-    """'2 runs diverged (...): counted beside n, never averaged, their seeds out of every pair', or '' when none
-    did: a recipe that diverges is a finding, to be seen but not averaged as if it had trained."""
-    n = int(summary["diverged"].sum())
-    return (f"{plural(n, 'run')} diverged ({DIVERGED_RULE}): counted beside n, never averaged, their seeds out "
-            "of every pair" if n else "")
-
-
-def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-            *("| " + " | ".join(row) + " |" for row in rows)]
-
-
-def table_md(summary: pd.DataFrame, table: str, spread: str, profile: str, recipes) -> str:
-    rows = [[DATASET_LABELS[d] + (f" ({recipe})" if len(recipes) > 1 else ""),
-             *md_cells(summary, recipe, table, d, spread)] for d in DATASET_ORDER for recipe in recipes]
-    title = f"## Table {table[-1]}: {TABLE_TITLES[table]} ({profile} profile, {' and '.join(recipes)} recipe)"
-    lines = [title, "", caption(summary, table, spread, profile, recipes), "",
-             *md_table(["Dataset"] + [COLUMN_LABELS[c] for c in COLUMNS], rows)]
-    return "\n".join(lines) + "\n"
 
 
 def latex(text: str) -> str:
@@ -199,75 +82,35 @@ def table_latex(summary: pd.DataFrame, table: str, spread: str, profile: str, re
     lines = [r"\begin{table}[tbp]", r"\centering", f"\\caption{{{TABLE_TITLES[table]}. {text}}}",
              f"\\label{{tab:repro-{table}-{profile}-{'-'.join(recipes)}}}", r"\footnotesize",
              r"\setlength{\tabcolsep}{4pt}", r"\begin{tabular}{@{}l" + "c" * len(COLUMNS) + "@{}}", r"\toprule",
-             " & ".join([""] + [_stack(COLUMN_LABELS[c]) for c in COLUMNS]) + r" \\"]
-    for d in DATASET_ORDER:
+             " & ".join([""] + [_stack(COLUMNS[c].label) for c in COLUMNS]) + r" \\"]
+    for d in table_datasets():
         part = cells_of(summary, table, d)
         rows = [("paper", [_tex(part.loc[(recipes[0], c), "paper"]) for c in COLUMNS])]
         for recipe in recipes:
             rows += _tex_rows(part.loc[recipe].loc[list(COLUMNS)], spread,
                               f"{recipe} recipe" if len(recipes) > 1 else "ours")
-        lines += [r"\midrule", rf"\multicolumn{{{len(COLUMNS) + 1}}}{{@{{}}l}}{{\emph{{{DATASET_LABELS[d]}}}}} \\"]
+        lines += [r"\midrule", rf"\multicolumn{{{len(COLUMNS) + 1}}}{{@{{}}l}}{{\emph{{{label(d)}}}}} \\"]
         lines += [" & ".join([label, *cells]) + r" \\" for label, cells in rows]
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
     return "\n".join(lines) + "\n"
 
 
-def claim_summary(part: pd.DataFrame) -> str:
-    """'supported 2 (where, where); inconclusive 6 — of 8 comparisons' for one claim's rows."""
-    pieces = []
-    for verdict in VERDICTS:
-        hits = part[part["verdict"] == verdict]
-        if len(hits):
-            where = ", ".join(f"{DATASET_LABELS.get(r.dataset, r.dataset)} ({r.comparison})"
-                              for r in hits.itertuples())
-            where = "" if verdict == "inconclusive" else f" ({where})"
-            pieces.append(f"{verdict} {len(hits)}{where}")
-    return "; ".join(pieces) + f" — of {len(part)} comparisons"
-
-
-CLAIMS_METHOD = ("Δ: treatment − baseline (percentage points), paired by seed; "
-                 f"{stats.CONFIDENCE:.0%} CI from the t distribution; p: paired t-test. Supported: CI above 0; "
-                 "contradicted: below 0; else inconclusive (as with under 2 paired seeds). Paper Δ: the same "
-                 "difference in the paper's tables.")
-
-
-def claims_intro(profile: str, recipes) -> str:
-    return (f"{profile_text(profile).capitalize()}, {recipe_text(recipes)}. {CLAIMS_METHOD}"
-            + (" Runs of two recipes are never paired." if len(recipes) > 1 else ""))
-
-
-def claim_lines(part: pd.DataFrame, summarize_claim=claim_summary) -> list[str]:
-    """'- **(a) FlexPool beats AvgPool**: <summarize_claim of its rows>', one line per claim."""
-    return [f"- **({claim}) {text}**: {summarize_claim(part[part['claim'] == claim])}"
-            for claim, text in stats.CLAIMS.items()]
-
-
-def claim_cells(r) -> list[str]:
-    """One comparison's cells under CLAIM_HEADER."""
-    ci = "n/a" if pd.isna(r.ci_low) else f"[{r.ci_low:+.2f}, {r.ci_high:+.2f}]"
-    p = "n/a" if pd.isna(r.p) else f"{r.p:.3g}"
-    return [f"({r.claim})", DATASET_LABELS.get(r.dataset, r.dataset), r.comparison, str(r.n),
-            fmt(r.mean_diff, sign=True), ci, p, fmt(r.paper_diff, sign=True),
-            f"**{r.verdict}** ({r.reason})"]
-
-
 def claims_md(claims: pd.DataFrame, summary: pd.DataFrame, profile: str, recipes) -> str:
     lines = [f"## Claims ({profile} profile, {' and '.join(recipes)} recipe)", "", claims_intro(profile, recipes)]
     for recipe in recipes:
-        part = claims[claims["recipe"] == recipe]
         if len(recipes) > 1:
             lines += ["", f"### {recipe_text([recipe])}"]
-        missing, left = untested(summary, recipe), diverged(summary[summary["recipe"] == recipe])
-        lines += [""] + ([missing, ""] if missing else []) + ([f"{left[0].upper()}{left[1:]}.", ""] if left else [])
-        if part.empty:
-            continue
-        rows = [claim_cells(r) for r in part.itertuples()]
-        lines += [*claim_lines(part), "", *md_table(CLAIM_HEADER, rows)]
+        lines += ["", *claims_block(claims[claims["recipe"] == recipe], summary, recipe)]
     return "\n".join(lines) + "\n"
 
 
 def _short(cell: str) -> str:
-    return SHORT_COLUMNS[cell.split("/")[-1]]
+    return COLUMNS[cell.split("/")[-1]].short
+
+
+def short_legend() -> str:
+    """'T1, T2: Table 1, 2; Avg: AvgPool; ...': the compact names the claims' LaTeX tables use."""
+    return "; ".join(["T1, T2: Table 1, 2", *(f"{c.short}: {c.label}" for c in COLUMNS.values())]) + "."
 
 
 def _compact(row) -> str:
@@ -297,7 +140,7 @@ def claims_latex(claims: pd.DataFrame, summary: pd.DataFrame, profile: str, reci
             named = " and ".join(f"({claim}) {stats.CLAIMS[claim]}" for claim in group)
             text = latex(f"The paper's claim{'s' if len(group) > 1 else ''} {named}, tested. "
                          f"{profile_text(profile).capitalize()}, {recipe_text([recipe])}. {CLAIMS_METHOD} "
-                         f"{SHORT_LEGEND}" + (f" {missing}" if missing else ""))
+                         f"{short_legend()}" + (f" {missing}" if missing else ""))
             letter = len(group) > 1  # a column of claim letters only where the table holds two claims
             width = 7 + letter
             lines = [r"\begin{table}[tbp]", r"\centering", f"\\caption{{{text}}}",
@@ -306,8 +149,7 @@ def claims_latex(claims: pd.DataFrame, summary: pd.DataFrame, profile: str, reci
                      r"\toprule", "Claim & " * letter
                      + r"Comparison & $n$ & $\Delta$ & 95\% CI & $p$ & paper $\Delta$ & Verdict \\"]
             for dataset, block in rows.groupby("dataset", sort=False):
-                label = DATASET_LABELS.get(dataset, dataset)
-                lines += [r"\midrule", rf"\multicolumn{{{width}}}{{@{{}}l}}{{\emph{{{label}}}}} \\"]
+                lines += [r"\midrule", rf"\multicolumn{{{width}}}{{@{{}}l}}{{\emph{{{label(dataset)}}}}} \\"]
                 for r in block.itertuples():
                     ci = "--" if pd.isna(r.ci_low) else f"$[{_bound(r.ci_low)}, {_bound(r.ci_high)}]$"
                     p = "--" if pd.isna(r.p) else "$<0.001$" if r.p < 0.001 else f"{r.p:.3f}"
@@ -334,58 +176,18 @@ def render(summary, claims, spread: str, profile: str, recipes) -> dict[str, dic
     return out
 
 
-def output_parser(prog: str, description: str, out: str) -> argparse.ArgumentParser:
-    """The options make_tables and make_figures share: which runs, where to write, which spread."""
-    parser = collect.Parser(prog=prog, description=description, epilog=collect.SELECTION_HELP,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    collect.add_input_args(parser)
-    parser.add_argument("--out", help=f"output folder (default: {out}/<profile>/<recipe>/, so a smoke run or "
-                                      "another recipe never overwrites the full profile's suite outputs)")
-    parser.add_argument("--spread", default="std", choices=list(SPREADS),
-                        help="what ± and error bars show: std = standard deviation over seeds (default), "
-                             "sem = standard error")
-    parser.set_defaults(out_root=out)
-    return parser
-
-
-def out_dir(args) -> Path:
-    return Path(args.out) if args.out else Path(args.out_root) / args.profile / args.recipe
-
-
 def parse_args(argv=None):
-    parser = output_parser("python -m analysis.make_tables", __doc__, "results/tables")
+    parser = output_parser("python -m analysis.make_tables", __doc__, "tables")
     parser.add_argument("--format", default="all", choices=[*FORMATS, "all"],
                         help="files to write: md, latex, csv or all (default); Markdown always goes to the terminal")
     return parser.parse_args(argv)
-
-
-class Loaded(NamedTuple):
-    """What the command-line tools read: notes are on the runs left out, paper holds its values per table."""
-
-    runs: pd.DataFrame
-    skipped: list[dict]
-    notes: list[str]
-    paper: dict[str, pd.Series]
-    summary: pd.DataFrame
-
-
-def load_summary(args, datasets=DATASET_ORDER) -> Loaded:
-    """The runs and skipped records of `datasets` (a record too broken to name its data set counts for all)."""
-    runs, skipped, notes = collect.load_from_args(args)
-    runs = runs[runs["dataset"].isin(datasets)].reset_index(drop=True)
-    others = set(DATASET_ORDER) - set(datasets)
-    skipped = [s for s in skipped if not any(f"/{dataset}/" in s["cell"] for dataset in others)]
-    paper = {t: collect.load_paper(t, args.paper) for t in TABLES}
-    counts, diverged = (collect.skipped_counts(skipped, args.profile, d) for d in (False, True))
-    return Loaded(runs, skipped, notes, paper,
-                  summarize(runs, paper, counts, collect.recipes(args.recipe), diverged))
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
     runs, skipped, _, paper, summary = load_summary(args)
     recipes = collect.recipes(args.recipe)
-    claims = stats.evaluate_claims(runs, paper, DATASET_ORDER, recipes)
+    claims = stats.evaluate_claims(runs, paper, table_datasets(), recipes)
     outputs = render(summary, claims, args.spread, args.profile, recipes)
     print("\n".join(outputs["md"].values()))
     if runs.empty:

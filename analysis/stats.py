@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from repro.experiments import COLUMN_LABELS, COLUMNS, TABLES
+from repro.experiments import COLUMNS, TABLES
 
 CONFIDENCE = 0.95
 ALPHA = 1 - CONFIDENCE  # the tests' level: a verdict survives Holm when its adjusted p is below it
@@ -83,8 +83,8 @@ def comparisons(datasets) -> list[dict]:
 def comparison_text(base: tuple, treat: tuple) -> str:
     """'T1: FlexPool vs AvgPool' or 'AvgPool: T2 vs T1', the comparison in words."""
     if base[0] == treat[0]:
-        return f"T{base[0][-1]}: {COLUMN_LABELS[treat[2]]} vs {COLUMN_LABELS[base[2]]}"
-    return f"{COLUMN_LABELS[base[2]]}: T{treat[0][-1]} vs T{base[0][-1]}"
+        return f"T{base[0][-1]}: {COLUMNS[treat[2]].label} vs {COLUMNS[base[2]].label}"
+    return f"{COLUMNS[base[2]].label}: T{treat[0][-1]} vs T{base[0][-1]}"
 
 
 def evaluate_claims(runs: pd.DataFrame, paper: dict[str, pd.Series], datasets, recipes=("suite",)) -> pd.DataFrame:

@@ -36,19 +36,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from unittest import mock
 
 import torch
 import torch.nn.functional as F
 
-from repro import data, experiments, records, train
-from repro.config import COMPILE_MODES, ConfigError, RunConfig, check, plural
+from repro import data, experiments, layout, records, train
+from repro.config import COMPILE_MODES, Parser, RunConfig, check, plural
+from repro.datasets import DATASETS, table_datasets
 
-# Training images of each data set (CIFAR 50k, Fashion-MNIST 60k, Tiny ImageNet 100k): what an epoch trains on.
-TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "fashion_mnist": 60_000, "tiny_imagenet": 100_000}
 HEAVIEST = "table2/flexpool-reg-dropout"  # FlexPool + SAC + Reg + Dropout
 CELLS = [f"{table}/{column}" for table in experiments.TABLES for column in experiments.COLUMNS]
 SCHEDULE_EPOCHS = 100  # the learning rates and random numbers of this many epochs repeat as timing goes on
@@ -70,6 +68,24 @@ class BenchError(RuntimeError):
     """A measurement failed (a worker's error, a crash, a time-out): the survey records it and goes on."""
 
 
+@dataclass(frozen=True)
+class Settings:
+    """What the bench times and projects: its options (`parser`), those that depend on the device filled in."""
+    survey: bool
+    regimes: list[str]
+    packing: list[int]
+    mps: bool
+    no_columns: bool
+    device: str  # resolved: cpu, cuda, cuda:1, ...
+    profile: str
+    datasets: list[str]
+    batch_size: int
+    steps: int
+    seconds: float
+    seeds: int
+    out: str
+
+
 # --- one worker process: one or more runs' steps, timed on command --------------------------------------------
 
 @dataclass
@@ -82,17 +98,22 @@ class Prepared:
     epoch: int = 0
 
     def train_epoch(self) -> torch.Tensor:
-        loss, _ = train.train_epoch(self.config, self.step, self.model, self.lrs, self.epoch % SCHEDULE_EPOCHS,
+        loss, *_ = train.train_epoch(self.config, self.step, self.model, self.lrs, self.epoch % SCHEDULE_EPOCHS,
                                     self.n)
         self.epoch += 1
         return loss
 
 
+
+def train_images() -> dict[str, int]:
+    """An epoch's images of each data set of the tables (repro.datasets), for the projections."""
+    return {name: DATASETS[name].train_images for name in table_datasets()}
+
 def prepare(config: RunConfig, steps: int, plain: bool = False) -> Prepared:
     """A run's data (`steps` batches an epoch of random images shaped like its data set's), model, optimizer,
     schedule and step, as repro.train.run builds them (or the plain loop's), warmed up: compiled and, in
     CUDA-graph modes, captured."""
-    device, info = train.resolve_device(config.device), data.INFO[config.dataset]
+    device, info = train.resolve_device(config.device), DATASETS[config.dataset]
     n, g = steps * config.batch_size, torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (n, info.in_channels, info.size, info.size), dtype=torch.uint8, generator=g)
     images, labels = images.to(device), torch.randint(0, info.num_classes, (n,), generator=g).to(device)
@@ -112,7 +133,7 @@ def plain_step(config: RunConfig, model: torch.nn.Module, images: torch.Tensor, 
     """The yardstick: a training step as a plain PyTorch loop writes it (bf16 autocast and channels_last where
     the suite uses them, torch.optim's SGD at a fixed learning rate, one random crop offset a batch and a flip
     per image), in repro.train's step signature so that it is timed alike; it ignores the suite's draws."""
-    device, info, pad = images.device, data.INFO[config.dataset], 4
+    device, info, pad = images.device, DATASETS[config.dataset], 4
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, nesterov=True,
                                 weight_decay=config.weight_decay)
     bf16, layout = train.uses_bf16(config, device), train.memory_format(config, device)
@@ -145,11 +166,13 @@ def timed(prepared: Prepared, seconds: float, barrier) -> float:
     return images / (time.perf_counter() - start)
 
 
-def _worker(index: int, commands, replies, barriers: dict) -> None:
+def _worker(index: int, commands, replies, barriers: dict, env: dict) -> None:
     """Commands: ("prepare", key, (config, steps, compile threads, torch threads, plain loop?)), ("time", key,
     (seconds, runs side by side)), None to end. Replies: (index, key, seconds it took to prepare, or images/s),
     the value "error: ..." where the command failed. On a CPU the step trains with the torch threads it was
-    prepared with: inductor writes its CPU kernels for the thread count they are compiled at."""
+    prepared with: inductor writes its CPU kernels for the thread count they are compiled at. `env` joins the
+    environment first, before anything starts CUDA, which reads it then (CUDA MPS's pipe folder)."""
+    os.environ.update(env)
     prepared: dict[str, Prepared] = {}
     while (command := commands.get()) is not None:
         kind, key, payload = command
@@ -176,12 +199,11 @@ class Pool:
         self.replies = ctx.Queue()
         self.commands = [ctx.Queue() for _ in range(size)]
         self.barriers = {k: ctx.Barrier(k) for k in packing if k > 1}  # kept: the workers open them by name
-        with mock.patch.dict(os.environ, env or {}):  # spawned processes take the environment at their start
-            # not daemons: a daemon may not start processes, and inductor compiles in a pool of its own
-            self.procs = [ctx.Process(target=_worker, args=(i, q, self.replies, self.barriers))
-                          for i, q in enumerate(self.commands)]
-            for proc in self.procs:
-                proc.start()
+        # not daemons: a daemon may not start processes, and inductor compiles in a pool of its own
+        self.procs = [ctx.Process(target=_worker, args=(i, q, self.replies, self.barriers, env or {}))
+                      for i, q in enumerate(self.commands)]
+        for proc in self.procs:
+            proc.start()
 
     def __enter__(self):
         return self
@@ -240,27 +262,27 @@ def is_plain(regime: str) -> bool:
     return regime.split("/")[0] == PLAIN
 
 
-def bench_config(cell: str, regime: str, args) -> RunConfig:
+def bench_config(cell: str, regime: str, settings: Settings) -> RunConfig:
     table, column = cell.split("/")
     compile_mode, precision = regime.split("/")
-    return experiments.cell_config(table, args.datasets[0], column, args.profile).replace(
-        cell="", batch_size=args.batch_size, device=args.device, compile="off" if is_plain(regime) else compile_mode,
-        precision=precision, wandb="disabled")
+    return experiments.cell_config(table, settings.datasets[0], column, settings.profile).replace(
+        cell="", batch_size=settings.batch_size, device=settings.device,
+        compile="off" if is_plain(regime) else compile_mode, precision=precision, wandb="disabled")
 
 
-def measure_regime(regime: str, packing: list[int], args, env: dict | None = None) -> tuple[dict, dict]:
+def measure_regime(regime: str, packing: list[int], settings: Settings, env: dict | None = None) -> tuple[dict, dict]:
     """({runs side by side: summed images/s}, {"cold": s, "warm": s, "warm_by_runs": {runs: s}} to prepare a
     run) of the heaviest column (the plain loop: the AvgPool network) in one regime. Cold: the first run alone;
     warm: the slowest of the runs prepared side by side after it (from the compile cache). On a GPU the runs are
     prepared once for every packing; on a CPU again for each, with the share of the cores each run trains with
     (the launcher's), for which inductor writes its kernels."""
-    plain, cpu = is_plain(regime), args.device == "cpu"
+    plain, cpu = is_plain(regime), settings.device == "cpu"
     cell = PLAIN_CELL if plain else HEAVIEST
-    config, name = bench_config(cell, regime, args), regime + (" + MPS" if env else "")
+    config, name = bench_config(cell, regime, settings), regime + (" + MPS" if env else "")
 
     def order(worker: int, compile_threads: int, runs: int) -> tuple:
         threads = max(1, CORES // runs) if cpu else torch.get_num_threads()
-        return worker, ("prepare", cell, (config, args.steps, compile_threads, threads, plain))
+        return worker, ("prepare", cell, (config, settings.steps, compile_threads, threads, plain))
 
     rates, warm, cold = {}, {}, None
     with Pool(max(packing), packing, env) as pool:
@@ -273,51 +295,53 @@ def measure_regime(regime: str, packing: list[int], args, env: dict | None = Non
                 again = pool.ask([order(i, max(1, CORES // runs), runs) for i in range(runs)], PREPARE_TIMEOUT_S)
                 cold, warm[k] = first if cold is None else cold, max(again.values())
                 print(f"  {name:<{WIDTH}} ready in {cold:.1f} s cold, {warm[k]:.1f} s warm", flush=True)
-            answers = pool.ask([(i, ("time", cell, (args.seconds, k))) for i in range(k)], PREPARE_TIMEOUT_S)
+            answers = pool.ask([(i, ("time", cell, (settings.seconds, k))) for i in range(k)], PREPARE_TIMEOUT_S)
             rates[k] = sum(answers.values())
             print(f"  {name:<{WIDTH}} {plural(k, 'run'):>7}: {rates[k]:>12,.0f} images/s", flush=True)
     by_runs = {k: warm.get(k, warm[packing[0]]) for k in packing}
     return rates, {"cold": cold, "warm": by_runs[packing[0]], "warm_by_runs": by_runs}
 
 
-def measure_columns(regime: str, workers: int, args) -> dict:
+def measure_columns(regime: str, workers: int, settings: Settings) -> dict:
     """{cell: images/s of one run} of every column in one regime: prepared side by side, timed one at a time."""
     owner, threads = {cell: i % workers for i, cell in enumerate(CELLS)}, max(1, CORES // workers)
-    orders = [(owner[c], ("prepare", c, (bench_config(c, regime, args), args.steps, threads, CORES, False)))
-              for c in CELLS]
+    orders = [(owner[c], ("prepare", c, (bench_config(c, regime, settings), settings.steps, threads, CORES,
+                                         False))) for c in CELLS]
     with Pool(workers, [1]) as pool:
         pool.ask(orders, PREPARE_TIMEOUT_S * len(CELLS) / workers)
         rates = {}
         for cell in CELLS:
-            [rates[cell]] = pool.ask([(owner[cell], ("time", cell, (args.seconds, 1)))], PREPARE_TIMEOUT_S).values()
+            [rates[cell]] = pool.ask([(owner[cell], ("time", cell, (settings.seconds, 1)))],
+                                     PREPARE_TIMEOUT_S).values()
             print(f"  {cell:<{WIDTH}} {rates[cell]:>12,.0f} images/s", flush=True)
     return rates
 
 
-def survey(args) -> dict:
+def survey(settings: Settings) -> dict:
     """Every regime (and, with --mps, packed again under MPS), then every column in the fastest."""
-    results = [_attempt(r, False, lambda r=r: measure_regime(r, args.packing, args)) for r in args.regimes]
-    if args.mps:
-        results += mps_results(args)
+    results = [_attempt(r, False, lambda r=r: measure_regime(r, settings.packing, settings))
+               for r in settings.regimes]
+    if settings.mps:
+        results += mps_results(settings)
     single = {r["regime"]: r["images_per_s"][1] for r in results if not r["mps"] and r["images_per_s"]}
     suite = {regime: rate for regime, rate in single.items() if not is_plain(regime)}
     if not suite:
         raise BenchError("every regime failed: " + "; ".join(f"{r['regime']}: {r['error']}" for r in results))
-    shortest = run_images(min(args.datasets, key=TRAIN_IMAGES.get), args.profile)
+    shortest = run_images(min(settings.datasets, key=train_images().get), settings.profile)
     best = max(({"regime": r["regime"], "mps": r["mps"], "runs": k, "images_per_s": rate,
                  "prepare_s": warm_s(r, k), "whole_run_images_per_s": whole_run_rate(rate, k, r, shortest)}
                 for r in results if r["regime"] in suite for k, rate in r["images_per_s"].items()),
                key=lambda b: b["whole_run_images_per_s"])
     gain = best["images_per_s"] / single[best["regime"]]
-    if args.no_columns:  # every column at the heaviest one's speed: an upper bound on the hours
-        print(f"fastest: {best_text(best, args)}", flush=True)
+    if settings.no_columns:  # every column at the heaviest one's speed: an upper bound on the hours
+        print(f"fastest: {best_text(best, settings)}", flush=True)
         columns, speeds = {}, {cell: single[best["regime"]] for cell in CELLS}
     else:
-        print(f"fastest: {best_text(best, args)}; every column in {best['regime']}, one run at a time:", flush=True)
-        columns = speeds = measure_columns(best["regime"], max(args.packing), args)
+        print(f"fastest: {best_text(best, settings)}; every column in {best['regime']}, one run at a time:", flush=True)
+        columns = speeds = measure_columns(best["regime"], max(settings.packing), settings)
     return {"regimes": results, "best": best, "packing_gain": gain, "columns": columns,
             "speedups": speedups(single, best, gain, columns),
-            "projected_device_hours": projected_hours(speeds, gain, best, args)}
+            "projected_device_hours": projected_hours(speeds, gain, best, settings)}
 
 
 def speedups(single: dict, best: dict, gain: float, columns: dict) -> dict:
@@ -334,7 +358,7 @@ def speedups(single: dict, best: dict, gain: float, columns: dict) -> dict:
 
 
 def run_images(dataset: str, profile: str) -> int:
-    return experiments.PROFILES[profile]["epochs"] * TRAIN_IMAGES[dataset]
+    return experiments.PROFILES[profile]["epochs"] * train_images()[dataset]
 
 
 def whole_run_rate(rate: float, runs: int, result: dict, images: int) -> float:
@@ -348,15 +372,15 @@ def warm_s(result: dict, runs: int) -> float:
     return result["prepare_s"].get("warm_by_runs", {}).get(runs, result["prepare_s"]["warm"])
 
 
-def mps_results(args) -> list[dict]:
-    packed = [k for k in args.packing if k > 1]
+def mps_results(settings: Settings) -> list[dict]:
+    packed = [k for k in settings.packing if k > 1]
     if shutil.which(MPS_CONTROL) is None or not packed:
         print(f"  MPS: skipped ({MPS_CONTROL} not found)" if packed else "  MPS: skipped (no packed runs)")
         return []
     try:
         with mps_daemon() as env:
-            return [_attempt(regime, True, lambda r=regime: measure_regime(r, packed, args, env))
-                    for regime in args.regimes]
+            return [_attempt(regime, True, lambda r=regime: measure_regime(r, packed, settings, env))
+                    for regime in settings.regimes]
     except BenchError as e:  # the daemon did not start
         return [{"regime": "MPS", "mps": True, "images_per_s": {}, "prepare_s": {}, "error": str(e)}]
 
@@ -371,21 +395,21 @@ def _attempt(regime: str, mps: bool, measure) -> dict:
     return result
 
 
-def best_text(best: dict, args) -> str:
+def best_text(best: dict, settings: Settings) -> str:
     mps = " under MPS" if best["mps"] else ""
-    shortest = min(args.datasets, key=TRAIN_IMAGES.get)
+    shortest = min(settings.datasets, key=train_images().get)
     return (f"{best['regime']}, {plural(best['runs'], 'run')} side by side{mps}, {best['images_per_s']:,.0f} "
             f"images/s training, {best['whole_run_images_per_s']:,.0f} over whole {shortest} runs of the "
-            f"{args.profile} profile (each ready in {best['prepare_s']:.1f} s)")
+            f"{settings.profile} profile (each ready in {best['prepare_s']:.1f} s)")
 
 
-def projected_hours(columns: dict, gain: float, best: dict, args) -> dict:
+def projected_hours(columns: dict, gain: float, best: dict, settings: Settings) -> dict:
     """Device-hours of each target with the profile over the data sets: every cell's epochs over each data
     set's training images at that cell's own measured speed times the packing gain of the fastest regime, and
     each run's preparation (warm) shared by the runs side by side."""
-    per_cell_images = sum(run_images(d, args.profile) for d in args.datasets)
-    per_cell_prepare = len(args.datasets) * best["prepare_s"] / best["runs"]
-    cell_hours = {cell: args.seeds * (per_cell_images / (rate * gain) + per_cell_prepare) / 3600
+    per_cell_images = sum(run_images(d, settings.profile) for d in settings.datasets)
+    per_cell_prepare = len(settings.datasets) * best["prepare_s"] / best["runs"]
+    cell_hours = {cell: settings.seeds * (per_cell_images / (rate * gain) + per_cell_prepare) / 3600
                   for cell, rate in columns.items()}
     return {target: sum(cell_hours[f"{table}/{column}"] for table in tables for column in experiments.COLUMNS)
             for target, tables in experiments.TARGETS.items()}
@@ -393,8 +417,8 @@ def projected_hours(columns: dict, gain: float, best: dict, args) -> dict:
 
 # --- the report ----------------------------------------------------------------------------------------------
 
-def table(result: dict, args, device: torch.device) -> str:
-    packing = sorted({k for r in result["regimes"] for k in r["images_per_s"]} | set(args.packing))
+def table(result: dict, settings: Settings, device: torch.device) -> str:
+    packing = sorted({k for r in result["regimes"] for k in r["images_per_s"]} | set(settings.packing))
     title = f"heaviest column ({HEAVIEST}; {PLAIN}: the plain loop on {PLAIN_CELL}'s network)"
     lines = [f"{title}, images/s summed over the runs side by side:",
              f"  {'regime':<{WIDTH}}" + "".join(f"{plural(k, 'run'):>12}" for k in packing)]
@@ -406,21 +430,21 @@ def table(result: dict, args, device: torch.device) -> str:
             if r["prepare_s"] else ""
         lines.append(f"  {name:<{WIDTH}}{cells}" + (f"  failed: {r['error']}" if r["error"] else ready))
     best = result["best"]
-    lines.append(f"fastest: {best_text(best, args)}; {result['packing_gain']:.2f} x one run's training")
+    lines.append(f"fastest: {best_text(best, settings)}; {result['packing_gain']:.2f} x one run's training")
     if result["columns"]:
         lines.append(f"every column in {best['regime']}, one run, images/s:")
         lines += [f"  {cell:<{WIDTH}}{rate:>12,.0f}" for cell, rate in result["columns"].items()]
     lines += [f"{SPEEDUP_WORDS[name]}: {ratio:.2f} x" for name, ratio in result["speedups"].items()]
     speeds = "each column's own speed" if result["columns"] else "every column at the heaviest one's speed " \
         "(--no-columns: an upper bound)"
-    lines.append(f"projected device-hours, {args.seeds} seeds, {' '.join(args.datasets)}, "
-                 f"{experiments.profile_words(args.profile)}: its epochs over each data set's training images at "
+    lines.append(f"projected device-hours, {settings.seeds} seeds, {' '.join(settings.datasets)}, "
+                 f"{experiments.profile_words(settings.profile)}: its epochs over each data set's training images at "
                  f"{speeds}, and each run's preparation (not evaluation), at the speeds above:")
     lines += [f"  {target:<7}{hours:>12,.2f} device-hours"
               for target, hours in result["projected_device_hours"].items()]
     compile_mode, precision = best["regime"].split("/")
     executor = "--executor local " if device.type == "cpu" else ""
-    lines.append(f"to adopt it: python -m repro.launch ... --profile {args.profile} {executor}--compile "
+    lines.append(f"to adopt it: python -m repro.launch ... --profile {settings.profile} {executor}--compile "
                  f"{compile_mode} --runs-per-gpu {best['runs']}" + (" with CUDA MPS running" if best["mps"] else "")
                  + (" and precision fp32" if precision == "fp32" else "")
                  + (f"; as the default: CUDA_COMPILE = {compile_mode!r} in repro/train.py"
@@ -439,8 +463,7 @@ SPEEDUP_WORDS = {
 # --- command line --------------------------------------------------------------------------------------------
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m repro.bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="python -m repro.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--survey", action="store_true",
                    help=f"every regime ({' '.join(SURVEY_REGIMES['cuda'])} on a GPU; "
                         f"{' '.join(SURVEY_REGIMES['cpu'])} on a CPU) and more runs side by side")
@@ -462,9 +485,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1 ...")
     p.add_argument("--profile", default="full", choices=list(experiments.PROFILES),
                    help=f"the runs to project: {experiments.profiles_help()} (default: full)")
-    p.add_argument("--datasets", nargs="+", default=list(TRAIN_IMAGES), metavar="D",
+    p.add_argument("--datasets", nargs="+", default=list(train_images()), metavar="D",
                    help=f"the data sets to project, timed on images shaped like the first's "
-                        f"(default: {' '.join(TRAIN_IMAGES)})")
+                        f"(default: {' '.join(train_images())})")
     p.add_argument("--batch-size", type=int, help="images per step (default: the profile's; paper: 1000)")
     p.add_argument("--steps", type=int, help=f"steps per epoch (default: {both('steps')})")
     p.add_argument("--seconds", type=float,
@@ -472,7 +495,8 @@ def parser() -> argparse.ArgumentParser:
                         f"(default: {both('seconds')})")
     p.add_argument("--seeds", type=int, default=5, help="seeds per cell in the projected device-hours "
                                                          "(default: 5)")
-    p.add_argument("--out", default="results/bench", help="folder for the JSON result (default: results/bench)")
+    out = layout.bench_dir(RunConfig.results_dir)
+    p.add_argument("--out", default=str(out), help=f"folder for the JSON result (default: {out})")
     return p
 
 
@@ -482,63 +506,59 @@ def both(name: str) -> str:
     return f"{gpu} on a GPU, {cpu} on a CPU"
 
 
-def settle(args: argparse.Namespace) -> torch.device:
-    """Fill in the defaults that depend on the device; check the rest."""
+def settle(args: argparse.Namespace) -> Settings:
+    """The options with the defaults that depend on the device filled in; checked."""
     device = train.resolve_device(args.device)
     pick = (lambda name: DEFAULTS[name][0 if device.type == "cuda" else 1])
-    args.device = str(device)
-    for name in ("steps", "seconds"):
-        if getattr(args, name) is None:
-            setattr(args, name, pick(name))
-    unknown = sorted(set(args.datasets) - set(TRAIN_IMAGES))
-    check(not unknown, f"unknown data set(s) {', '.join(unknown)}; choose from {', '.join(TRAIN_IMAGES)}")
-    if args.batch_size is None:
-        args.batch_size = experiments.PROFILES[args.profile]["batch_size"]
-    args.packing = sorted(set(args.packing or pick("survey_packing" if args.survey else "packing")))
+    unknown = sorted(set(args.datasets) - set(train_images()))
+    check(not unknown, f"unknown data set(s) {', '.join(unknown)}; choose from {', '.join(train_images())}")
     default = RunConfig()
     own = f"{train.compile_mode(default, device)}/{'bf16' if train.uses_bf16(default, device) else 'fp32'}"
-    args.regimes = args.regimes or (SURVEY_REGIMES[device.type] if args.survey else [own])
-    check(min(args.batch_size, args.steps, args.seeds, *args.packing) >= 1 and args.seconds >= 0,
+    settings = Settings(**vars(args) | {
+        "device": str(device),
+        "steps": pick("steps") if args.steps is None else args.steps,
+        "seconds": pick("seconds") if args.seconds is None else args.seconds,
+        "batch_size": experiments.PROFILES[args.profile]["batch_size"] if args.batch_size is None else args.batch_size,
+        "packing": sorted(set(args.packing or pick("survey_packing" if args.survey else "packing"))),
+        "regimes": args.regimes or (SURVEY_REGIMES[device.type] if args.survey else [own])})
+    check(min(settings.batch_size, settings.steps, settings.seeds, *settings.packing) >= 1 and settings.seconds >= 0,
           "--batch-size, --steps, --seeds and --packing must be positive, --seconds not negative")
-    check(1 in args.packing, "--packing must include 1: the packing gain is against one run")
-    for regime in args.regimes:
+    check(1 in settings.packing, "--packing must include 1: the packing gain is against one run")
+    for regime in settings.regimes:
         compile_mode, _, precision = regime.partition("/")
         check((compile_mode in COMPILE_MODES or compile_mode == PLAIN) and compile_mode != "auto"
               and precision in ("bf16", "fp32"),
               f"unknown regime {regime!r}: COMPILE/PRECISION, e.g. reduce-overhead/bf16")
-    return device
+    return settings
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = parser().parse_args(argv)
-    try:
-        device = settle(args)
-        print(f"timing repro.train's step: batch {args.batch_size}, epochs of {args.steps} steps, "
-              f"{args.seconds:g} s a measurement; regimes {' '.join(args.regimes)}; "
-              f"{' '.join(map(str, args.packing))} run(s) side by side", flush=True)
-        result = survey(args)
-    except (ConfigError, BenchError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2 if isinstance(e, ConfigError) else 1
-    except train.Stopped as e:
-        print(f"stopped: {e}", file=sys.stderr)
-        return records.STOPPED_EXIT
+    return records.command(lambda: bench(argv), faults=(BenchError,))
+
+
+def bench(argv: list[str]) -> int:
+    settings = settle(parser().parse_args(argv))
+    print(f"timing repro.train's step: batch {settings.batch_size}, epochs of {settings.steps} steps, "
+          f"{settings.seconds:g} s a measurement; regimes {' '.join(settings.regimes)}; "
+          f"{' '.join(map(str, settings.packing))} run(s) side by side", flush=True)
+    result = survey(settings)
+    device = torch.device(settings.device)
     env = train.environment(device)  # after the workers: with MPS, nothing here held the GPU before them
-    report = table(result, args, device)
+    report = table(result, settings, device)
     print(f"device: {env['device']}, torch {env['torch']}, commit {env['git_commit']}\n{report}")
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-    path = Path(args.out) / f"{device.type}-{stamp}.json"
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    path = Path(settings.out) / f"{device.type}-{stamp}.json"
     command = "python -m repro.bench " + " ".join(shlex.quote(a) for a in argv)
-    text = json.dumps({"env": env | {"command": command}, "settings": vars(args), "heaviest": HEAVIEST,
-                       "seeds": args.seeds, "train_images": TRAIN_IMAGES, **result}, indent=1) + "\n"
+    text = json.dumps({"env": env | {"command": command}, "settings": asdict(settings), "heaviest": HEAVIEST,
+                       "seeds": settings.seeds, "train_images": train_images(), **result}, indent=1) + "\n"
     records.atomic_write(path, lambda f: f.write(text.encode()))
     print(f"wrote {path}")
     return 0
 
 
 def stop(signum, frame) -> None:
-    raise train.Stopped("SIGTERM")  # unwinds through the pools, which stop their workers
+    raise records.Stopped("SIGTERM")  # unwinds through the pools, which stop their workers
 
 
 if __name__ == "__main__":

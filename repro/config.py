@@ -5,13 +5,15 @@ No torch here: the launcher's planning and the analysis import this on machines 
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import json
 import os
 from dataclasses import dataclass, field
 
-DATASETS = ("cifar10", "cifar100", "fashion_mnist", "tiny_imagenet", "synthetic")
+from repro.datasets import DATASETS
+
 POOLS = ("avg", "flex", "flex-softmax")
 OPTIMIZERS = ("sgd", "adam")
 WANDB_MODES = ("offline", "online", "disabled")
@@ -21,23 +23,26 @@ COMPILE_MODES = ("auto", "off", "default", "reduce-overhead", "max-autotune", "m
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
-def knob(default, help: str, id: bool = True):
-    """A RunConfig field with its --help text. id=False: it says where or how a run executes, not what it
-    computes, so it stays out of the run id."""
-    return field(default=default, metadata={"help": help, "id": id})
+def knob(default, help: str, id: bool = True, choices: tuple[str, ...] = ()):
+    """A RunConfig field with its --help text and, for a string, the values it may take. id=False: it says where
+    or how a run executes, not what it computes, so it stays out of the run id."""
+    return field(default=default, metadata={"help": help, "id": id, "choices": choices})
 
 
 @dataclass(frozen=True)
 class RunConfig:
     # What is trained.
-    dataset: str = knob("cifar10", f"data set: {', '.join(DATASETS)}; the paper's 'ImageNet' is Tiny ImageNet at 32x32")
-    pool: str = knob("avg", "global pool: avg (baseline), flex (paper, Fig. 1), flex-softmax (authors' code)")
+    dataset: str = knob("cifar10", f"data set: {', '.join(DATASETS)}; the paper's 'ImageNet' is Tiny ImageNet at 32x32",
+                        choices=DATASETS)
+    pool: str = knob("avg", "global pool: avg (baseline), flex (paper, Fig. 1), flex-softmax (authors' code)",
+                     choices=POOLS)
     sac: bool = knob(False, "Simple Auxiliary Classifiers after each stage (paper Sec. 3.2, Table 2)")
     sac_weights: tuple[float, float, float] = knob((0.1, 0.2, 0.7), "SAC loss weights lambda1..3 (Eq. 3, Sec. 4)")
     reg: float = knob(0.0, "weight of the FlexPool regulariser (Eq. 2) in the loss; the paper gives none")
     dropout: float = knob(0.0, "dropout before the classifier; the paper's +Dropout column uses 0.25")
     # How it is trained (paper Sec. 4: 100 epochs, batch 1000, one-cycle LR peaking at 0.1, flips and scaling).
-    optimizer: str = knob("sgd", "sgd (Nesterov momentum) or adam (named by the paper); see README")
+    optimizer: str = knob("sgd", "sgd (Nesterov momentum) or adam (named by the paper); see README",
+                          choices=OPTIMIZERS)
     lr: float = knob(0.1, "peak learning rate of the one-cycle schedule (paper: 0.1)")
     momentum: float = knob(0.9, "SGD momentum / Adam beta1 (not in the paper)")
     weight_decay: float = knob(5e-4, "on conv and linear weights only (not in the paper)")
@@ -60,10 +65,11 @@ class RunConfig:
                                "<results_dir>/checkpoints)", id=False)
     device: str = knob("auto", "auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...", id=False)
     compile: str = knob("auto", f"torch.compile the whole training step: {', '.join(COMPILE_MODES)} (auto: off on "
-                        f"a CPU, repro.train.CUDA_COMPILE on a GPU; README: Speed)", id=False)
+                        f"a CPU, repro.train.CUDA_COMPILE on a GPU; README: Speed)", id=False, choices=COMPILE_MODES)
     precision: str = knob("auto", "auto (bf16 autocast + channels_last on CUDA and on a CPU with bf16 units, "
-                          "else fp32), bf16, fp32", id=False)
-    wandb: str = knob("offline", "W&B mode: offline (default, no network), online, disabled", id=False)
+                          "else fp32), bf16, fp32", id=False, choices=PRECISIONS)
+    wandb: str = knob("offline", "W&B mode: offline (default, no network), online, disabled", id=False,
+                      choices=WANDB_MODES)
     wandb_project: str = knob("flexpool-repro", "W&B project", id=False)
     wandb_entity: str = knob("", "W&B entity ('' = your default)", id=False)
     wandb_group: str = knob("", "W&B group ('' = the cell name)", id=False)
@@ -147,7 +153,7 @@ class RunConfig:
 
 
 class ConfigError(ValueError):
-    """Bad user input: the command-line tools print its message as one line and exit 2."""
+    """Bad user input: the command-line tools print its message as one line and exit 2 (records.command)."""
 
 
 def check(condition: bool, message: str) -> None:
@@ -183,3 +189,41 @@ def field_names() -> list[str]:
 def flag(field: str) -> str:
     """A RunConfig field's command-line flag: results_dir -> --results-dir."""
     return "--" + field.replace("_", "-")
+
+
+def add_options(parser: argparse.ArgumentParser, names=None, **helps: str) -> None:
+    """The named RunConfig fields (all by default) as options, alike in every command: the field's flag, type,
+    choices and default, and its help unless `helps` gives one. A bool is --x / --no-x, a tuple that many
+    numbers."""
+    fields = {f.name: f for f in dataclasses.fields(RunConfig)}
+    for name in fields if names is None else names:
+        default = fields[name].default
+        common = {"default": default,
+                  "help": f"{helps.get(name, fields[name].metadata['help'])} (default: {default!r})"}
+        if isinstance(default, bool):
+            parser.add_argument(flag(name), action=argparse.BooleanOptionalAction, **common)
+        elif isinstance(default, tuple):
+            parser.add_argument(flag(name), type=float, nargs=len(default), **common)
+        else:
+            parser.add_argument(flag(name), type=type(default), choices=fields[name].metadata["choices"] or None,
+                                **common)
+
+
+def flags(values: dict) -> list[str]:
+    """The command-line words that set these options to these values, as add_options reads them back:
+    {"sac": False, "sac_weights": [0.1, 0.2, 0.7]} -> --no-sac --sac-weights 0.1 0.2 0.7."""
+    words = []
+    for name, value in values.items():
+        if isinstance(value, bool):
+            words.append(flag(name) if value else f"--no-{flag(name)[2:]}")
+        else:
+            words += [flag(name), *map(str, value if isinstance(value, (list, tuple)) else [value])]
+    return words
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse for the commands: a bad option is bad input like any other, a ConfigError (one line, exit 2),
+    not usage and message."""
+
+    def error(self, message):
+        raise ConfigError(f"{message} (see --help)")

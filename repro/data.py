@@ -14,7 +14,6 @@ import shutil
 import urllib.error
 import zlib
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ from torchvision.datasets.utils import download_and_extract_archive
 
 from repro import records
 from repro.config import default_data_root
+from repro.datasets import DATASETS, DatasetInfo
 
 TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 TINY_IMAGENET_MD5 = "90528d7ca1a48142e341f4ef8d21d0de"
@@ -37,36 +37,16 @@ class DataError(RuntimeError):
     """Missing, truncated or corrupt data: the message names the path and what to do."""
 
 
-@dataclass(frozen=True)
-class DatasetInfo:
-    num_classes: int
-    in_channels: int
-    size: int
-    mean: tuple[float, ...]  # per channel, of the training images scaled to [0, 1]
-    std: tuple[float, ...]
-
-
-INFO = {
-    "cifar10": DatasetInfo(10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": DatasetInfo(100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-    "fashion_mnist": DatasetInfo(10, 1, 28, (0.2860,), (0.3530,)),
-    "tiny_imagenet": DatasetInfo(200, 3, 32, (0.4807, 0.4485, 0.3980), (0.2538, 0.2455, 0.2601)),  # at 32x32
-    "synthetic": DatasetInfo(10, 3, 32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
-}
-
-
 def load(name: str, root: str | os.PathLike = "", split: str = "train", download: bool = False):
     """(images uint8 N x C x H x W, labels int64 N) of a data set's "train" or "test" split, on the CPU."""
-    if name not in INFO:
-        raise DataError(f"unknown dataset {name!r}; choose from {', '.join(INFO)}")
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
     if split not in ("train", "test"):
         raise DataError(f"unknown split {split!r}; choose train or test")
     root = Path(root or default_data_root())
-    if name == "synthetic":
-        return synthetic(split)
-    if name == "tiny_imagenet":
-        return tiny_imagenet(root, split, download)
-    return torchvision_dataset(name, root, split, download)
+    if DATASETS[name].torchvision:
+        return torchvision_dataset(name, root, split, download)
+    return OWN_READERS[name](root, split, download)
 
 
 def prepare(name: str, root: str | os.PathLike = "", download: bool = False) -> None:
@@ -78,9 +58,9 @@ def prepare(name: str, root: str | os.PathLike = "", download: bool = False) -> 
         load(name, root, split, download)
 
 
-def synthetic(split: str, n_train: int = 2048, n_test: int = 512):
+def synthetic(root: Path, split: str, download: bool, n_train: int = 2048, n_test: int = 512):
     """Ten classes, each a fixed smooth random pattern plus noise: learnable in an epoch or two, for tests and
-    benchmarks that must not depend on files."""
+    benchmarks that must not depend on files (no root, nothing to download)."""
     g = torch.Generator().manual_seed(0 if split == "train" else 1)
     prototypes = F.interpolate(torch.rand(10, 3, 4, 4, generator=torch.Generator().manual_seed(42)), size=32,
                                mode="bilinear", align_corners=False)
@@ -92,17 +72,11 @@ def synthetic(split: str, n_train: int = 2048, n_test: int = 512):
 
 # --- torchvision's data sets -------------------------------------------------------------------------------
 
-_TORCHVISION = {
-    "cifar10": (torchvision.datasets.CIFAR10, "cifar-10-batches-py"),
-    "cifar100": (torchvision.datasets.CIFAR100, "cifar-100-python"),
-    "fashion_mnist": (torchvision.datasets.FashionMNIST, "FashionMNIST/raw"),
-}
-
-
 def torchvision_dataset(name: str, root: Path, split: str, download: bool):
-    cls, folder = _TORCHVISION[name]
-    if name == "fashion_mnist":
-        _unpack_mnist_gz(cls, root / folder)
+    info = DATASETS[name]
+    cls, folder = getattr(torchvision.datasets, info.torchvision), info.folder
+    if issubclass(cls, torchvision.datasets.MNIST):  # Fashion-MNIST, KMNIST, ...: distributed as .gz files
+        _unpack_mnist_gz(name, cls, root / folder)
     try:
         ds = cls(str(root), train=split == "train", download=download)
     except Exception as e:  # noqa: BLE001 - a truncated pickle or IDX file fails deep in numpy or pickle
@@ -130,7 +104,7 @@ def one_line(error: Exception) -> str:
     return " ".join(f"{type(error).__name__}: {error}".split())[:300]
 
 
-def _unpack_mnist_gz(cls, raw: Path) -> None:
+def _unpack_mnist_gz(name: str, cls, raw: Path) -> None:
     """Unpack the .gz files that torchvision would otherwise only unpack as part of a download.
 
     No md5 check here: Debian's dataset-fashion-mnist holds the same data under another gzip header. gzip's own
@@ -141,15 +115,15 @@ def _unpack_mnist_gz(cls, raw: Path) -> None:
         if out.exists() or not gz.exists():
             continue
         # through a temp file of its own: two launches may unpack the same files at once
-        records.atomic_write(out, functools.partial(_gunzip, gz))
+        records.atomic_write(out, functools.partial(_gunzip, name, gz))
 
 
-def _gunzip(gz: Path, target) -> None:
+def _gunzip(name: str, gz: Path, target) -> None:
     try:
         with gzip.open(gz, "rb") as source:
             shutil.copyfileobj(source, target)
     except (gzip.BadGzipFile, EOFError, zlib.error) as e:  # cut short, or bytes changed: bad CRC or deflate data
-        raise DataError(f"fashion_mnist: {gz} is corrupt or truncated ({e}); delete it and download again") from None
+        raise DataError(f"{name}: {gz} is corrupt or truncated ({e}); delete it and download again") from None
 
 
 # --- Tiny ImageNet (no torchvision class) ------------------------------------------------------------------
@@ -160,7 +134,7 @@ def tiny_imagenet(root: Path, split: str, download: bool):
     Images are resized 64 -> 32 with antialiasing (paper Sec. 4) and cached as .npz beside the data, so the
     110k JPEGs are decoded once.
     """
-    base = root / "tiny-imagenet-200"
+    base = root / DATASETS["tiny_imagenet"].folder
     if not (base / "wnids.txt").exists():
         if not download:
             raise DataError(f"tiny_imagenet: {base}/wnids.txt not found. Download it with "
@@ -219,6 +193,10 @@ def _decode_resize(files: list[Path]) -> torch.Tensor:
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
         decoded = list(pool.map(_decode_resize_one, files, chunksize=256))
     return torch.from_numpy(np.stack(decoded))
+
+
+# The readers of the data sets that torchvision has no class for (repro.datasets: torchvision "").
+OWN_READERS = {"tiny_imagenet": tiny_imagenet, "synthetic": synthetic}
 
 
 # --- splits and batches on the device ----------------------------------------------------------------------

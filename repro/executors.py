@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import errno
 import io
 import os
@@ -69,10 +68,6 @@ def load_cluster(name: str) -> dict:
     return profile
 
 
-def job_folder(results_dir: str, name: str) -> Path:
-    """RESULTS/slurm-logs/<date>/<time>-<name>-<pid>/: one submission's job files, logs and code snapshot."""
-    now = datetime.datetime.now()
-    return Path(results_dir) / "slurm-logs" / f"{now:%Y-%m-%d}" / f"{now:%H%M%S}-{name}-{os.getpid()}"
 
 
 @contextlib.contextmanager

@@ -17,9 +17,10 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from repro import data
+from repro import data, records
 from repro.adapt import replace_global_pool
-from repro.config import default_data_root
+from repro.config import Parser, default_data_root
+from repro.datasets import DATASETS
 
 SIZE = 64
 LEARNING_RATE = 0.05
@@ -28,7 +29,7 @@ EVAL_BATCH = 500
 
 def inputs(images: torch.Tensor) -> torch.Tensor:
     """uint8 N x 1 x 28 x 28 -> normalised float N x 3 x SIZE x SIZE."""
-    x = data.normalize(images, data.INFO["fashion_mnist"])
+    x = data.normalize(images, DATASETS["fashion_mnist"])
     return F.interpolate(x, size=SIZE, mode="bilinear", align_corners=False).expand(-1, 3, -1, -1)
 
 
@@ -69,7 +70,11 @@ def positive(text: str) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
+    return records.command(lambda: compare(argv), bad_input=(data.DataError,))
+
+
+def compare(argv) -> int:
+    parser = Parser(
         prog="python -m repro.finetune",
         description="Train torchvision's ResNet-18 on Fashion-MNIST twice on the CPU, from the same random "
                     "initialisation and with the same batches: once as it is (global average pool) and once "
@@ -87,12 +92,8 @@ def main(argv=None) -> int:
                         help="evaluate on the first N test images, the same for both models (default 2000; "
                              "0 = all 10000)")
     args = parser.parse_args(argv)
-    try:
-        images, labels = data.load("fashion_mnist", args.data_root, "train")
-        test_images, test_labels = data.load("fashion_mnist", args.data_root, "test")
-    except data.DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    images, labels = data.load("fashion_mnist", args.data_root, "train")
+    test_images, test_labels = data.load("fashion_mnist", args.data_root, "test")
     if args.test_images:
         test_images, test_labels = test_images[:args.test_images], test_labels[:args.test_images]
     pool = "FlexPool, softmax form" if args.softmax else "FlexPool"

@@ -29,8 +29,8 @@ from pathlib import Path
 import submitit
 from tqdm import tqdm
 
-from repro import executors, experiments, records, runs
-from repro.config import ConfigError, RunConfig, check, plural
+from repro import executors, experiments, layout, records, runs
+from repro.config import Parser, RunConfig, add_options, check, plural
 from repro.data import DataError, prepare
 from repro.runs import State
 
@@ -74,18 +74,20 @@ def _train(config: dict, log: str, gpu: str | None, threads: int | None) -> None
     os.dup2(fd, 2)
     sys.stdout.reconfigure(line_buffering=True)
     if gpu is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = gpu  # before torch is imported
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu  # before CUDA starts, which reads it
     # SLURM signals every process of the job; the task's process handles preemption (submitit), not the runs.
     signal.signal(getattr(signal, "SIG" + submitit.JobEnvironment.USR_SIG), signal.SIG_IGN)
+    import torch
+
     from repro import train
 
     if threads:
-        train.torch.set_num_threads(threads)
+        torch.set_num_threads(threads)
     print(f"== {config['cell']} seed {config['seed']}, {datetime.datetime.now():%Y-%m-%d %H:%M:%S}, "
           f"code from {Path(train.__file__).parent}", flush=True)
     try:
         record = train.run(RunConfig.from_dict(config))
-    except train.Stopped as e:
+    except records.Stopped as e:
         print(f"stopped: {e}", flush=True)
         sys.exit(records.STOPPED_EXIT)
     except (records.WriteError, DataError) as e:  # the disk's or the data's fault, not the run's: no record
@@ -98,7 +100,7 @@ def _train(config: dict, log: str, gpu: str | None, threads: int | None) -> None
 
 class RunPack(submitit.helpers.Checkpointable):
     """One job task: train `configs`, `runs_per_gpu` at a time on each GPU of the task (or on the CPU), each in a
-    process of its own (a crash takes only that run down; it logs to runs.log_path), spawned fresh (no CUDA state
+    process of its own (a crash takes only that run down; it logs to layout.log_path), spawned fresh (no CUDA state
     inherited) with the task's sys.path, so it imports the code snapshot the task runs from. Returns each run's
     state; the records are the results."""
 
@@ -117,7 +119,7 @@ class RunPack(submitit.helpers.Checkpointable):
         with ThreadPoolExecutor(len(gpus) * runs_per_gpu) as pool:
             states = list(pool.map(lambda c: self._run(c, slots), configs))
         for config, state in zip(configs, states, strict=True):
-            print(f"{state:>9}  {config.cell} seed {config.seed}  log: {runs.log_path(config)}")
+            print(f"{state:>9}  {config.cell} seed {config.seed}  log: {layout.log_path(config)}")
         if self._stopping:
             # SIGTERM: SLURM requeues the job (scontrol requeue, preemption) or cancels it. The task must not end
             # as finished. SystemExit, not an Exception: submitit would write any Exception as the job's result,
@@ -131,7 +133,7 @@ class RunPack(submitit.helpers.Checkpointable):
         """Train the run in a process of its own on a free slot; its state once that process has ended."""
         if runs.state(config) == "done":  # e.g. trained before this array task was requeued
             return "done"
-        log = runs.log_path(config)
+        log = layout.log_path(config)
         gpu = slots.get()
         try:
             with self._lock:
@@ -183,7 +185,7 @@ class NoProgress(RuntimeError):
 
 def progressed(config: RunConfig, since: float) -> bool:
     """Whether the run wrote a checkpoint (each epoch does) or its record since `since`."""
-    for path in (records.checkpoint_path(config), records.record_path(config)):
+    for path in (layout.checkpoint_path(config), layout.record_path(config)):
         with contextlib.suppress(OSError):
             if path.stat().st_mtime >= since:
                 return True
@@ -206,17 +208,18 @@ def submit(configs: list[RunConfig], kind: str, profile: dict | None, runs_per_g
     return jobs
 
 
-def follow(jobs: list, configs: list[RunConfig]) -> runs.States:
-    """Show progress from the records until every job has ended; returns the final state of each run."""
+def follow(jobs: list, configs: list[RunConfig]) -> tuple[dict[RunConfig, State], str]:
+    """Show progress from the records until every job has ended; returns the final state of each run and its
+    note (runs.states)."""
     if executors.run_debug(jobs):
         return runs.states(configs)
     start, last = time.time(), ""
     with tqdm(total=len(configs), unit="run", desc="runs", dynamic_ncols=True,
               disable=not sys.stderr.isatty()) as bar:
         while True:
-            states = runs.states(configs)
+            states, note = runs.states(configs)
             finished = sum(s in ("done", "failed") for s in states.values())
-            counts = runs.summary(states).split(": ", 1)[1]
+            counts = runs.counts(states, note)
             bar.update(finished - bar.n)
             bar.set_postfix_str(counts)
             if bar.disable and counts != last:  # a log file, not a terminal: a line per change
@@ -226,15 +229,15 @@ def follow(jobs: list, configs: list[RunConfig]) -> runs.States:
             # that another launch trains or holds are waited for too; once our jobs have ended, the states are read
             # again, as a run of a job that just ended is no longer queued.
             if all(job.done(force_check=finished == len(configs)) for job in jobs):
-                states = runs.states(configs)
+                states, note = runs.states(configs)
                 if not {"running", "queued"} & set(states.values()):
-                    return states
+                    return states, note
             time.sleep(min(30.0, 1.0 + (time.time() - start) / 20))
 
 
 def problems(jobs: list, states: dict[RunConfig, State]) -> list[str]:
     """Failed runs, runs that never finished, and jobs that ended with an error of their own."""
-    unfinished = [f"NOT FINISHED {c.cell} seed {c.seed}: {state}{last_words(c)} (log: {runs.log_path(c)})"
+    unfinished = [f"NOT FINISHED {c.cell} seed {c.seed}: {state}{last_words(c)} (log: {layout.log_path(c)})"
                   for c, state in states.items() if state not in ("done", "failed")]
     lines = runs.failure_lines(states) + unfinished
     for job in jobs:
@@ -250,7 +253,7 @@ def problems(jobs: list, states: dict[RunConfig, State]) -> list[str]:
 def last_words(config: RunConfig) -> str:
     """': ' and the last line of the run's log, which says how its process ended ('' without a log)."""
     with contextlib.suppress(OSError):
-        last = records.last_line(runs.log_path(config).read_text(errors="replace"), "")
+        last = records.last_line(layout.log_path(config).read_text(errors="replace"), "")
         return f": {last}" if last else ""
     return ""
 
@@ -258,38 +261,34 @@ def last_words(config: RunConfig) -> str:
 # ---- command line --------------------------------------------------------------------------------------------
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m repro.launch", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="python -m repro.launch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     runs.add_plan_args(p)
     executors.add_args(p)
-    p.add_argument("--runs-per-gpu", type=int, default=1, metavar="K", help="runs trained side by side per GPU (default 1)")
-    runs.add_field_args(p, ["compile"], compile="how the runs compile their training step (auto: eager on a CPU, "
-                        "repro.train.CUDA_COMPILE on a GPU); what `python -m repro.bench --survey` names (README: "
-                        "Speed). It changes speed, not what a run computes: not part of the run id")
+    p.add_argument("--runs-per-gpu", type=int, default=1, metavar="K",
+                   help="runs trained side by side per GPU (default 1)")
+    add_options(p, ["compile"], compile="how the runs compile their training step (auto: eager on a CPU, "
+                "repro.train.CUDA_COMPILE on a GPU); what `python -m repro.bench --survey` names (README: Speed). "
+                "It changes speed, not what a run computes: not part of the run id")
     p.add_argument("--force", action="store_true", help="delete the runs' records and checkpoints; run all again")
     p.add_argument("--retry-failed", action="store_true", help="run the failed runs again (from their checkpoint)")
     p.add_argument("--dry-run", action="store_true", help="print the plan, submit nothing")
     p.add_argument("--wait", action="store_true", help="follow the jobs with a progress bar, end with a summary")
-    p.add_argument("--download", action="store_true",
-                   help="download missing data sets here before submitting (compute nodes often have no internet)")
+    add_options(p, ["download"], download="download missing data sets here before submitting (compute nodes often "
+                                          "have no internet)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    try:
-        return launch(args)
-    except (ConfigError, DataError, OSError) as e:
-        return runs.failed(e)
+    return records.command(lambda: launch(parser().parse_args(argv)), bad_input=(DataError,))
 
 
 def launch(args: argparse.Namespace) -> int:
     check(args.runs_per_gpu >= 1, f"--runs-per-gpu must be at least 1, got {args.runs_per_gpu}")
     kind, profile = executors.from_args(args)
     configs = runs.plan_from_args(args, "compile")
-    states = runs.states(configs)
+    states, note = runs.states(configs)
     print(f"plan: {args.target} ({profile_label(configs[0], args.profile)}, {args.recipe} recipe): "
-          f"{runs.summary(states)}")
+          f"{runs.summary(states, note)}")
     todo = to_run(states, args.force, args.retry_failed)
     where = f"slurm, profile {args.cluster}" if kind == "slurm" else kind
     if not todo:
@@ -303,27 +302,27 @@ def launch(args: argparse.Namespace) -> int:
     for dataset in sorted({c.dataset for c in todo}):
         prepare(dataset, todo[0].data_root, args.download)  # a missing data set fails here, not in every job
     for config in todo if args.force else []:  # from scratch, and no job takes them as done
-        records.record_path(config).unlink(missing_ok=True)
-        records.checkpoint_path(config).unlink(missing_ok=True)
-    results = Path(configs[0].results_dir)
-    folder = executors.job_folder(str(results), args.target)
+        layout.record_path(config).unlink(missing_ok=True)
+        layout.checkpoint_path(config).unlink(missing_ok=True)
+    results = configs[0].results_dir
+    folder = layout.job_folder(results, args.target)
     jobs = submit(todo, kind, profile, args.runs_per_gpu, folder, f"flexpool-{args.target}", not args.no_snapshot)
     job = jobs[0].job_id.split("_")[0]
     print(f"submitted: job {job}, {len(jobs)} task(s)" + (
         f", in the background on this machine: it goes on after this command returns; stop it: kill -- -{job}"
         if kind == "local" else ""))
-    print(f"job logs: {folder}\nrun logs: {results / 'slurm-logs' / 'runs'}\nrecords:  {results / 'runs'}")
+    print(f"job logs: {folder}\nrun logs: {layout.run_logs_dir(results)}\nrecords:  {layout.runs_dir(results)}")
     if not args.wait:
         print(f"progress: {runs.status_command(args)}")
         return 0
     try:
-        final = follow(jobs, todo)
+        final, note = follow(jobs, todo)
     except KeyboardInterrupt:  # Ctrl-C stops the following, not the jobs (the debug executor's is this process)
         if kind == "debug":
             raise
         print(f"still running: {runs.status_command(args)} to follow", file=sys.stderr)
         return 130  # 128 + SIGINT, as a shell says
-    print(f"finished: {runs.summary(final)}")
+    print(f"finished: {runs.summary(final, note)}")
     lines = problems(jobs, final)
     for line in lines:
         print(line)

@@ -7,13 +7,14 @@ never leaves half a record. Record fields (SCHEMA = 1):
   eval_split ("test" | "val"), profile and recipe (experiments.PROFILES / RECIPES the config matches, or
   "custom"), metrics {accuracy, head_accuracies, train_loss},
   history [{epoch, train_loss, train_accuracy, eval_accuracy, head_accuracies, lr, images, images_per_s, seconds,
-  wall_s (of the run so far, across resumes)}],
+  wall_s (of the run so far, across resumes); the first also start_loss (its first step's)}],
   timing {wall_s, train_s, images_per_s}, env {device, device_type, threads, torch, torchvision,
   python, git_commit, host, date},
   flexpool {"<module name>": {"shape", "channel_mean" (H x W), "channels" (first few, C' x H x W), "sums"}}.
 Accuracies are fractions in [0, 1]. `record_state` is the one judge of a record: the run's state
 (repro.runs) and the analysis both take it. Input files (--params, studies, cluster profiles) are read here too,
-so all read numbers alike. No torch at import time: analysis reads records without it.
+so all read numbers alike, and how a run or a command ends (Stopped, STOPPED_EXIT, `command`: the exit codes of
+every command, analysis's too). No torch at import time: analysis reads records without it.
 """
 
 from __future__ import annotations
@@ -27,19 +28,45 @@ import math
 import os
 import re
 import signal
+import sys
 import tempfile
 from pathlib import Path
 
 import yaml
 
-from repro.config import ConfigError, RunConfig, default_checkpoint_dir
+from repro import layout
+from repro.config import ConfigError, RunConfig
 
 # The exit code of a run's process that SIGTERM stopped (its checkpoint kept, no record), as a shell says.
 STOPPED_EXIT = 128 + signal.SIGTERM
 
+
+class Stopped(BaseException):
+    """SIGTERM (scancel, SLURM's requeue or preemption, RunPack stopping its runs) stopped the run: its last
+    epoch's checkpoint stays, no record is written, and running it again resumes. A BaseException, like
+    KeyboardInterrupt, so that no `except Exception` on the way takes it for a failed run."""
+
+
+def command(body, bad_input: tuple[type[Exception], ...] = (), faults: tuple[type[Exception], ...] = ()) -> int:
+    """Run a command's body and return its exit code (None: 0); every command ends alike, in one line, never a
+    traceback: bad input (ConfigError, `bad_input`) exits 2; the machine's fault (an OSError: a full disk, a
+    read-only folder; `faults`) 1; SIGTERM (Stopped) STOPPED_EXIT."""
+    try:
+        return body() or 0
+    except (ConfigError, *bad_input) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (OSError, *faults) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except Stopped as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        return STOPPED_EXIT
+
 # When a run counts as diverged (train.py judges, the record keeps the loss and epoch): a recipe that diverges
 # is a finding, shown beside a cell's n and never averaged as if the run had trained.
-DIVERGED_RULE = "a non-finite training loss, or a last epoch's above 2 ln(classes), twice the loss a run starts from"
+DIVERGED_RULE = ("a non-finite training loss, or a last epoch's above twice the loss the run started from (its first "
+                 "step's, and at least ln(classes))")
 
 SCHEMA = 1
 _UMASK = os.umask(0o022)
@@ -78,18 +105,10 @@ def load_file(path: Path, what: str):
         raise ConfigError(f"{what} {path} is not valid {kind}: {' '.join(str(e).split())}") from None
 
 
-def record_path(config: RunConfig) -> Path:
-    """results/runs/<table>/<dataset>/<column>/seed<k>-<run id>.json; runs outside a table go to adhoc/."""
-    return Path(config.results_dir) / "runs" / config.folder / f"seed{config.seed}-{config.run_id}.json"
 
 
-def checkpoint_path(config: RunConfig) -> Path:
-    folder = config.checkpoint_dir or default_checkpoint_dir() or Path(config.results_dir) / "checkpoints"
-    return Path(folder) / f"{config.run_id}.pt"
 
 
-def lock_path(config: RunConfig) -> Path:
-    return Path(config.results_dir) / "locks" / f"{config.run_id}.lock"
 
 
 def atomic_write(path: Path, write) -> None:
@@ -167,7 +186,7 @@ def record_state(record: dict) -> tuple[str, str]:
 
 def run_record_state(config: RunConfig) -> tuple[str, str]:
     """record_state of the run's record on disk; ('missing', '') when there is none."""
-    path = record_path(config)
+    path = layout.record_path(config)
     if not path.exists():
         return "missing", ""
     try:
@@ -219,7 +238,7 @@ def load_checkpoint(path: Path) -> dict | None:
 def exclusive(config: RunConfig):
     """Hold the run's lock while it trains; yields False when another process already holds it, so two launches
     of one target never train the same run at once or race on its record."""
-    path = lock_path(config)
+    path = layout.lock_path(config)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         f = open(path, "a")  # noqa: SIM115 - the with below closes it; opening may fail on a read-only disk

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import fcntl
 import getpass
 import os
@@ -22,44 +21,28 @@ import shlex
 import socket
 import struct
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Literal, get_args
 
-from repro import records
-from repro.config import (
-    COMPILE_MODES,
-    PRECISIONS,
-    WANDB_MODES,
-    RunConfig,
-    absolute_checkpoint_dir,
-    default_data_root,
-    flag,
-    plural,
-)
-from repro.experiments import COLUMNS, DATASETS, PROFILES, RECIPES, TARGETS, load_params, plan, profiles_help
+from repro import layout, records
+from repro.config import RunConfig, absolute_checkpoint_dir, add_options, default_data_root, flags, plural
+from repro.datasets import table_datasets
+from repro.experiments import COLUMNS, PROFILES, RECIPES, TARGETS, load_params, plan, profiles_help
 
 State = Literal["done", "running", "queued", "failed", "unusable", "pending"]
 STATES: tuple[State, ...] = get_args(State)
-CHOICES = {"compile": COMPILE_MODES, "precision": PRECISIONS, "wandb": WANDB_MODES}
 # struct flock on 64-bit Linux: l_type, l_whence (short), l_start, l_len (off_t), l_pid (int), padding.
 _FLOCK = "hhqqi4x"
 
 
-def log_path(config: RunConfig) -> Path:
-    """One log per run, at a path that depends only on the run, so status can point at it from any launch."""
-    return Path(config.results_dir) / "slurm-logs" / "runs" / config.folder / f"seed{config.seed}-{config.run_id}.log"
 
 
-def queue_path(config: RunConfig) -> Path:
-    """Names the job that holds the run until it starts: 'slurm HOST 12345_3' or 'local HOST PID'."""
-    return Path(config.results_dir) / "queued" / f"{config.run_id}.job"
 
 
 def mark_queued(config: RunConfig, kind: str, job_id: str) -> None:
     """At submission: the run is queued (not pending) while that job waits or runs."""
-    path = queue_path(config)
+    path = layout.queue_path(config)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"{kind} {socket.gethostname()} {job_id}\n")
 
@@ -67,7 +50,7 @@ def mark_queued(config: RunConfig, kind: str, job_id: str) -> None:
 def release(config: RunConfig, job_id: str) -> None:
     """Drop the run's queue file if `job_id` wrote it (not a later launch): a run that ended unfinished (kill -9, a
     full disk) is then pending at once, for a relaunch to take, not queued until its whole job has ended."""
-    path = queue_path(config)
+    path = layout.queue_path(config)
     with contextlib.suppress(OSError, IndexError):
         if path.read_text().split()[-1] == job_id:
             path.unlink()
@@ -77,7 +60,7 @@ def lock_holder(config: RunConfig) -> int | None:
     """PID of the process that holds the run's lock (it trains the run), else None. Asks with F_GETLK rather
     than taking the lock: taking it, even briefly, could make a run starting at that moment skip itself.
     (On a network file system the PID may be another machine's.)"""
-    path = records.lock_path(config)
+    path = layout.lock_path(config)
     if not path.exists():
         return None
     with open(path, "rb") as f:
@@ -96,32 +79,26 @@ def state(config: RunConfig, queued: bool = False) -> State:
     return "queued" if queued else "pending" if recorded == "missing" else "unusable"
 
 
-class States(dict):
-    """RunConfig -> State, and `note`: why some states are a guess ('' when none is), for the summary line."""
-
-    note = ""
-
-
-def states(configs: list[RunConfig]) -> States:
-    """The state of each run, SLURM's queue asked once for all of them."""
+def states(configs: list[RunConfig]) -> tuple[dict[RunConfig, State], str]:
+    """The state of each run, SLURM's queue asked once for all of them, and a note saying why some states are a
+    guess ('' when none is), for the summary line."""
     jobs = {}
     for config in configs:
         with contextlib.suppress(OSError, ValueError):
-            kind, host, job = queue_path(config).read_text().split()
+            kind, host, job = layout.queue_path(config).read_text().split()
             jobs[config] = (kind, host, job)
     submitted = [job for kind, _, job in jobs.values() if kind == "slurm"]
-    result = States()
+    note = ""
     try:
         slurm = slurm_jobs() if submitted else set()
     except OSError as e:
         slurm = set(submitted)  # their jobs may wait or run: counted as pending, they would be submitted again
-        result.note = f"SLURM's queue could not be read ({e}): {plural(len(submitted), 'run')} " \
-                      "submitted to SLURM counted as queued"
+        note = f"SLURM's queue could not be read ({e}): {plural(len(submitted), 'run')} submitted to SLURM " \
+               "counted as queued"
     here = socket.gethostname()
     alive = {config for config, (kind, host, job) in jobs.items()
              if (kind == "slurm" and job in slurm) or (kind == "local" and host == here and process_lives(job))}
-    result.update((c, state(c, c in alive)) for c in configs)
-    return result
+    return {c: state(c, c in alive) for c in configs}, note
 
 
 def slurm_jobs() -> set[str]:
@@ -146,18 +123,23 @@ def process_lives(pid: str) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] != "Z"  # the state follows the command name, which may hold spaces
 
 
-def summary(states: dict[RunConfig, State]) -> str:
-    """'16 cells x 5 seeds = 80 runs: 10 done, 0 running, 0 queued, 2 failed, 0 unusable, 68 pending' (or '10 runs
-    in 4 cells, seeds 0-2: ...' when not every cell has every seed), then the states' note, if any."""
+def counts(states: dict[RunConfig, State], note: str = "") -> str:
+    """'10 done, 0 running, 0 queued, 2 failed, 0 unusable, 68 pending', then the note of runs.states, if any."""
+    n = Counter(states.values())
+    return ", ".join(f"{n[s]} {s}" for s in STATES) + (f"; {note}" if note else "")
+
+
+def summary(states: dict[RunConfig, State], note: str = "") -> str:
+    """'16 cells x 5 seeds = 80 runs: ' (or '10 runs in 4 cells, seeds 0-2: ' when not every cell has every seed),
+    then the counts."""
     cells = {c.cell for c in states}
     seeds = sorted({c.seed for c in states})
-    n = Counter(states.values())
-    counts = ", ".join(f"{n[s]} {s}" for s in STATES)
-    counts += f"; {states.note}" if getattr(states, "note", "") else ""
     if len(states) == len(cells) * len(seeds):
-        return f"{plural(len(cells), 'cell')} x {plural(len(seeds), 'seed')} = {plural(len(states), 'run')}: {counts}"
-    seed_range = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {seeds[0]}-{seeds[-1]}"
-    return f"{plural(len(states), 'run')} in {plural(len(cells), 'cell')}, {seed_range}: {counts}"
+        planned = f"{plural(len(cells), 'cell')} x {plural(len(seeds), 'seed')} = {plural(len(states), 'run')}"
+    else:
+        seed_range = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {seeds[0]}-{seeds[-1]}"
+        planned = f"{plural(len(states), 'run')} in {plural(len(cells), 'cell')}, {seed_range}"
+    return f"{planned}: {counts(states, note)}"
 
 
 def failure_lines(states: dict[RunConfig, State]) -> list[str]:
@@ -168,29 +150,11 @@ def failure_lines(states: dict[RunConfig, State]) -> list[str]:
         recorded, reason = records.run_record_state(c) if s in ("failed", "unusable", "done") else ("", "")
         if s in ("failed", "unusable") or recorded == "diverged":
             lines.append(f"{'DIVERGED' if recorded == 'diverged' else s.upper()} {c.cell} seed {c.seed}: {reason} "
-                         f"(log: {log_path(c)})")
+                         f"(log: {layout.log_path(c)})")
     return lines
 
 
 # ---- the runs a command means: its plan arguments and RunConfig fields ----------------------------------------
-
-def failed(error: Exception) -> int:
-    """A command's error in one line; exit code 1 for the machine's fault (OSError), 2 for the command's."""
-    print(f"error: {error}", file=sys.stderr)
-    return 1 if isinstance(error, OSError) else 2
-
-
-def add_field_args(parser: argparse.ArgumentParser, fields, **helps: str) -> None:
-    """An option per named RunConfig field, its help the field's own unless `helps` gives one."""
-    known = {f.name: f for f in dataclasses.fields(RunConfig)}
-    for name in fields:
-        default, help_ = known[name].default, helps.get(name, known[name].metadata["help"])
-        if isinstance(default, bool):
-            parser.add_argument(flag(name), action=argparse.BooleanOptionalAction, default=default, help=help_)
-        else:
-            parser.add_argument(flag(name), default=default, choices=CHOICES.get(name),
-                                help=f"{help_} (default: {default!r})")
-
 
 def field_values(args: argparse.Namespace, fields) -> dict:
     """The named fields' values from `args`, the paths absolute ('' data_root: the default folder): jobs run from
@@ -204,7 +168,8 @@ def add_plan_args(parser: argparse.ArgumentParser) -> None:
     """The arguments that select runs; launch and status share them so both see the same plan."""
     parser.add_argument("target", help=f"which runs: {', '.join(TARGETS)}")
     parser.add_argument("--seeds", type=int, default=1, help="seeds per table cell (runs 0..N-1; default 1)")
-    parser.add_argument("--datasets", nargs="+", metavar="D", help=f"only these data sets: {', '.join(DATASETS)}")
+    parser.add_argument("--datasets", nargs="+", metavar="D",
+                        help=f"only these data sets: {', '.join(table_datasets())}")
     parser.add_argument("--columns", nargs="+", metavar="C", help=f"only these columns: {', '.join(COLUMNS)}")
     parser.add_argument("--profile", default="full", choices=list(PROFILES),
                         help=f"{profiles_help()} (default: full)")
@@ -212,7 +177,7 @@ def add_plan_args(parser: argparse.ArgumentParser) -> None:
                         help="suite (default): SGD + Nesterov, weight decay 5e-4; paper: the paper's literal Adam, "
                              "no weight decay (README: Deviations)")
     parser.add_argument("--params", metavar="FILE", help="tuned hyper-parameters (YAML/JSON), e.g. from a sweep")
-    add_field_args(parser, ("results_dir", "data_root", "checkpoint_dir"))
+    add_options(parser, ("results_dir", "data_root", "checkpoint_dir"))
 
 
 def plan_from_args(args: argparse.Namespace, *fields: str) -> list[RunConfig]:
@@ -225,9 +190,6 @@ def status_command(args: argparse.Namespace) -> str:
     """`python -m repro.status` with the plan arguments of `args` that are not at their default."""
     plan_args = argparse.ArgumentParser()
     add_plan_args(plan_args)
-    words = [args.target]
-    for name, default in vars(plan_args.parse_args([args.target])).items():
-        value = getattr(args, name)
-        if value != default:
-            words += [flag(name), *map(str, value if isinstance(value, list) else [value])]
-    return "python -m repro.status " + shlex.join(words)
+    defaults = vars(plan_args.parse_args([args.target]))
+    changed = {name: getattr(args, name) for name, default in defaults.items() if getattr(args, name) != default}
+    return "python -m repro.status " + shlex.join([args.target, *flags(changed)])

@@ -10,10 +10,9 @@ import contextlib
 import datetime
 import sys
 from collections import Counter
-from pathlib import Path
 
-from repro import records, runs
-from repro.config import ConfigError, RunConfig
+from repro import layout, records, runs
+from repro.config import Parser, RunConfig
 
 
 def cell_table(states: dict[RunConfig, runs.State]) -> str:
@@ -27,14 +26,12 @@ def cell_table(states: dict[RunConfig, runs.State]) -> str:
 def other_records(configs: list[RunConfig], profile: str, recipe: str) -> list[str]:
     """Lines on records in the planned cells and seeds that are not the planned runs: another profile or recipe
     (a smoke run does not count for the full profile), or other tuned --params."""
-    planned = {records.record_path(c) for c in configs}
+    planned = {layout.record_path(c) for c in configs}
     found: Counter = Counter()
-    for results_dir, cell, seed in {(c.results_dir, c.cell, c.seed) for c in configs}:
-        for path in (Path(results_dir) / "runs" / cell).glob(f"seed{seed}-*.json"):
-            if path not in planned:
-                with contextlib.suppress(records.RecordError):
-                    record = records.read_record(path)
-                    found[(record.get("profile") or "custom", record.get("recipe") or "custom")] += 1
+    for path in {path for config in configs for path in layout.seed_records(config)} - planned:
+        with contextlib.suppress(records.RecordError):
+            record = records.read_record(path)
+            found[(record.get("profile") or "custom", record.get("recipe") or "custom")] += 1
     return [f"also here: {n} record(s) of this profile and recipe with other --params" if (p, r) == (profile, recipe)
             else f"also here: {n} record(s) of profile {p}, recipe {r} (see them with --profile {p} --recipe {r})"
             for (p, r), n in sorted(found.items())]
@@ -44,7 +41,7 @@ def checkpoint_lines(states: dict[RunConfig, runs.State]) -> list[str]:
     """Where the runs that are not done resume from: checkpoints may live far from the records (scratch space)."""
     lines = []
     for config, state in states.items():
-        path = records.checkpoint_path(config)
+        path = layout.checkpoint_path(config)
         with contextlib.suppress(OSError):
             written = datetime.datetime.fromtimestamp(path.stat().st_mtime)
             if state != "done":
@@ -53,16 +50,20 @@ def checkpoint_lines(states: dict[RunConfig, runs.State]) -> list[str]:
     return lines
 
 
+def parser() -> argparse.ArgumentParser:
+    p = Parser(prog="python -m repro.status", description=__doc__.split("\n\n")[0])
+    runs.add_plan_args(p)
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m repro.status", description=__doc__.split("\n\n")[0])
-    runs.add_plan_args(parser)
-    args = parser.parse_args(argv)
-    try:
-        states = runs.states(runs.plan_from_args(args))
-    except ConfigError as e:
-        return runs.failed(e)
+    return records.command(lambda: show(parser().parse_args(argv)))
+
+
+def show(args: argparse.Namespace) -> int:
+    states, note = runs.states(runs.plan_from_args(args))
     print(cell_table(states))
-    print(runs.summary(states))
+    print(runs.summary(states, note))
     for line in (runs.failure_lines(states) + checkpoint_lines(states)
                  + other_records(list(states), args.profile, args.recipe)):
         print(line)

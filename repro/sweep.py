@@ -28,12 +28,11 @@ from pathlib import Path
 import optuna
 import submitit
 from optuna.storages import RetryHeartbeatStaleTrialCallback
-from optuna.storages._heartbeat import BaseHeartbeat  # optuna's heartbeat interface; public only for RDB
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 
-from repro import executors, records, runs, wandb_agent
-from repro.config import ConfigError, RunConfig, check
+from repro import executors, layout, records, runs, wandb_agent
+from repro.config import ConfigError, Parser, RunConfig, add_options, check
 from repro.experiments import RUNTIME_FIELDS
 from repro.studies import SAMPLERS, Study, load_study, make_pruner, sample, suggest
 
@@ -50,7 +49,19 @@ class RunBusy(RuntimeError):
 
 # ---- storage -------------------------------------------------------------------------------------------------
 
-class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
+def heartbeat_interface() -> type:
+    """optuna's heartbeat interface, which its stale-trial handling looks for in a storage. Private
+    (optuna.storages._heartbeat, public only through RDBStorage; optuna capped below 6 in pyproject.toml):
+    tests/test_dependencies.py fails with a clear message if optuna changes it."""
+    try:
+        from optuna.storages._heartbeat import BaseHeartbeat
+    except ImportError as e:
+        raise ImportError(f"optuna {optuna.__version__} has no optuna.storages._heartbeat.BaseHeartbeat, which "
+                          "repro.sweep's journal storage implements: install the optuna of requirements.lock") from e
+    return BaseHeartbeat
+
+
+class HeartbeatJournalStorage(JournalStorage, heartbeat_interface()):
     """A journal file with heartbeats, which optuna 5 gives RDB storages only: a running trial records the time
     every `interval` seconds, and a RUNNING trial silent for twice as long lost its worker; optuna then fails it
     and the callback queues it again."""
@@ -86,7 +97,7 @@ def storage_url(arg: str, root: Path, name: str, kind: str | None) -> str:
         if arg.startswith("sqlite:///") and not arg.startswith("sqlite:////"):
             return "sqlite:///" + str(Path(arg[len("sqlite:///"):]).resolve())
         return arg
-    db, journal = root / "sweeps" / f"{name}.db", root / "sweeps" / f"{name}.log"
+    db, journal = layout.study_files(root, name)
     if not db.exists() and (journal.exists() or kind == "slurm"):
         return str(journal)
     return f"sqlite:///{db}"
@@ -196,8 +207,6 @@ class Worker(submitit.helpers.Checkpointable):
         self.current: int | None = None
 
     def __call__(self, study: Study, runtime: Runtime) -> int:
-        from repro import train  # torch only where trials train
-
         quiet()
         storage = open_storage(runtime.storage, runtime.heartbeat)
         optuna_study = optuna.load_study(study_name=study.name, storage=storage, sampler=SAMPLERS[study.sampler](),
@@ -210,7 +219,7 @@ class Worker(submitit.helpers.Checkpointable):
                 optuna_study.optimize(lambda trial: self.objective(trial, study, runtime), n_trials=1,
                                       catch=(RunBusy,), callbacks=[lambda s, t: print(progress(s, t, study.trials),
                                                                                         flush=True)])
-            except train.Stopped:
+            except records.Stopped:
                 # SIGTERM (SLURM's requeue or preemption, scancel): the trial is queued again at once, not after
                 # its heartbeat goes stale, and the job ends unfinished, like a launch's task (RunPack)
                 retry(optuna_study, self.current)
@@ -221,12 +230,11 @@ class Worker(submitit.helpers.Checkpointable):
         return trained
 
     def objective(self, trial: optuna.Trial, study: Study, runtime: Runtime) -> float:
-        from repro import train
+        from repro import train  # torch only where trials train
 
         self.current = trial.number
         params = sample(study.space, lambda n, s: suggest(trial, n, s))
-        # a study's own folders: two studies never train one run id into one checkpoint under two locks
-        folders = {key: str(Path(runtime.fields[key]) / "sweeps" / study.name)
+        folders = {key: str(layout.trials_dir(runtime.fields[key], study.name))
                    for key in ("results_dir", "checkpoint_dir") if runtime.fields.get(key)}
         config = RunConfig.from_dict({
             **study.fixed, **params, **runtime.fields, **folders, "cell": f"sweep/{study.name}/trial{trial.number}",
@@ -241,6 +249,10 @@ class Worker(submitit.helpers.Checkpointable):
         record = train.run(config, on_epoch)
         if record is None:
             raise RunBusy(f"run {config.run_id} is trained by another trial with the same parameters")
+        if record["status"] == "diverged":
+            # It learned nothing: scoring it 0 (not failing it) teaches the sampler to avoid such values.
+            trial.set_user_attr("diverged", records.record_state(record)[1])
+            return 0.0
         if record["status"] == "pruned":
             raise optuna.TrialPruned(f"pruned after epoch {record['history'][-1]['epoch']}")
         return record["metrics"]["accuracy"]
@@ -252,10 +264,6 @@ class Worker(submitit.helpers.Checkpointable):
 
 def quiet() -> None:
     """One line per trial is ours to print; optuna's own log lines and experimental-feature notes are noise."""
-        if record["status"] == "diverged":
-            # It learned nothing: scoring it 0 (not failing it) teaches the sampler to avoid such values.
-            trial.set_user_attr("diverged", records.record_state(record)[1])
-            return 0.0
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
@@ -274,7 +282,8 @@ def progress(optuna_study: optuna.Study, trial, budget: int) -> str:
         outcome = f"pruned at epoch {max(trial.intermediate_values, default=0)}"
     else:
         outcome = trial.state.name.lower()
-    return f"[{optuna_study.study_name}] trial {trial.number}: {outcome}  {params_text(trial.params)}  ({done}/{budget})"
+    return (f"[{optuna_study.study_name}] trial {trial.number}: {outcome}  {params_text(trial.params)}  "
+            f"({done}/{budget})")
 
 
 # ---- launching workers ---------------------------------------------------------------------------------------
@@ -283,7 +292,7 @@ def submit(study: Study, runtime: Runtime, workers: int, kind: str, profile: dic
     name = f"sweep-{study.name}"
     if profile is not None:  # a worker trains one trial at a time: one GPU each
         profile = {**profile, "gpus_per_node": min(profile["gpus_per_node"], 1)}
-    folder = executors.job_folder(runtime.fields["results_dir"], name)
+    folder = layout.job_folder(runtime.fields["results_dir"], name)
     with executors.submitting(kind, folder, profile, name, snapshot) as executor:
         if kind == "slurm":
             return executor.map_array(Worker(), [study] * workers, [runtime] * workers)
@@ -325,7 +334,7 @@ def run_study(study: Study, args: argparse.Namespace, runtime_fields: dict) -> i
     url = storage_url(args.storage, Path(runtime_fields["results_dir"]), study.name, kind)
     check(not (kind == "slurm" and url.startswith("sqlite")),
           f"SQLite ({url}) is for one machine and breaks on NFS: give SLURM workers a journal file "
-          f"(--storage results/sweeps/{study.name}.log) or a database server URL")
+          f"(--storage {layout.study_files(args.results_dir, study.name)[1]}) or a database server URL")
     runtime = Runtime(url, args.heartbeat, runtime_fields)
     optuna_study = create(study, url, args.heartbeat)
     print(f"study {study.name}: {counts(optuna_study)}, budget {study.trials}; storage {url}")
@@ -334,12 +343,12 @@ def run_study(study: Study, args: argparse.Namespace, runtime_fields: dict) -> i
         return 0
     jobs = submit(study, runtime, args.workers, kind, profile, not args.no_snapshot)
     print(f"started {len(jobs)} worker(s) ({kind}): job(s) {' '.join(str(j.job_id) for j in jobs)}; logs in "
-          f"{jobs[0].paths.folder}; trial records under {Path(runtime_fields['results_dir']) / 'sweeps' / study.name}")
+          f"{jobs[0].paths.folder}; trial records under {layout.trials_dir(runtime_fields['results_dir'], study.name)}")
     if kind == "debug" or args.wait:
         status = follow(jobs, optuna_study, study.trials)
         print(f"study {study.name}: {counts(optuna_study)}")
         return status
-    where = f" --results-dir {args.results_dir}" if args.results_dir != "results" else ""
+    where = f" --results-dir {args.results_dir}" if args.results_dir != RunConfig.results_dir else ""
     where += f" --storage {args.storage}" if args.storage else ""
     print(f"progress and results: python -m repro.sweep {args.study} --report{where}")
     return 0
@@ -376,13 +385,13 @@ def report(study: Study, optuna_study: optuna.Study, out: Path, top: int) -> dic
 # ---- command line --------------------------------------------------------------------------------------------
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m repro.sweep", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="python -m repro.sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("study", help="a study: NAME of sweeps/NAME.yaml, or a path to a .yaml file")
     p.add_argument("--report", action="store_true", help="print the best trials, write the best parameters")
     p.add_argument("--out", metavar="FILE", help="--report: where (default RESULTS/sweeps/NAME.best.json)")
     p.add_argument("--top", type=int, default=10, help="--report: how many trials to list (default 10)")
-    p.add_argument("--export-wandb", action="store_true", help="write the study as a W&B sweep, sweeps/wandb-agent/NAME.yaml")
+    p.add_argument("--export-wandb", action="store_true",
+                   help="write the study as a W&B sweep, sweeps/wandb-agent/NAME.yaml")
     p.add_argument("--workers", type=int, default=1, metavar="K", help="workers pulling trials (default 1)")
     executors.add_args(p)
     p.add_argument("--storage", default="", metavar="URL|FILE",
@@ -391,27 +400,27 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--heartbeat", type=int, default=60, metavar="S",
                    help="a running trial's heartbeat, seconds; silent for 2*S its worker counts as dead (default 60)")
     p.add_argument("--wait", action="store_true", help="follow the workers, one line per finished trial")
-    runs.add_field_args(p, RUNTIME, results_dir=RESULTS_HELP)
+    add_options(p, RUNTIME, results_dir=RESULTS_HELP)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    return records.command(lambda: sweep(parser().parse_args(argv)))
+
+
+def sweep(args: argparse.Namespace) -> int:
     quiet()
-    try:
-        study = load_study(args.study)
-        if args.export_wandb:
-            print(f"W&B sweep: {wandb_agent.export(study)}")
-            return 0
-        fields = runs.field_values(args, RUNTIME)
-        if args.report:
-            root = Path(fields["results_dir"])
-            out = Path(args.out) if args.out else root / "sweeps" / f"{study.name}.best.json"
-            report(study, existing(study, args.storage, root, args.heartbeat), out, args.top)
-            return 0
-        return run_study(study, args, fields)
-    except (ConfigError, OSError) as e:
-        return runs.failed(e)
+    study = load_study(args.study)
+    if args.export_wandb:
+        print(f"W&B sweep: {wandb_agent.export(study)}")
+        return 0
+    fields = runs.field_values(args, RUNTIME)
+    if args.report:
+        root = Path(fields["results_dir"])
+        out = Path(args.out) if args.out else layout.best_params_path(root, study.name)
+        report(study, existing(study, args.storage, root, args.heartbeat), out, args.top)
+        return 0
+    return run_study(study, args, fields)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import math
 import os
 import platform
@@ -21,15 +20,24 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from repro import compiled, data, experiments, pooling, records
-from repro.config import ConfigError, RunConfig, absolute_checkpoint_dir, default_data_root, flag
+from repro import compiled, data, experiments, layout, pooling, records
+from repro.config import (
+    ConfigError,
+    Parser,
+    RunConfig,
+    absolute_checkpoint_dir,
+    add_options,
+    default_data_root,
+    field_names,
+)
+from repro.datasets import DATASETS
 from repro.models import STAGE_CHANNELS, resnet20, sac_loss
 from repro.tracking import Tracker
 
@@ -50,8 +58,7 @@ class TrainingError(RuntimeError):
     """The run itself went wrong; its record is marked failed."""
 
 
-# records.DIVERGED_RULE: a run ends diverged above this many times the loss of a uniform guess, ln(classes),
-# which is where every run starts (Eq. 3's SAC weights sum to 1; Eq. 2 is 0 at FlexPool's initialisation).
+# records.DIVERGED_RULE: a run ends diverged above this many times the loss it started from (start_loss).
 DIVERGED_LOSS = 2.0
 
 
@@ -112,7 +119,7 @@ def compile_mode(config: RunConfig, device: torch.device) -> str:
 
 
 def make_model(config: RunConfig, device: torch.device) -> torch.nn.Module:
-    info = data.INFO[config.dataset]
+    info = DATASETS[config.dataset]
     torch.manual_seed(config.seed)
     model = resnet20(info.num_classes, info.in_channels, info.size, config.pool, config.sac, config.dropout)
     return model.to(device, memory_format=memory_format(config, device))
@@ -174,7 +181,7 @@ def make_step(config: RunConfig, model: torch.nn.Module, optimizer: torch.optim.
     """step(idx, aug, mask, lr) -> (loss, correct): one training step on the batch images[idx], with the
     augmentation numbers and dropout mask epoch_draws drew for it, at learning rate `lr` (a tensor: no host
     sync)."""
-    info, device = data.INFO[config.dataset], images.device
+    info, device = DATASETS[config.dataset], images.device
     bf16, layout = uses_bf16(config, device), memory_format(config, device)
     if device.type == "cuda":  # a seed gives the same run: no convolution backward that adds in varying order
         torch.backends.cudnn.deterministic = True
@@ -224,27 +231,37 @@ def epoch_draws(config: RunConfig, epoch: int, n: int, device: torch.device):
     return order, aug, masks
 
 
+def start_loss(config: RunConfig, history: list[dict]) -> float:
+    """The loss a run started from: its first step's, and at least a uniform guess's, ln(classes) (Eq. 3's SAC
+    weights sum to 1). A small network at initialisation may start above ln(classes); a run judged against that
+    alone would be called diverged for not having learned in a short run."""
+    uniform_guess = math.log(DATASETS[config.dataset].num_classes)
+    return max(uniform_guess, history[0].get("start_loss", uniform_guess) if history else uniform_guess)
+
+
 def train_epoch(config: RunConfig, step, model: torch.nn.Module, lrs: torch.Tensor, epoch: int, n: int):
-    """One pass over the n training images in the epoch's seeded order; returns (mean loss, accuracy) as device
-    tensors (no host sync)."""
+    """One pass over the n training images in the epoch's seeded order; returns (mean loss, accuracy, the first
+    step's loss) as device tensors (no host sync)."""
     order, aug, masks = epoch_draws(config, epoch, n, lrs.device)
     steps = order.shape[0]
     loss_sum = torch.zeros((), device=lrs.device)
     correct = torch.zeros((), device=lrs.device, dtype=torch.int64)
+    first = None
     model.train()
     for k in range(steps):
         loss, hits = step(order[k], None if aug is None else aug[k], None if masks is None else masks[k],
                           lrs[epoch * steps + k])
+        first = loss.clone() if first is None else first  # a compiled step may reuse its output's memory
         loss_sum += loss
         correct += hits
-    return loss_sum / steps, correct / order.numel()
+    return loss_sum / steps, correct / order.numel(), first
 
 
 @torch.no_grad()
 def evaluate(model, images, labels, config: RunConfig) -> list[float]:
     """Accuracy of each head (the last is the model's prediction), in one host sync."""
     device = images.device
-    info, layout = data.INFO[config.dataset], memory_format(config, device)
+    info, layout = DATASETS[config.dataset], memory_format(config, device)
     model.eval()
     correct = 0
     for start in range(0, len(labels), EVAL_BATCH):
@@ -316,7 +333,7 @@ def environment(device: torch.device) -> dict:
     return {"device": name, "device_type": device.type, **cpu, "threads": torch.get_num_threads(),
             "torch": torch.__version__, "torchvision": torchvision.__version__, "python": platform.python_version(),
             "git_commit": git_commit(), "host": socket.gethostname(),
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            "date": datetime.now(UTC).isoformat(timespec="seconds")}
 
 
 def make_record(config: RunConfig, status: str, history: list, started: float, device, model,
@@ -341,14 +358,8 @@ def make_record(config: RunConfig, status: str, history: list, started: float, d
 
 # --- the run -----------------------------------------------------------------------------------------------
 
-class Stopped(BaseException):
-    """SIGTERM (scancel, SLURM's requeue or preemption, RunPack stopping its runs) stopped the run: its last
-    epoch's checkpoint stays, no record is written, and running it again resumes. A BaseException, like
-    KeyboardInterrupt, so that no `except Exception` on the way takes it for a failed run."""
-
-
 class _StopOnSigterm:
-    """The SIGTERM handler while a run trains: raise Stopped at once, except inside `held()` (an epoch's
+    """The SIGTERM handler while a run trains: raise records.Stopped at once, except inside `held()` (an epoch's
     checkpoint and its W&B entry), where it waits for the end of the block, so the two hold the same epochs.
     Later signals are ignored: W&B must be allowed to finish."""
 
@@ -363,7 +374,7 @@ class _StopOnSigterm:
 
     def stop(self) -> None:
         self.stopped = True
-        raise Stopped("SIGTERM; the checkpoint of its last finished epoch stays, running it again resumes")
+        raise records.Stopped("SIGTERM; the checkpoint of its last finished epoch stays, running it again resumes")
 
     @contextlib.contextmanager
     def held(self):
@@ -379,7 +390,7 @@ class _StopOnSigterm:
 def run(config: RunConfig, on_epoch=None) -> dict | None:
     """Train one run (resuming from its checkpoint), write its record and return it; the existing record if the
     run is already completed, None if another process is training it. `on_epoch(entry) -> bool` sees each epoch's
-    history entry; True stops the run early as "pruned" (sweeps). SIGTERM stops it with Stopped (W&B finished,
+    history entry; True stops the run early as "pruned" (sweeps). SIGTERM stops it with records.Stopped (W&B finished,
     checkpoint kept, no record)."""
     experiments.check_cell(config)
     stop = _StopOnSigterm()
@@ -393,7 +404,7 @@ def run(config: RunConfig, on_epoch=None) -> dict | None:
                 print(f"run {config.run_id} ({config.cell or config.dataset}) is being trained by another process")
                 return None
             if records.run_status(config) == "completed":
-                return records.read_record(records.record_path(config))
+                return records.read_record(layout.record_path(config))
             return _run_locked(config, on_epoch, stop)
     finally:
         if main_thread:
@@ -421,8 +432,9 @@ def _run_locked(config: RunConfig, on_epoch, stop: _StopOnSigterm) -> dict:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            loss, accuracy = train_epoch(config, step, model, lrs, epoch, len(labels))
-            loss, accuracy = loss.item(), accuracy.item()  # the one host sync of the epoch
+            loss, accuracy, first = train_epoch(config, step, model, lrs, epoch, len(labels))
+            # the one host sync of the epoch
+            loss, accuracy, first = torch.stack([loss.float(), accuracy.float(), first.float()]).tolist()
             seconds = time.perf_counter() - start
             if not math.isfinite(loss):  # no epoch after it can mean anything: the run ends here, diverged
                 status, diverged = "diverged", {"epoch": epoch + 1, "train_loss": str(loss)}
@@ -433,6 +445,8 @@ def _run_locked(config: RunConfig, on_epoch, stop: _StopOnSigterm) -> dict:
                      "head_accuracies": heads, "lr": lrs[(epoch + 1) * steps - 1].item(), "images": trained,
                      "images_per_s": trained / seconds, "seconds": seconds,
                      "wall_s": time.time() - started}  # the run's wall time so far, across resumes
+            if epoch == 0:
+                entry["start_loss"] = first  # what DIVERGED_LOSS measures against
             history.append(entry)
             with stop.held():  # an epoch's W&B entry and its checkpoint: both or neither
                 logged = tracker.log({k: v for k, v in entry.items() if k != "head_accuracies"}
@@ -447,15 +461,14 @@ def _run_locked(config: RunConfig, on_epoch, stop: _StopOnSigterm) -> dict:
                 status = "pruned"
                 break
         bar.close()
-        uniform_guess = math.log(data.INFO[config.dataset].num_classes)
-        if status == "completed" and history[-1]["train_loss"] > DIVERGED_LOSS * uniform_guess:
+        if status == "completed" and history[-1]["train_loss"] > DIVERGED_LOSS * start_loss(config, history):
             status, diverged = "diverged", {"epoch": len(history), "train_loss": history[-1]["train_loss"]}
         record = make_record(config, status, history, started, device, model,
                              diverged=diverged and {**diverged, "rule": records.DIVERGED_RULE})
-        records.write_record(record, records.record_path(config))
+        records.write_record(record, layout.record_path(config))
         if diverged:
             print(f"diverged: {records.record_state(record)[1]} ({records.DIVERGED_RULE}); record "
-                  f"{records.record_path(config)}", file=sys.stderr)
+                  f"{layout.record_path(config)}", file=sys.stderr)
     except BaseException as e:
         # Stopped (SIGTERM), KeyboardInterrupt: the checkpoint stays, no record yet. A full or read-only disk
         # or missing or corrupt data is not the run's failure either: no record, so a launch resumes the run
@@ -464,7 +477,7 @@ def _run_locked(config: RunConfig, on_epoch, stop: _StopOnSigterm) -> dict:
             failed = make_record(config, "failed", history, started, device, model,
                                  error=f"{type(e).__name__}: {e}")
             with contextlib.suppress(OSError):  # the disk failed just now: the error raised below says so
-                records.write_record(failed, records.record_path(config))
+                records.write_record(failed, layout.record_path(config))
         tracker.finish(exit_code=1)
         raise
     tracker.finish({"accuracy": record["metrics"]["accuracy"], "status": status,
@@ -487,14 +500,14 @@ def save(config, model, optimizer, history) -> None:
     for group in state["param_groups"]:  # the float it was built with, not the last step's tensor: as ever
         group["lr"] = optimizer.defaults["lr"]
     records.save_checkpoint({"run_id": config.run_id, "model": model.state_dict(), "optimizer": state,
-                             "history": history}, records.checkpoint_path(config))
+                             "history": history}, layout.checkpoint_path(config))
 
 
 def resume(config: RunConfig, device: torch.device):
     """(model, optimizer, history so far): restored from the run's checkpoint (the schedule follows from the
     epoch), or fresh with [] where there is none. A checkpoint that cannot be read or does not fit (a model or
     optimizer whose code changed since) is a warning and a fresh start: the run cannot go on from it."""
-    path = records.checkpoint_path(config)
+    path = layout.checkpoint_path(config)
     model = make_model(config, device)
     optimizer = make_optimizer(config, model)
     try:
@@ -512,7 +525,7 @@ def resume(config: RunConfig, device: torch.device):
 
 def restore(state: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer, config: RunConfig) -> None:
     """A checkpoint's weights and optimizer state into the run's own; RecordError where they do not fit."""
-    path = records.checkpoint_path(config)
+    path = layout.checkpoint_path(config)
     if state["run_id"] != config.run_id:
         raise records.RecordError(f"{path}: the checkpoint of run {state['run_id']}, not of this one")
     try:
@@ -524,45 +537,35 @@ def restore(state: dict, model: torch.nn.Module, optimizer: torch.optim.Optimize
 
 # --- command line ------------------------------------------------------------------------------------------
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per RunConfig field (spelled by config.flag), its help from the field."""
-    for f in dataclasses.fields(RunConfig):
-        option, help_ = flag(f.name), f"{f.metadata['help']} (default: {f.default})"
-        if isinstance(f.default, bool):
-            parser.add_argument(option, action=argparse.BooleanOptionalAction, default=f.default, help=help_)
-        elif isinstance(f.default, tuple):
-            parser.add_argument(option, type=float, nargs=len(f.default), default=f.default, help=help_)
-        else:
-            parser.add_argument(option, type=type(f.default), default=f.default, help=help_)
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
+def parser() -> argparse.ArgumentParser:
+    """--recipe, and every RunConfig field as an option."""
+    p = Parser(
         prog="python -m repro.train",
         description="Train ResNet20 once with the paper's recipe (100 epochs, batch 1000, one-cycle LR to 0.1, "
                     "flips and scaling) and write a JSON run record under RESULTS_DIR/runs/. Every column of "
                     "Tables 1 and 2 is reachable: --pool avg|flex, --reg W, --dropout 0.25, --sac. "
                     "Re-running the same command resumes from the last epoch's checkpoint.")
-    parser.add_argument("--recipe", choices=list(experiments.RECIPES), default="suite",
-                        help="start from this recipe's optimizer and weight decay (suite: SGD + Nesterov, 5e-4; "
-                             "paper: Adam, 0); flags given explicitly override it (default: suite)")
-    add_config_arguments(parser)
-    recipe = parser.parse_known_args(argv)[0].recipe
-    parser.set_defaults(**experiments.RECIPES[recipe])
-    args = vars(parser.parse_args(argv))
-    try:
-        config = RunConfig(**{f.name: args[f.name] for f in dataclasses.fields(RunConfig)})
-        # the record names the data folder used, not '' (the launcher and sweeps resolve it the same way)
-        config = config.replace(data_root=str(Path(config.data_root or default_data_root()).resolve()),
-                                checkpoint_dir=absolute_checkpoint_dir(config.checkpoint_dir))
-        record = run(config)
-    except (ConfigError, data.DataError, TrainingError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        # an OSError is the machine's fault, not the command's: a full disk, a read-only results folder
-        return 1 if isinstance(e, OSError) else 2
-    except Stopped as e:
-        print(f"stopped: {e}", file=sys.stderr)
-        return records.STOPPED_EXIT
+    p.add_argument("--recipe", choices=list(experiments.RECIPES), default="suite",
+                   help="start from this recipe's optimizer and weight decay (suite: SGD + Nesterov, 5e-4; "
+                        "paper: Adam, 0); flags given explicitly override it (default: suite)")
+    add_options(p)
+    return p
+
+
+def main(argv=None) -> int:
+    return records.command(lambda: train_command(argv), bad_input=(data.DataError, TrainingError))
+
+
+def train_command(argv) -> int:
+    options = parser()
+    recipe = options.parse_known_args(argv)[0].recipe
+    options.set_defaults(**experiments.RECIPES[recipe])
+    args = vars(options.parse_args(argv))
+    config = RunConfig(**{name: args[name] for name in field_names()})
+    # the record names the data folder used, not '' (the launcher and sweeps resolve it the same way)
+    config = config.replace(data_root=str(Path(config.data_root or default_data_root()).resolve()),
+                            checkpoint_dir=absolute_checkpoint_dir(config.checkpoint_dir))
+    record = run(config)
     if record is None:
         return 1
     if record["status"] == "diverged":  # a finding, recorded (run said so); but no model came of it
@@ -570,7 +573,7 @@ def main(argv=None) -> int:
     m = record["metrics"]
     heads = " ".join(f"{a:.2%}" for a in m["head_accuracies"] or [])
     print(f"{record['status']}: {config.eval_split} accuracy {m['accuracy']:.2%} (heads: {heads}), "
-          f"{record['timing']['images_per_s']:.0f} img/s; record {records.record_path(config)}")
+          f"{record['timing']['images_per_s']:.0f} img/s; record {layout.record_path(config)}")
     return 0
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import yaml
 
-from repro.config import RunConfig, flag
+from repro import layout
+from repro.config import RunConfig, flag, flags
 from repro.studies import Study, integer
 
 
@@ -24,12 +25,6 @@ def sweep(study: Study) -> tuple[dict, list[str]]:
     """W&B's form of the study: fixed fields become literal flags, searched ones W&B parameters named by their
     flags. Tuple fields (sac_weights) cannot be searched there: W&B passes one value per flag. Returns the sweep
     and the fields left out."""
-    fixed = []
-    for name, value in study.fixed.items():
-        if isinstance(value, bool):
-            fixed.append(flag(name) if value else f"--no-{flag(name)[2:]}")
-        else:
-            fixed += [flag(name), *map(str, value if isinstance(value, list) else [value])]
     parameters = {flag(n)[2:]: parameter(n, s) for n, s in study.space.items() if not isinstance(s, list)}
     left_out = [n for n, s in study.space.items() if isinstance(s, list)]
     spec = {
@@ -40,9 +35,10 @@ def sweep(study: Study) -> tuple[dict, list[str]]:
         "metric": {"name": "eval_accuracy", "goal": "maximize"},  # logged each epoch; the val split here
         "run_cap": study.trials,
         "parameters": parameters,
-        "command": ["${env}", "${interpreter}", "-m", "repro.train", *fixed, "--wandb", "online",
-                    "--wandb-group", f"wandb-sweep/{study.name}", "--results-dir",
-                    f"results/sweeps/{study.name}-wandb", "${args_no_boolean_flags}"],
+        "command": ["${env}", "${interpreter}", "-m", "repro.train", *flags(study.fixed), *flags({
+            "wandb": "online", "wandb_group": f"wandb-sweep/{study.name}",
+            "results_dir": str(layout.trials_dir(RunConfig.results_dir, f"{study.name}-wandb"))}),
+                    "${args_no_boolean_flags}"],
     }
     if study.pruner["type"] != "none":
         spec["early_terminate"] = {"type": "hyperband",

@@ -1,11 +1,13 @@
 """Tiny data sets written in the real on-disk formats, so torchvision's and the project's real readers run; the
-SLURM tests only on request."""
+SLURM tests only on request, on a local cluster."""
 
 import gzip
 import hashlib
 import os
 import pickle
+import shutil
 import struct
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +15,9 @@ import pytest
 import torchvision
 from PIL import Image
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-N_TRAIN, N_TEST = 40, 20
-SLURM_OPT_IN = "FLEXPOOL_TEST_SLURM"
+from tests.helpers import N_TEST, N_TRAIN, ROOT, SLURM_OPT_IN
+
+SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -119,3 +121,22 @@ def real_fashion_mnist(tmp_path) -> Path:
     for f in source.glob("*.gz"):
         (raw / f.name).symlink_to(f)
     return tmp_path / "data"
+
+
+@pytest.fixture(scope="session")
+def slurm():
+    """A running local cluster (slurm/local-cluster.sh); started here (and stopped afterwards) unless it already
+    ran."""
+    script = ROOT / "slurm" / "local-cluster.sh"
+    state = subprocess.run([script, "status"], check=False, capture_output=True, text=True).stdout
+    was_running = "slurmctld: running" in state
+    if not was_running:
+        if os.geteuid() != 0:
+            pytest.skip("the local SLURM needs root to install and start")
+        if not shutil.which("sbatch") and not shutil.which("apt-get"):
+            pytest.skip("SLURM is not installed and there is no apt-get to install it")
+        started = subprocess.run([script, "start"], check=False, capture_output=True, text=True, timeout=900)
+        assert started.returncode == 0, started.stdout + started.stderr
+    yield
+    if not was_running:
+        subprocess.run([script, "stop"], check=True, timeout=300)

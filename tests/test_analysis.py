@@ -17,40 +17,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 
 from analysis import collect, make_figures, make_tables, stats
-from repro import records
-from repro.experiments import COLUMNS, cell_config, profile_of, recipe_of
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def flexpool_weights(rng, channels=4, size=8) -> dict:
-    w = rng.uniform(0.5, 1.5, (channels, size, size)) / size**2
-    return {"shape": [channels, size, size], "channel_mean": w.mean(0).tolist(),
-            "channels": w[:3].tolist(), "sums": w.sum((1, 2)).tolist()}
-
-
-def write_run(results: Path, table, dataset, column, seed, accuracy, profile="full", status="completed",
-              params=None, recipe="suite", **extra) -> Path:
-    """A realistic record at the path the trainer would use."""
-    cfg = cell_config(table, dataset, column, profile, params, recipe).replace(seed=seed, results_dir=str(results))
-    rng = np.random.default_rng(seed)
-    record = {
-        "schema": records.SCHEMA, "run_id": cfg.run_id, "cell": cfg.cell, "status": status,
-        "error": None if status == "completed" else "Traceback ...\nRuntimeError: CUDA out of memory",
-        "config": cfg.to_dict(), "eval_split": cfg.eval_split, "profile": profile_of(cfg), "recipe": recipe_of(cfg),
-        "metrics": {"accuracy": accuracy, "head_accuracies": [0.5, 0.7, accuracy], "train_loss": 0.3},
-        "history": [{"epoch": 1, "train_loss": 0.3, "eval_accuracy": accuracy}],
-        "timing": {"wall_s": 10.0, "train_s": 9.0, "images_per_s": 5000.0},
-        "env": {"device": "cpu", "date": "2026-01-01T00:00:00", "git_commit": "abc"},
-        "flexpool": {} if column == "avgpool" else {"pool": flexpool_weights(rng)},
-        **extra,
-    }
-    if cfg.sac and column != "avgpool":
-        record["flexpool"].update({"heads.0.pool": flexpool_weights(rng, 2, 32),
-                                   "heads.1.pool": flexpool_weights(rng, 2, 16)})
-    path = records.record_path(cfg)
-    records.write_record(record, path)
-    return path
+from analysis.summary import summarize
+from repro import layout, records
+from repro.datasets import table_datasets
+from repro.experiments import COLUMNS, cell_config
+from tests.helpers import ROOT, write_run
 
 
 @pytest.fixture
@@ -234,10 +205,10 @@ def test_val_and_adhoc_runs_do_not_count(results, tmp_path):
     record = json.loads(path.read_text())
     record.update(config=cfg.to_dict(), eval_split="val", run_id=cfg.run_id)
     path.unlink()
-    records.write_record(record, records.record_path(cfg))
+    records.write_record(record, layout.record_path(cfg))
     adhoc = cfg.replace(cell="", val_fraction=0.0)
     records.write_record({**record, "cell": "", "config": adhoc.to_dict(), "eval_split": "test"},
-                         records.record_path(adhoc))
+                         layout.record_path(adhoc))
     frame, _ = collect.load_runs(results_dir / "runs")
     assert len(frame) == 27
     chosen, notes = collect.select(frame)
@@ -264,7 +235,8 @@ def test_cli_bad_format_and_wandb_path_exit_2(tmp_path):
     cmd = [sys.executable, "-m", "analysis.make_tables", "--runs", str(tmp_path)]
     bad_format = subprocess.run([*cmd, "--format", "html"], capture_output=True, text=True, cwd=ROOT, check=False)
     assert bad_format.returncode == 2 and bad_format.stderr.count("\n") == 1 and "Traceback" not in bad_format.stderr
-    bad_wandb = subprocess.run([*cmd, "--from-wandb", "no-slash"], capture_output=True, text=True, cwd=ROOT, check=False)
+    bad_wandb = subprocess.run([*cmd, "--from-wandb", "no-slash"], capture_output=True, text=True, cwd=ROOT,
+                               check=False)
     assert bad_wandb.returncode == 2 and "ENTITY/PROJECT" in bad_wandb.stderr
 
 
@@ -295,12 +267,12 @@ def worst_case_latex(results_dir: Path, out: Path) -> None:
     runs, _ = collect.load_runs(results_dir / "runs")
     recipes = ("suite", "paper")
     paper = {t: collect.load_paper(t) for t in ("table1", "table2")}
-    summary = make_tables.summarize(runs, paper, None, recipes).assign(
+    summary = summarize(runs, paper, None, recipes).assign(
         mean=88.88, std=88.88, diff=-88.88, n=10, skipped=10, sum_dev=8.88)
     claims = pd.DataFrame([{"recipe": r, "claim": c["claim"], "dataset": c["dataset"],
                             "comparison": stats.comparison_text(c["base"], c["treat"]), "baseline": "/".join(c["base"]),
                             "treatment": "/".join(c["treat"])}
-                           for r in recipes for c in stats.comparisons(make_tables.DATASET_ORDER)]).assign(
+                           for r in recipes for c in stats.comparisons(table_datasets())]).assign(
         n=10, mean_diff=-88.88, ci_low=-1888.88, ci_high=-188.88, p=0.999, paper_diff=-8.88, verdict="contradicted",
         reason="95% CI below 0")
     out.mkdir()
@@ -319,7 +291,7 @@ def test_latex_compiles_on_a_portrait_page_without_overfull_boxes(results, tmp_p
     out = tmp_path / "tables"
     if case == "1 seed, every cell":
         results_dir = tmp_path / "one"
-        for table, dataset, column in itertools.product(("table1", "table2"), make_tables.DATASET_ORDER, COLUMNS):
+        for table, dataset, column in itertools.product(("table1", "table2"), table_datasets(), COLUMNS):
             write_run(results_dir, table, dataset, column, 0, 0.5)
     if case == "both recipes":
         for column, seed in itertools.product(COLUMNS, range(2)):
@@ -365,11 +337,14 @@ def test_outputs_of_each_profile_and_recipe_go_to_their_own_folder(results, monk
     full, smoke = (tables / "full/suite/table1.md").read_text(), (tables / "smoke/suite/table1.md").read_text()
     assert "(full profile, suite recipe)" in full and "(smoke profile, suite recipe)" in smoke
     assert "full profile (100 epochs, the paper's)" in (tables / "full/suite/table1.tex").read_text()
-    assert "smoke profile (4 epochs, a subset of the images, not the paper's 100)" in (tables / "smoke/suite/table1.tex").read_text()
-    assert "Smoke profile (4 epochs, a subset of the images, not the paper's 100)" in (tables / "smoke/suite/claims.tex").read_text()
+    assert "smoke profile (4 epochs, a subset of the images, not the paper's 100)" in \
+        (tables / "smoke/suite/table1.tex").read_text()
+    assert "Smoke profile (4 epochs, a subset of the images, not the paper's 100)" in \
+        (tables / "smoke/suite/claims.tex").read_text()
     assert "1 run in 1 of 16 cells" in smoke
     assert {p.relative_to(figures).as_posix() for p in figures.rglob("*.png")} == {
-        "smoke/suite/curves.png", "smoke/suite/figure2.png", "smoke/suite/figure4.png", "smoke/suite/flexpool-table1-cifar10.png"}
+        "smoke/suite/curves.png", "smoke/suite/figure2.png", "smoke/suite/figure4.png",
+        "smoke/suite/flexpool-table1-cifar10.png"}
     capsys.readouterr()
 
 
@@ -395,7 +370,7 @@ def test_trend_figure_layout(results, tmp_path):
     runs, _ = collect.load_runs(results_dir / "runs")
     runs, _ = collect.select(runs, "full", "both")
     paper = {t: collect.load_paper(t) for t in ("table1", "table2")}
-    summary = make_tables.summarize(runs, paper, None, ("suite", "paper"))
+    summary = summarize(runs, paper, None, ("suite", "paper"))
     fig = make_figures.trend_figure(runs, summary, "table1", "std", "full", ("suite", "paper"))
     FigureCanvasAgg(fig).draw()
     panels = {ax.get_title().split("\n")[0]: ax for ax in fig.axes if ax.get_title()}

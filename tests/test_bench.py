@@ -1,5 +1,5 @@
-import argparse
 import contextlib
+import dataclasses
 import io
 import json
 import signal
@@ -109,9 +109,8 @@ def test_without_columns_the_projection_says_it_takes_the_heaviest_speed_for_all
 
 def test_a_budget_projection_covers_its_data_sets_at_its_epochs_and_batch(tmp_path, capsys):
     argv = ["--survey", "--device", "cpu", "--profile", "budget", "--datasets", "fashion_mnist"]
-    args = bench.parser().parse_args(argv)
-    bench.settle(args)
-    assert args.batch_size == 1000 and args.regimes == bench.SURVEY_REGIMES["cpu"], "a real CPU figure"
+    settings = bench.settle(bench.parser().parse_args(argv))
+    assert settings.batch_size == 1000 and settings.regimes == bench.SURVEY_REGIMES["cpu"], "a real CPU figure"
     argv += ["--batch-size", "8", "--steps", "1", "--seconds", "0", "--regimes", "off/fp32", "--packing", "1",
              "--no-columns", "--out", str(tmp_path)]
     assert bench.main(argv) == 0
@@ -131,8 +130,10 @@ def test_help_gives_the_gpu_and_the_cpu_default():
 
 
 def test_a_failing_regime_is_recorded_and_named(capsys):
-    args = argparse.Namespace(batch_size=4, steps=2, device="cuda", seconds=0.0, datasets=["cifar10"], profile="full")
-    failed = bench._attempt("off/bf16", False, lambda: bench.measure_regime("off/bf16", [1], args))
+    settings = bench.settle(bench.parser().parse_args(["--device", "cpu", "--batch-size", "4", "--steps", "2",
+                                                       "--seconds", "0", "--datasets", "cifar10"]))
+    settings = dataclasses.replace(settings, device="cuda")  # where there is none
+    failed = bench._attempt("off/bf16", False, lambda: bench.measure_regime("off/bf16", [1], settings))
     assert failed["images_per_s"] == {} and "CUDA is not available" in failed["error"]
     assert "off/bf16" in capsys.readouterr().out
 

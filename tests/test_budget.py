@@ -3,14 +3,20 @@ precision: bf16 + channels_last where the processor has bf16 units, fp32 elsewhe
 
 from __future__ import annotations
 
+import itertools
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+
 import pandas as pd
 import pytest
 import torch
 
 from analysis import make_figures, make_tables
+from analysis.summary import load_summary
 from repro import experiments, launch, status, tracking, train
 from repro.config import RunConfig
-from tests.test_analysis import write_run
+from tests.helpers import write_run
 
 
 def test_budget_runs_are_the_full_data_at_the_papers_batch_for_ten_epochs():
@@ -32,11 +38,33 @@ def test_launch_and_status_take_the_budget_profile_and_say_what_it_is(tmp_path, 
     assert "budget: 10 epochs of the full data at batch 1000" in help_text and "not the paper's" in help_text
 
 
-def test_the_smoke_profile_learns_real_fashion_mnist(tmp_path, real_fashion_mnist):
-    """A newcomer's first table: even the heaviest column's smoke run clearly beats chance (10 %)."""
-    config = experiments.cell_config("table2", "fashion_mnist", "flexpool-reg-dropout", "smoke",
-                                     data_root=str(real_fashion_mnist), results_dir=str(tmp_path), wandb="disabled")
-    assert train.run(config)["metrics"]["accuracy"] > 0.5
+def did_not_learn(record: dict) -> str | None:
+    """Why a smoke run did not learn, or None: it must end well above chance (10 %) with its training loss
+    falling every epoch (at lr 0.1, FlexPool's jumped in the second epoch on some seeds:
+    results/evidence/flexpool-batch128-cpu/)."""
+    losses = [epoch["train_loss"] for epoch in record["history"]]
+    accuracy = record["metrics"]["accuracy"]
+    if accuracy >= 0.5 and all(b < a for a, b in itertools.pairwise(losses)):
+        return None
+    return f"{record['cell']} seed {record['config']['seed']}: {accuracy:.1%}, training loss " + \
+        " -> ".join(f"{loss:.2f}" for loss in losses)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_every_column_of_both_tables_learns_under_the_smoke_profile(seed, tmp_path, real_fashion_mnist,
+                                                                    monkeypatch):
+    """A newcomer's first tables (seed 0: the launcher's default) show every column learning on real data, on
+    every seed tried; the runs of a seed train side by side, each with its share of the cores."""
+    configs = [c.replace(seed=seed) for c in experiments.plan(
+        "all", 1, ["fashion_mnist"], profile="smoke", data_root=str(real_fashion_mnist), results_dir=str(tmp_path),
+        wandb="disabled")]
+    workers = min(len(configs), len(os.sched_getaffinity(0)))
+    threads = launch.cpu_threads(workers)
+    if threads:
+        monkeypatch.setenv("OMP_NUM_THREADS", str(threads))  # read by torch in each spawned run
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        records = list(pool.map(train.run, configs))
+    assert [why for why in map(did_not_learn, records) if why] == []
 
 
 def test_wandb_tags_name_the_profile_and_recipe():
@@ -59,7 +87,7 @@ def test_budget_tables_and_figures_say_it_is_not_the_papers_experiment(tmp_path)
     assert (figures / "figure2.png").stat().st_size > 0
     made = (figures / "README.md").read_text()
     assert "python -m analysis.make_figures --runs" in made and "from 8 run record(s)" in made and "torch:" in made
-    loaded = make_tables.load_summary(make_figures.parse_args(["--runs", str(tmp_path / "runs"), "--profile",
+    loaded = load_summary(make_figures.parse_args(["--runs", str(tmp_path / "runs"), "--profile",
                                                                "budget"]))
     titles = [fig._suptitle.get_text() for *_, fig in make_figures.figures(
         loaded.runs, loaded.summary, "std", "budget", ["suite"])]

@@ -10,8 +10,9 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from repro import compiled, records, train
+from repro import layout, records, train
 from repro.experiments import cell_config
+from tests.helpers import fresh, updated
 
 CPU = torch.device("cpu")
 N, BATCH, EPOCHS = 96, 8, 2  # 24 steps
@@ -84,34 +85,8 @@ def test_a_compiled_run_stopped_and_resumed_ends_as_the_unbroken_one(trained, tm
     record = train.run(config)
     losses = [h["train_loss"] for h in record["history"]]
     assert losses == pytest.approx(trained["default"]["epochs"], rel=1e-6)
-    assert_same_state(records.load_checkpoint(records.checkpoint_path(config))["model"],
+    assert_same_state(records.load_checkpoint(layout.checkpoint_path(config))["model"],
                       trained["default"]["state"], 1e-6, 1e-6)
-
-
-def fresh(config, device: torch.device):
-    """A new run's model, optimizer and parameters (in the optimizer's order)."""
-    model = train.make_model(config, device)
-    optimizer = train.make_optimizer(config, model)
-    return model, optimizer, [p for group in optimizer.param_groups for p in group["params"]]
-
-
-def updated(config, device: torch.device, grads: list, written_out: bool) -> list[torch.Tensor]:
-    """The parameters after one update per list of gradients, at learning rates 0.1, 0.05, 0.02: by the compiled
-    step's written-out update (run eagerly), or by optimizer.step() with the learning rate set as eager sets it."""
-    _, optimizer, params = fresh(config, device)
-    update = compiled.make_update(optimizer) if written_out else None
-    for lr, step_grads in zip((0.1, 0.05, 0.02), grads, strict=True):
-        lr = torch.tensor(lr, device=device)
-        if written_out:
-            with torch.no_grad():
-                update(lr, step_grads)
-            continue
-        for p, g in zip(params, step_grads, strict=True):
-            p.grad = g
-        for group in optimizer.param_groups:
-            group["lr"] = lr * group["lr_scale"]
-        optimizer.step()
-    return [p.detach().clone() for p in params]
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from repro import data, train
-from tests.conftest import N_TEST, N_TRAIN
+from tests.helpers import N_TEST, N_TRAIN
 
 
 @pytest.mark.parametrize("name,channels,size,classes", [
@@ -111,7 +111,8 @@ def test_two_launches_unpacking_at_once_both_load(data_root, monkeypatch):
 
 def test_truncated_idx_file(data_root):
     raw = data_root / "FashionMNIST" / "raw"
-    (raw / "train-images-idx3-ubyte").write_bytes(gzip.decompress((raw / "train-images-idx3-ubyte.gz").read_bytes())[:100])
+    unpacked = gzip.decompress((raw / "train-images-idx3-ubyte.gz").read_bytes())
+    (raw / "train-images-idx3-ubyte").write_bytes(unpacked[:100])
     with pytest.raises(data.DataError, match="corrupt"):
         data.load("fashion_mnist", data_root, "train")
 

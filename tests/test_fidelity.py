@@ -11,6 +11,7 @@ from repro import launch, status, train
 from repro.config import RunConfig
 from repro.experiments import COLUMNS, TABLES, cell_config, recipe_of
 from repro.models import resnet20
+from tests.helpers import write_run
 
 CPU = torch.device("cpu")
 SEED = 3
@@ -152,7 +153,7 @@ def test_a_tuned_flexpool_multiplier_leaves_the_avgpool_column_alone():
 
 def test_tables_never_mix_recipes_and_show_both_side_by_side(tmp_path, capsys):
     from analysis import collect, make_tables
-    from tests.test_analysis import write_run
+    from analysis.summary import summarize
 
     for seed in range(2):
         write_run(tmp_path, "table1", "cifar10", "flexpool", seed, 0.90)
@@ -163,7 +164,7 @@ def test_tables_never_mix_recipes_and_show_both_side_by_side(tmp_path, capsys):
     assert "2 test run(s) of recipe 'paper' left out (use --recipe paper or both)" in notes
     paper = {t: collect.load_paper(t) for t in TABLES}
     both, _ = collect.select(runs, recipe="both")
-    summary = make_tables.summarize(both, paper, recipes=("suite", "paper")).set_index(
+    summary = summarize(both, paper, recipes=("suite", "paper")).set_index(
         ["recipe", "table", "dataset", "column"])
     assert summary.loc[("suite", "table1", "cifar10", "flexpool"), "mean"] == pytest.approx(90)
     assert summary.loc[("paper", "table1", "cifar10", "flexpool"), "mean"] == pytest.approx(50)
@@ -173,8 +174,8 @@ def test_tables_never_mix_recipes_and_show_both_side_by_side(tmp_path, capsys):
 
 
 def test_tables_report_how_far_the_final_flexpool_is_from_a_weighted_average(tmp_path):
-    from analysis import collect, make_tables
-    from tests.test_analysis import write_run
+    from analysis import collect
+    from analysis.summary import summarize
 
     sums = {0: [1.5, 0.5, 1.0, 1.0], 1: [1.1, 1.1, 1.1, 1.1]}  # mean |sum - 1|: 0.25 and 0.1
     for seed, channel_sums in sums.items():
@@ -184,7 +185,7 @@ def test_tables_report_how_far_the_final_flexpool_is_from_a_weighted_average(tmp
         path.write_text(json.dumps(record))
     write_run(tmp_path, "table1", "cifar10", "avgpool", 0, 0.9)
     runs, _ = collect.select(collect.load_runs(tmp_path / "runs")[0])
-    summary = make_tables.summarize(runs, {t: collect.load_paper(t) for t in TABLES}).set_index(
+    summary = summarize(runs, {t: collect.load_paper(t) for t in TABLES}).set_index(
         ["table", "dataset", "column"])
     assert summary.loc[("table1", "cifar10", "flexpool-reg"), "sum_dev"] == pytest.approx(0.175)
     assert math.isnan(summary.loc[("table1", "cifar10", "avgpool"), "sum_dev"])

@@ -9,8 +9,8 @@ import sys
 import tarfile
 from pathlib import Path
 
-from repro import records
-from tests.test_launch import ROOT, configs
+from repro import layout, records
+from tests.helpers import ROOT, configs
 
 CAMPAIGN = "table1 --datasets fashion_mnist --profile smoke --columns avgpool flexpool --seeds 1"
 
@@ -37,7 +37,7 @@ def test_the_campaign_call_trains_in_the_surveyed_regime_and_brings_the_records_
         names = archive.getnames()
         archive.extractall(tmp_path / "back", filter="data")
     for config in configs(tmp_path, data_root, columns=["avgpool", "flexpool"]):
-        path = records.record_path(config).relative_to(tmp_path / "results")
+        path = layout.record_path(config).relative_to(tmp_path / "results")
         record = records.read_record(tmp_path / "back" / path)
         assert record["status"] == "completed" and record["env"]["git_commit"] == "0" * 40
     assert any(n.startswith("slurm-logs/runs/") and n.endswith(".log") for n in names)

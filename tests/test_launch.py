@@ -8,18 +8,15 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 
 from analysis import make_tables
-from repro import executors, launch, records, runs, status, train
+from repro import executors, launch, layout, records, runs, status, train
 from repro.experiments import plan
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT, configs, fake_squeue, main, selection, smoke, training_starts, wait_for
 
 
 @pytest.fixture(autouse=True)
@@ -27,46 +24,12 @@ def no_wandb(monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")  # the jobs inherit it
 
 
-def main(capsys, module, *argv):
-    code = module.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def selection(tmp_path, data_root, *argv):
-    """Plan arguments for smoke runs of the Fashion-MNIST cells (launch and status take them alike)."""
-    return ("--datasets", "fashion_mnist", "--profile", "smoke", "--data-root", data_root,
-            "--results-dir", tmp_path / "results", *argv)
-
-
-def smoke(tmp_path, data_root, *argv):
-    """Launch arguments for those runs on this machine."""
-    return (*selection(tmp_path, data_root, *argv), "--executor", "local")
-
-
-def configs(tmp_path, data_root, target="table1", seeds=1, columns=None, **params):
-    return plan(target, seeds, ["fashion_mnist"], columns, "smoke", params or None,
-                results_dir=str((tmp_path / "results").resolve()), data_root=str(Path(data_root).resolve()))
-
-
-def wait_for(condition, timeout=300, what="condition"):
-    end = time.time() + timeout
-    while time.time() < end:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def training_starts(config) -> int:
-    return runs.log_path(config).read_text().count("] epoch 1/")
-
-
 @pytest.mark.parametrize("target,runs,cells", [("table1", 80, 16), ("table2", 80, 16), ("all", 160, 32)])
 def test_plan_sizes(capsys, tmp_path, target, runs, cells):
     code, out, _ = main(capsys, launch, target, "--seeds", 5, "--results-dir", tmp_path, "--dry-run")
     assert code == 0
-    assert f"{cells} cells x 5 seeds = {runs} runs: 0 done, 0 running, 0 queued, 0 failed, 0 unusable, {runs} pending" in out
+    assert f"{cells} cells x 5 seeds = {runs} runs: 0 done, 0 running, 0 queued, 0 failed, 0 unusable, " \
+           f"{runs} pending" in out
     assert f"would submit {runs} runs" in out
     assert not (tmp_path / "slurm-logs").exists()  # a dry run submits nothing and writes nothing
 
@@ -78,7 +41,7 @@ def test_run_ids_and_paths_are_stable(tmp_path):
     three = plan("all", 3, results_dir=str(tmp_path / "elsewhere"))  # fewer seeds, other folder: same ids
     assert {c.run_id for c in three} <= {c.run_id for c in five}
     config = five[0]
-    assert records.record_path(config) == tmp_path / "runs" / config.cell / f"seed0-{config.run_id}.json"
+    assert layout.record_path(config) == tmp_path / "runs" / config.cell / f"seed0-{config.run_id}.json"
 
 
 def test_dry_run_submits_nothing(capsys, tmp_path, monkeypatch):
@@ -143,10 +106,10 @@ def test_smoke_matrix_end_to_end_then_nothing_to_do(capsys, tmp_path, data_root,
     assert "finished: 8 cells x 1 seed = 8 runs: 8 done, 0 running, 0 queued, 0 failed, 0 unusable, 0 pending" in out
     matrix = configs(tmp_path, data_root, "all")
     for config in matrix:
-        record = records.read_record(records.record_path(config))
+        record = records.read_record(layout.record_path(config))
         assert record["status"] == "completed" and len(record["history"]) == config.epochs
         if shutil.which("rsync"):  # the run imported the snapshot, not the checkout
-            assert "/code/repro" in runs.log_path(config).read_text().splitlines()[0]
+            assert "/code/repro" in layout.log_path(config).read_text().splitlines()[0]
     monkeypatch.setattr(launch, "submit", lambda *a, **k: pytest.fail("a finished target submitted runs"))
     code, out, _ = main(capsys, launch, "all", *smoke(tmp_path, data_root))
     assert code == 0 and "8 runs: 8 done" in out and "nothing to submit" in out
@@ -162,7 +125,7 @@ def test_smoke_matrix_end_to_end_then_nothing_to_do(capsys, tmp_path, data_root,
         for config in matrix:
             if config.cell.startswith(table):
                 cell = cells.loc[("fashion_mnist", config.cell.split("/")[-1])]
-                accuracy = records.read_record(records.record_path(config))["metrics"]["accuracy"]
+                accuracy = records.read_record(layout.record_path(config))["metrics"]["accuracy"]
                 assert cell["n"] == 1 and cell["mean"] == pytest.approx(100 * accuracy, abs=1e-3)
 
 
@@ -184,20 +147,10 @@ def test_returns_at_once_the_local_job_goes_on_and_its_runs_are_not_submitted_tw
     assert all(training_starts(c) == 1 for c in planned)
 
 
-def fake_squeue(tmp_path, monkeypatch, script: str) -> None:
-    """An squeue that runs `script` (sh), first on the PATH."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    squeue = bin_dir / "squeue"
-    squeue.write_text(f"#!/bin/sh\n{script}\n")
-    squeue.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
-
-
 def test_a_run_whose_job_is_gone_is_pending_again(tmp_path, data_root, monkeypatch):
     fake_squeue(tmp_path, monkeypatch, "echo 4242_0")  # the controller answers: job 4294967_0 is gone
     (config,) = configs(tmp_path, data_root, columns=["avgpool"])
-    path = runs.queue_path(config)
+    path = layout.queue_path(config)
     path.parent.mkdir(parents=True)
     ended = subprocess.Popen(["true"])
     ended.wait()
@@ -206,7 +159,7 @@ def test_a_run_whose_job_is_gone_is_pending_again(tmp_path, data_root, monkeypat
                           (f"local elsewhere {os.getpid()}", "pending"),  # another machine's: not asked
                           ("slurm here 4294967_0", "pending"), ("cut off", "pending")]:
         path.write_text(marker + "\n")
-        assert runs.states([config]) == {config: state}, marker
+        assert runs.states([config])[0] == {config: state}, marker
 
 
 def test_debug_executor_runs_the_job_in_this_process(capsys, tmp_path, data_root):
@@ -231,8 +184,8 @@ def test_diverging_runs_are_reported_with_cell_seed_and_log_and_not_trained_agai
     assert code == 1
     for config in (first, second):
         line = rf"DIVERGED table1/fashion_mnist/avgpool seed {config.seed}: training loss nan in epoch \d \(log: "
-        assert re.search(line + re.escape(f"{runs.log_path(config)})"), out)
-        assert re.search(r"diverged: training loss nan in epoch \d", runs.log_path(config).read_text())
+        assert re.search(line + re.escape(f"{layout.log_path(config)})"), out)
+        assert re.search(r"diverged: training loss nan in epoch \d", layout.log_path(config).read_text())
     code, out, _ = main(capsys, status, "table1", *selection(tmp_path, data_root, *select))
     assert "2 runs: 2 done, 0 running, 0 queued, 0 failed, 0 unusable, 0 pending" in out
     assert out.count("DIVERGED ") == 2
@@ -261,20 +214,20 @@ def test_killed_run_resumes_to_the_record_of_an_unbroken_one(capsys, tmp_path, d
     argv = smoke(tmp_path, data_root, "--columns", "avgpool", "--params", params, "--no-snapshot")
     assert main(capsys, launch, "table1", *argv)[0] == 0
     (config,) = configs(tmp_path, data_root, columns=["avgpool"], epochs=20)
-    wait_for(lambda: records.checkpoint_path(config).exists(), what="the first checkpoint")
+    wait_for(lambda: layout.checkpoint_path(config).exists(), what="the first checkpoint")
     pid = runs.lock_holder(config)
     os.kill(pid, signal.SIGKILL)  # the run's own process, mid-training
     wait_for(lambda: runs.lock_holder(config) is None, what="the killed run to let go of its lock")
-    wait_for(lambda: "ended without a record: crashed (killed by SIGKILL)" in runs.log_path(config).read_text(),
+    wait_for(lambda: "ended without a record: crashed (killed by SIGKILL)" in layout.log_path(config).read_text(),
              timeout=60, what="the job to say in the run's own log how the run ended")
     assert records.run_status(config) == "missing"
     # queued while its job still ends; pending, so a launch trains it again, once that job has ended
-    wait_for(lambda: runs.states([config]) == {config: "pending"}, timeout=60, what="the job to end")
+    wait_for(lambda: runs.states([config])[0] == {config: "pending"}, timeout=60, what="the job to end")
 
     code, out, _ = main(capsys, launch, "table1", *argv, "--wait")
     assert code == 0 and "submitting 1 run" in out
-    assert "resuming run" in runs.log_path(config).read_text()
-    resumed = records.read_record(records.record_path(config))
+    assert "resuming run" in layout.log_path(config).read_text()
+    resumed = records.read_record(layout.record_path(config))
 
     unbroken = config.replace(results_dir=str(tmp_path / "unbroken"))
     expected = train.run(unbroken)
@@ -293,7 +246,7 @@ def test_two_launches_at_once_train_each_run_once(tmp_path, data_root):
     for p, output in zip(both, outputs):
         assert p.returncode == 0, output
     for config in configs(tmp_path, data_root, columns=["avgpool", "flexpool"]):
-        assert records.read_record(records.record_path(config))["status"] == "completed"
+        assert records.read_record(layout.record_path(config))["status"] == "completed"
         assert training_starts(config) == 1
 
 

@@ -4,7 +4,7 @@ import torch.nn.functional as F
 import torchvision
 
 from repro.config import RunConfig
-from repro.data import INFO
+from repro.datasets import DATASETS
 from repro.models import resnet20
 from repro.pooling import FlexPool2d, regularization
 from repro.train import loss_fn
@@ -74,7 +74,7 @@ def test_resnet20_parameter_count():
 @pytest.mark.parametrize("dataset", ["cifar10", "cifar100", "fashion_mnist", "tiny_imagenet"])
 @pytest.mark.parametrize("pool", ["avg", "flex", "flex-softmax"])
 def test_output_shapes(dataset, pool):
-    info = INFO[dataset]
+    info = DATASETS[dataset]
     x = torch.randn(2, info.in_channels, info.size, info.size)
     model = resnet20(info.num_classes, info.in_channels, info.size, pool=pool, dropout=0.25)
     assert model(x).shape == (2, info.num_classes)

@@ -6,17 +6,14 @@ from __future__ import annotations
 import os
 import re
 import shlex
-from pathlib import Path
 
 import pytest
 
 from repro import launch, status, train
 from repro.config import RunConfig
 from repro.tracking import Tracker
-from tests.conftest import SLURM_OPT_IN
-from tests.test_analysis import write_run
+from tests.helpers import ROOT, SLURM_OPT_IN, TINY_LR, write_run
 
-ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 
 
@@ -83,12 +80,15 @@ def test_slurm_tests_skip_unless_asked(monkeypatch, capsys):
 def test_readme_lists_every_key_a_run_logs_to_wandb(tmp_path, monkeypatch):
     logged = set()
     monkeypatch.setattr(Tracker, "log", lambda self, metrics, step: logged.update(metrics) or True)
-    config = RunConfig(dataset="synthetic", pool="flex", epochs=1, batch_size=64, train_subset=128, test_subset=64,
-                       sac=True, cell="table2/synthetic/flexpool", results_dir=str(tmp_path))
+    config = RunConfig(dataset="synthetic", pool="flex", epochs=1, batch_size=64, lr=TINY_LR, train_subset=128,
+                       test_subset=64, sac=True, cell="table2/synthetic/flexpool", results_dir=str(tmp_path))
     monkeypatch.setenv("WANDB_MODE", "disabled")
     train.run(config)
     text = readme_section("Tracking with Weights & Biases", (ROOT / "repro" / "README.md").read_text())
     per_epoch = text.split("Per epoch", 1)[1].split("Summary:", 1)[0]
+    # every kind of key, or the check below passes on what was never logged
+    assert {"train_loss", "eval_accuracy", "head3_accuracy"} <= logged, sorted(logged)
+    assert any(key.startswith("flexpool/") for key in logged), sorted(logged)
     for key in logged:
         if key.startswith("flexpool/"):
             assert "`flexpool/<layer>/{mean,std,min,max,channel_sum_dev}`" in per_epoch

@@ -17,7 +17,7 @@ from scipy import integrate
 from scipy import stats as scipy_stats
 
 from analysis import collect, make_figures, make_report, stats
-from tests.test_analysis import ROOT, write_run
+from tests.helpers import ROOT, write_run
 
 LABELS = {"avgpool": "AvgPool", "flexpool": "FlexPool", "flexpool-reg": "FlexPool + Reg",
           "flexpool-reg-dropout": "FlexPool + Reg + Dropout"}
@@ -252,6 +252,7 @@ def test_reproduce_gives_the_commands_of_this_page(report):
     block = section(report[0], "How to reproduce this page").split("```bash\n")[1].split("```")[0]
     commands = block.splitlines()
     assert [c.split("  #")[0].strip() for c in commands] == [
+        'pip install -r requirements.lock -e ".[dev]"',  # the environment, exactly
         "python -m repro.launch all --seeds 3 --profile budget --recipe suite --compile auto",
         "python -m repro.status all --seeds 3 --profile budget --recipe suite",
         "python -m analysis.make_report --profile budget --recipe suite --seeds 3 --spread std"]

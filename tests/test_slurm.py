@@ -1,7 +1,6 @@
 """The launcher through a real SLURM: slurm/local-cluster.sh installs (Debian) and starts a single-node cluster
 with two fake GPUs for this session and stops it at the end."""
 
-import os
 import re
 import shutil
 import socket
@@ -12,30 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from repro import launch, records, runs, sweep
-from tests.test_launch import configs, selection, wait_for
-from tests.test_tracking import history_epochs, offline_runs
+from repro import launch, layout, records, runs, sweep
+from tests.helpers import ROOT, configs, history_epochs, offline_runs, sacct_states, selection, wait_for
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "slurm" / "local-cluster.sh"
 pytestmark = pytest.mark.slurm
-
-
-@pytest.fixture(scope="session")
-def slurm():
-    """A running local cluster; started here (and stopped afterwards) unless it already ran."""
-    state = subprocess.run([SCRIPT, "status"], check=False, capture_output=True, text=True).stdout
-    was_running = "slurmctld: running" in state
-    if not was_running:
-        if os.geteuid() != 0:
-            pytest.skip("the local SLURM needs root to install and start")
-        if not shutil.which("sbatch") and not shutil.which("apt-get"):
-            pytest.skip("SLURM is not installed and there is no apt-get to install it")
-        started = subprocess.run([SCRIPT, "start"], check=False, capture_output=True, text=True, timeout=900)
-        assert started.returncode == 0, started.stdout + started.stderr
-    yield
-    if not was_running:
-        subprocess.run([SCRIPT, "stop"], check=True, timeout=300)
 
 
 @pytest.fixture(autouse=True)
@@ -52,12 +31,6 @@ def job_id(out: str) -> str:
     return re.search(r"submitted: job (\d+)", out).group(1)
 
 
-def sacct_states(job: str, *flags: str) -> set[str]:
-    out = subprocess.run(["sacct", "-j", job, "-X", "-n", "-P", "-o", "State", *flags], capture_output=True,
-                         text=True, check=True).stdout
-    return set(out.split())
-
-
 def test_table_as_a_job_array_on_gpus(capsys, tmp_path, data_root, slurm):
     """Four Table 2 runs, two per (fake) GPU: a two-task array, each task with a GPU, from a code snapshot."""
     argv = ("table2", "--seeds", 2, *selection(tmp_path, data_root, "--columns", "avgpool", "flexpool"),
@@ -67,7 +40,7 @@ def test_table_as_a_job_array_on_gpus(capsys, tmp_path, data_root, slurm):
     assert "submitting 4 runs (slurm, profile local, 2 per GPU)" in out and "2 task(s)" in out
     assert "finished: 2 cells x 2 seeds = 4 runs: 4 done" in out
     for config in configs(tmp_path, data_root, "table2", seeds=2, columns=["avgpool", "flexpool"]):
-        assert records.read_record(records.record_path(config))["status"] == "completed"
+        assert records.read_record(layout.record_path(config))["status"] == "completed"
     folder = Path(re.search(r"job logs: (\S+)", out).group(1))
     assert "#SBATCH --gpus-per-node=1" in next(folder.glob("*_submission.sh")).read_text()
     task_logs = [p.read_text() for p in folder.glob("*_log.out")]
@@ -94,16 +67,16 @@ def test_preempted_task_is_requeued_and_its_run_resumes(capsys, tmp_path, data_r
     config = config.replace(checkpoint_dir=str(tmp_path / "scratch"))
     code, again = main(capsys, launch, *argv)  # its job waits in SLURM's queue or runs: queued, not pending
     assert code == 0 and "nothing to submit" in again and "0 pending" in again
-    wait_for(lambda: records.checkpoint_path(config).exists(), what="the first checkpoint")
+    wait_for(lambda: layout.checkpoint_path(config).exists(), what="the first checkpoint")
     # What SLURM does before a time limit or a preemption: the job's signal (submitit's USR2) to its processes.
     subprocess.run(["scancel", "--signal=USR2", job_id(out)], check=True)
     wait_for(lambda: records.run_status(config) == "completed", timeout=600, what="the requeued run's record")
-    record = records.read_record(records.record_path(config))
+    record = records.read_record(layout.record_path(config))
     assert [h["epoch"] for h in record["history"]] == list(range(1, 21))
-    log = runs.log_path(config).read_text()
+    log = layout.log_path(config).read_text()
     # the signal reaches multiprocessing's resource tracker too: no KeyError of a relaunched one in the run's log
     assert f"resuming run {config.run_id} after epoch" in log and "Traceback" not in log, log
-    assert f"from {tmp_path / 'scratch'}" in runs.log_path(config).read_text()
+    assert f"from {tmp_path / 'scratch'}" in layout.log_path(config).read_text()
     assert not (tmp_path / "results" / "checkpoints").exists()
     task_log = next(Path(re.search(r"job logs: (\S+)", out).group(1)).glob("*_log.out")).read_text()
     assert "Requeued job" in task_log
@@ -128,7 +101,7 @@ def test_requeue_by_sigterm_is_followed_to_its_end_with_every_epoch_in_wandb(tmp
     wait_for(lambda: "submitted: job" in "".join(lines) or launched.poll() is not None, what="the submission")
     assert "submitted: job" in "".join(lines), "".join(lines)
     (config,) = configs(tmp_path, data_root, columns=["avgpool"], epochs=8)
-    wait_for(lambda: records.checkpoint_path(config).exists(), what="the first checkpoint")
+    wait_for(lambda: layout.checkpoint_path(config).exists(), what="the first checkpoint")
     subprocess.run(["scontrol", "requeue", job_id("".join(lines))], check=True)
     launched.wait(timeout=600)
     reader.join(timeout=30)
@@ -136,9 +109,9 @@ def test_requeue_by_sigterm_is_followed_to_its_end_with_every_epoch_in_wandb(tmp
     assert launched.returncode == 0, out
     assert "finished: 1 cell x 1 seed = 1 run: 1 done" in out and "NOT FINISHED" not in out
 
-    record = records.read_record(records.record_path(config))
+    record = records.read_record(layout.record_path(config))
     assert [h["epoch"] for h in record["history"]] == list(range(1, 9))
-    log = runs.log_path(config).read_text()
+    log = layout.log_path(config).read_text()
     assert "stopped: SIGTERM" in log and "resuming run" in log and "Traceback" not in log, log
     task_log = next(Path(re.search(r"job logs: (\S+)", out).group(1)).glob("*_log.out")).read_text()
     assert "RunPack: runs stopped by SIGTERM" in task_log
@@ -183,9 +156,9 @@ def test_time_limits_requeue_a_run_that_progresses_past_submitits_default_of_thr
     assert code == 0
     (config,) = configs(tmp_path, data_root, columns=["avgpool"], epochs=40)
     for _ in range(4):
-        written = records.checkpoint_path(config).stat().st_mtime if records.checkpoint_path(config).exists() else 0
-        wait_for(lambda w=written: records.checkpoint_path(config).exists()
-                 and records.checkpoint_path(config).stat().st_mtime > w, what="an epoch of this allocation")
+        written = layout.checkpoint_path(config).stat().st_mtime if layout.checkpoint_path(config).exists() else 0
+        wait_for(lambda w=written: layout.checkpoint_path(config).exists()
+                 and layout.checkpoint_path(config).stat().st_mtime > w, what="an epoch of this allocation")
         subprocess.run(["scancel", "--signal=USR2", job_id(out)], check=True)
         wait_for(lambda: runs.lock_holder(config) is None, what="the run to stop")
     wait_for(lambda: records.run_status(config) == "completed", timeout=600, what="the requeued run's record")

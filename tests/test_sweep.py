@@ -3,9 +3,7 @@ local workers, retries of a dead worker's trial, the best-parameter export, W&B 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import os
 import subprocess
 import sys
@@ -18,29 +16,13 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from repro import records, studies, sweep, wandb_agent
-from repro.config import RunConfig
+from repro import records, studies, sweep, train, wandb_agent
+from repro.config import RunConfig, field_names
 from repro.experiments import load_params, plan
-from tests.test_slurm import sacct_states, slurm  # noqa: F401 - the local SLURM cluster fixture
+from tests.helpers import ROOT, STUDY_FIXED, in_process, inspect, sacct_states, wait_for, write_study
 
 pytestmark = [pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning"),
               pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")]
-ROOT = Path(__file__).resolve().parent.parent
-WANDB = Path(sys.executable).parent / "wandb"
-TINY = {"dataset": "synthetic", "pool": "flex", "epochs": 2, "batch_size": 32, "train_subset": 64,
-        "test_subset": 32, "val_fraction": 0.2}
-SPACE = {"reg": {"low": 1e-5, "high": 1e-2, "log": True}, "dropout": {"low": 0.0, "high": 0.5},
-         "lr": {"low": 0.01, "high": 0.3, "log": True}}
-
-
-def write_study(tmp_path: Path, name: str = "tiny", **changes) -> Path:
-    spec = {"description": "test", "trials": 4, "pruner": {"type": "median", "n_startup_trials": 1},
-            "fixed": TINY, "space": SPACE, **changes}
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
-
-
 def run_sweep(*argv, timeout=300) -> subprocess.CompletedProcess:
     # One thread per worker: two workers of 2-core-sized thread pools on a small CPU slow each other down 5x.
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}, "OMP_NUM_THREADS": "1"}
@@ -64,20 +46,15 @@ def check_study(storage: str, name: str, results: Path, budget: int) -> list:
     assert len(trials) == budget
     for t in trials:
         record = trial_record(results, name, t)
-        assert record["status"] == {TrialState.COMPLETE: "completed", TrialState.PRUNED: "pruned"}[t.state]
+        # a trial whose run diverged is complete, scored 0 (the searched lr reaches values that diverge)
+        expected = {TrialState.COMPLETE: ("completed", "diverged"), TrialState.PRUNED: ("pruned",)}[t.state]
+        assert record["status"] in expected
         assert record["eval_split"] == "val"
         assert t.intermediate_values == {e["epoch"]: e["eval_accuracy"] for e in record["history"]}
         if t.state == TrialState.COMPLETE:
-            assert t.value == record["metrics"]["accuracy"]
+            assert t.value == (0.0 if record["status"] == "diverged" else record["metrics"]["accuracy"])
         assert record["config"]["reg"] == t.params["reg"] and record["config"]["lr"] == t.params["lr"]
     return trials
-
-
-def wait_for(condition, timeout: float, what: str) -> None:
-    end = time.time() + timeout
-    while not condition():
-        assert time.time() < end, f"timed out waiting for {what}"
-        time.sleep(0.5)
 
 
 def overlapping(trials) -> bool:
@@ -98,9 +75,7 @@ def test_sqlite_two_local_workers_then_top_up_and_report(tmp_path):
     # Each trial is a W&B run (offline here) in the sweep's group, with its parameters in the config.
     wandb_runs = sorted((results / "sweeps" / "tiny" / "wandb").glob("offline-run-*/run-*.wandb"))
     assert {p.stem.removeprefix("run-") for p in wandb_runs} == {t.user_attrs["run_id"] for t in trials}
-    out = subprocess.run([str(WANDB), "leet", "inspect", "--json", str(wandb_runs[0])], capture_output=True,
-                         text=True, check=True).stdout
-    run = next(json.loads(line)["run"] for line in out.splitlines() if '"type":"run"' in line)
+    run = next(entry["run"] for entry in inspect(wandb_runs[0]) if entry["type"] == "run")
     assert run["run_group"] == "sweep/tiny"
     trial = next(t for t in trials if t.user_attrs["run_id"] == wandb_runs[0].stem.removeprefix("run-"))
     assert run["config"]["update"]["reg"] == trial.params["reg"]
@@ -122,7 +97,8 @@ def test_sqlite_two_local_workers_then_top_up_and_report(tmp_path):
     assert configs["table1/cifar10/flexpool-reg-dropout"].dropout == params["dropout"]
     assert configs["table1/cifar10/flexpool-reg"].reg == params["reg"]
     assert configs["table1/cifar10/avgpool"].reg == 0.0  # tuned values only where the column uses them
-    assert configs["table1/cifar10/flexpool"].lr == params["lr"]
+    # a tuned lr is one for the paper's batch of 1000: the smoke profile's 128 keeps its lr per image
+    assert configs["table1/cifar10/flexpool"].lr == pytest.approx(params["lr"] * 128 / 1000)
     dry = subprocess.run([sys.executable, "-m", "repro.launch", "table1", "--profile", "smoke", "--datasets",
                           "cifar10", "--params", results / "sweeps" / "tiny.best.json", "--results-dir",
                           tmp_path / "tables", "--executor", "local", "--dry-run"],
@@ -145,14 +121,6 @@ def test_journal_two_local_workers_prune(tmp_path):
     report = run_sweep(study, "--report", "--storage", journal, "--results-dir", results)
     assert report.returncode == 2 and report.stderr.strip().splitlines() == [
         "error: study tiny has no completed trial yet"]
-
-
-def in_process(tmp_path: Path, storage: str, heartbeat: int, trials: int = 1):
-    quiet_study = studies.load_study(str(write_study(tmp_path, trials=trials)))
-    fields = {"results_dir": str(tmp_path / "results"), "wandb": "disabled", "device": "cpu"}
-    runtime = sweep.Runtime(storage, heartbeat, fields)
-    optuna_study = sweep.create(quiet_study, storage, heartbeat)
-    return quiet_study, runtime, optuna_study
 
 
 def check_retried(optuna_study) -> None:
@@ -233,30 +201,27 @@ def test_studies_in_the_repository_load():
     assert "sac_weights" in studies.load_study("sac-cifar10").space
 
 
-def train_parser() -> argparse.ArgumentParser:
-    from repro import train
-
-    parser = argparse.ArgumentParser(exit_on_error=False)
-    train.add_config_arguments(parser)
-    return parser
-
-
 def sample_value(parameter: dict):
     return parameter["values"][0] if "values" in parameter else parameter["min"]
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "sweeps" / "wandb-agent").glob("*.yaml")), ids=lambda p: p.stem)
 def test_wandb_sweep_files_match_their_study_and_the_trainer(path):
-    assert path.read_text() == wandb_agent.text(studies.load_study(path.stem)), \
-        f"regenerate: python -m repro.sweep {path.stem} --export-wandb"
+    """The agent's command gives repro.train the study's fixed values (as its Optuna trials take them) and
+    W&B's picks of the searched ones, through the options every command shares."""
+    study = studies.load_study(path.stem)
+    assert path.read_text() == wandb_agent.text(study), f"regenerate: python -m repro.sweep {path.stem} --export-wandb"
     spec = yaml.safe_load(path.read_text())
     command = spec["command"]
     assert command[:4] == ["${env}", "${interpreter}", "-m", "repro.train"]
     args = [f"--{name}={sample_value(p)}" for name, p in spec["parameters"].items()]
     argv = [a for c in command[4:] for a in (args if c == "${args_no_boolean_flags}" else [c])]
-    config = RunConfig(**{k: v for k, v in vars(train_parser().parse_args(argv)).items()})
+    parsed = vars(train.parser().parse_args(argv))
+    config = RunConfig(**{name: parsed[name] for name in field_names()})
     for name, parameter in spec["parameters"].items():
         assert getattr(config, name.replace("-", "_")) == sample_value(parameter)
+    fixed = RunConfig.from_dict(study.fixed)
+    assert {name: getattr(config, name) for name in study.fixed} == {name: getattr(fixed, name) for name in study.fixed}
     assert config.eval_split == "val" and config.wandb == "online"
 
 
@@ -276,11 +241,11 @@ def test_a_wandb_sweep_command_trains(tmp_path):
 
 
 @pytest.mark.slurm
-def test_preempted_slurm_worker_is_requeued_and_its_trial_resumes(tmp_path, slurm, monkeypatch):  # noqa: F811
+def test_preempted_slurm_worker_is_requeued_and_its_trial_resumes(tmp_path, slurm, monkeypatch):
     """On the local SLURM (tests/test_slurm.py): a worker preempted mid-trial is requeued, retries that trial with
     the same parameters, and the run resumes from its checkpoint; the journal file is the default storage."""
     monkeypatch.setenv("WANDB_MODE", "disabled")  # sbatch hands the environment to the jobs
-    study = write_study(tmp_path, trials=2, pruner="none", fixed={**TINY, "epochs": 20},
+    study = write_study(tmp_path, trials=2, pruner="none", fixed={**STUDY_FIXED, "epochs": 20},
                         space={"lr": {"low": 0.01, "high": 0.02}})
     results = tmp_path / "results"
     assert sweep.main([str(study), "--executor", "slurm", "--cluster", "local", "--results-dir", str(results)]) == 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -12,28 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from repro import records, train
+from repro import layout, records, train
 from repro.config import RunConfig
 from repro.tracking import Tracker
+from tests.helpers import TINY_LR, history_epochs, inspect, offline_runs
 
-WANDB = Path(sys.executable).parent / "wandb"
 SECRET = "0123456789abcdef0123456789abcdef01234567"  # an API key in the environment must never reach a file
 
 
 def tiny(tmp_path: Path, **changes) -> RunConfig:
-    return RunConfig(dataset="synthetic", pool="flex", reg=1e-3, epochs=2, batch_size=64, train_subset=128,
+    return RunConfig(dataset="synthetic", pool="flex", reg=1e-3, epochs=2, batch_size=64, lr=TINY_LR, train_subset=128,
                      test_subset=64, cell="table1/synthetic/flexpool-reg", results_dir=str(tmp_path)).replace(**changes)
-
-
-def inspect(run_dir: Path) -> list[dict]:
-    """The records of an offline run's .wandb file, as W&B's own reader prints them."""
-    out = subprocess.run([str(WANDB), "leet", "inspect", "--json", str(run_dir)], capture_output=True, text=True,
-                         check=True, timeout=60).stdout
-    return [json.loads(line) for line in out.splitlines() if line.strip()]
-
-
-def offline_runs(results: Path) -> list[Path]:
-    return sorted((results / "wandb").glob("offline-run-*"))
 
 
 @pytest.fixture(autouse=True)
@@ -113,19 +101,15 @@ def test_tracking_failure_never_costs_the_run(tmp_path, monkeypatch):
     assert record["status"] == "completed"
 
 
-def history_epochs(run_dir: Path) -> list[int]:
-    return [e["history"]["item"]["epoch"] for e in inspect(run_dir) if e["type"] == "history"]
-
-
 def train_command(config: RunConfig) -> list[str]:
     return [sys.executable, "-m", "repro.train", "--dataset", "synthetic", "--pool", "flex", "--reg", "1e-3",
-            "--epochs", str(config.epochs), "--batch-size", "64", "--train-subset", "128", "--test-subset", "64",
-            "--cell", config.cell, "--results-dir", config.results_dir]
+            "--epochs", str(config.epochs), "--batch-size", "64", "--lr", str(config.lr), "--train-subset", "128",
+            "--test-subset", "64", "--cell", config.cell, "--results-dir", config.results_dir]
 
 
 def wait_for_checkpoint(process: subprocess.Popen, config: RunConfig) -> None:
     end = time.time() + 300
-    while not records.checkpoint_path(config).exists() and process.poll() is None and time.time() < end:
+    while not layout.checkpoint_path(config).exists() and process.poll() is None and time.time() < end:
         time.sleep(0.02)
 
 
@@ -144,24 +128,24 @@ def children(pid: int) -> list[int]:
 def test_run_stopped_by_sigterm_and_resumed_logs_every_epoch_once(tmp_path):
     """SIGTERM (scancel, SLURM's requeue) stops the run with its W&B history written; the resumed run adds the
     rest, so W&B holds epochs 1..N once each, as the record does."""
-    config = tiny(tmp_path, epochs=4)
+    config = tiny(tmp_path, epochs=20)  # epochs of a fraction of a second: the signal comes long before the last
     argv = train_command(config)
     first = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    checkpoint = records.checkpoint_path(config)
+    checkpoint = layout.checkpoint_path(config)
     wait_for_checkpoint(first, config)
     first.send_signal(signal.SIGTERM)
     _, err = first.communicate(timeout=120)
     assert first.returncode == 143 == records.STOPPED_EXIT, err
     assert err.strip().splitlines()[-1].startswith("stopped: SIGTERM")
-    assert not records.record_path(config).exists()
+    assert not layout.record_path(config).exists()
     stopped_after = len(records.load_checkpoint(checkpoint)["history"])
-    assert 1 <= stopped_after < 4
+    assert 1 <= stopped_after < 20
 
     resumed = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
     assert resumed.returncode == 0, resumed.stderr
-    assert [h["epoch"] for h in records.read_record(records.record_path(config))["history"]] == [1, 2, 3, 4]
+    assert [h["epoch"] for h in records.read_record(layout.record_path(config))["history"]] == list(range(1, 21))
     attempts = [history_epochs(run_dir) for run_dir in offline_runs(tmp_path)]
-    assert attempts == [list(range(1, stopped_after + 1)), list(range(stopped_after + 1, 5))]
+    assert attempts == [list(range(1, stopped_after + 1)), list(range(stopped_after + 1, 21))]
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds W&B's service process through /proc")

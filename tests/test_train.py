@@ -1,12 +1,13 @@
 import json
-import math
 
 import pytest
 
-from repro import records, train
+from repro import layout, records, train
 from repro.config import ConfigError, RunConfig
+from tests.helpers import TINY_LR
 
-TINY = {"dataset": "synthetic", "train_subset": 256, "test_subset": 128, "batch_size": 64, "wandb": "disabled"}
+TINY = {"dataset": "synthetic", "train_subset": 256, "test_subset": 128, "batch_size": 64, "lr": TINY_LR,
+        "wandb": "disabled"}
 
 
 def config(tmp_path, **changes) -> RunConfig:
@@ -14,17 +15,17 @@ def config(tmp_path, **changes) -> RunConfig:
 
 
 def test_short_run_learns_and_writes_a_complete_record(tmp_path):
-    cfg = config(tmp_path, epochs=3, pool="flex", sac=True, reg=1e-3, dropout=0.25, wandb="offline")
+    cfg = config(tmp_path, epochs=4, pool="flex", sac=True, reg=1e-3, dropout=0.25, wandb="offline")
     record = train.run(cfg)
     losses = [h["train_loss"] for h in record["history"]]
     assert losses[-1] < losses[0] * 0.7
     assert record["status"] == "completed" and record["metrics"]["accuracy"] > 0.3
-    saved = json.loads(records.record_path(cfg).read_text())
+    saved = json.loads(layout.record_path(cfg).read_text())
     assert saved == json.loads(json.dumps(record))
     assert saved["config"] == cfg.to_dict() | {"sac_weights": list(cfg.sac_weights)}
     assert len(saved["metrics"]["head_accuracies"]) == 3
     assert saved["metrics"]["head_accuracies"][-1] == saved["metrics"]["accuracy"]
-    assert [h["epoch"] for h in saved["history"]] == [1, 2, 3]
+    assert [h["epoch"] for h in saved["history"]] == [1, 2, 3, 4]
     assert saved["timing"]["images_per_s"] > 0 and saved["env"]["torch"]
     assert set(saved["flexpool"]) == {"pool", "heads.0.pool", "heads.1.pool"}
     assert saved["flexpool"]["pool"]["shape"] == [64, 8, 8]
@@ -46,8 +47,8 @@ def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path):
     broken = config(tmp_path / "b", epochs=3, pool="flex", dropout=0.25)
     with pytest.raises(KeyboardInterrupt):
         train.run(broken, on_epoch=stop_after_first_epoch)
-    assert not records.record_path(broken).exists()
-    saved = records.load_checkpoint(records.checkpoint_path(broken))["optimizer"]["param_groups"]
+    assert not layout.record_path(broken).exists()
+    saved = records.load_checkpoint(layout.checkpoint_path(broken))["optimizer"]["param_groups"]
     assert {type(group["lr"]) for group in saved} == {float}  # the checkpoint's format: no step's tensor
     resumed = train.run(broken)
     for a, b in zip(whole["history"], resumed["history"], strict=True):
@@ -57,7 +58,7 @@ def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path):
 
 def test_corrupt_checkpoint_restarts_from_scratch(tmp_path, capsys):
     cfg = config(tmp_path, epochs=1)
-    path = records.checkpoint_path(cfg)
+    path = layout.checkpoint_path(cfg)
     path.parent.mkdir(parents=True)
     path.write_bytes(b"not a checkpoint")
     assert train.run(cfg)["status"] == "completed"
@@ -79,7 +80,7 @@ def test_a_checkpoint_that_is_not_this_runs_is_a_warning_and_a_fresh_start(tmp_p
     other = cfg.replace(seed=1)  # other weights: a resume that took any of them would not train as a fresh run
     model = train.make_model(other, train.torch.device("cpu"))
     train.save(cfg, model, train.make_optimizer(other, model), [{"epoch": 1, "wall_s": 1.0}])
-    path = records.checkpoint_path(cfg)
+    path = layout.checkpoint_path(cfg)
     train.torch.save(spoil(cfg, records.load_checkpoint(path)), path)
     record = train.run(cfg)
     fresh = train.run(config(tmp_path / "fresh", epochs=2))
@@ -95,22 +96,47 @@ def test_a_non_finite_loss_ends_the_run_diverged_at_that_epoch(tmp_path):
     assert record["status"] == "diverged" and record["diverged"]["epoch"] == 1
     assert record["diverged"]["train_loss"] in ("nan", "inf") and record["diverged"]["rule"] == records.DIVERGED_RULE
     assert record["history"] == [] and record["flexpool"] == {}
-    json.loads(records.record_path(cfg).read_text(), parse_constant=pytest.fail)  # no NaN: strict JSON
+    json.loads(layout.record_path(cfg).read_text(), parse_constant=pytest.fail)  # no NaN: strict JSON
 
 
-def test_a_finite_loss_far_above_the_start_is_diverged_not_completed(tmp_path, capsys):
-    """The loss a run starts from is a uniform guess's, ln(classes); one that ends far above it learned nothing."""
+def losses_from(monkeypatch, start: float, epochs: list[float]) -> None:
+    """Training that reports these losses: `start` for the first step, then each epoch's mean in turn."""
+    real = train.train_epoch
+
+    def reported(config, step, model, lrs, epoch, n):
+        _, accuracy, _ = real(config, step, model, lrs, epoch, n)
+        return train.torch.tensor(epochs[epoch]), accuracy, train.torch.tensor(start)
+
+    monkeypatch.setattr(train, "train_epoch", reported)
+
+
+def test_a_finite_loss_far_above_the_start_is_diverged_not_completed(tmp_path, capsys, monkeypatch):
+    """A run that ends above twice the loss it started from learned nothing (the issue's case: lr 1e6 ended at a
+    loss of about 1.5e12; how far a real run climbs before it overflows depends on the machine)."""
+    losses_from(monkeypatch, start=3.0, epochs=[40.0, 1.5e12])
     argv = ["--dataset", "synthetic", "--epochs", "2", "--train-subset", "256", "--test-subset", "128",
-            "--batch-size", "64", "--lr", "1e6", "--wandb", "disabled", "--results-dir", str(tmp_path)]
+            "--batch-size", "64", "--wandb", "disabled", "--results-dir", str(tmp_path)]
     assert train.main(argv) == 1
     err = capsys.readouterr().err
     assert err.startswith("diverged: training loss ") and "in epoch 2" in err and err.count("\n") == 1
     (path,) = (tmp_path / "runs").rglob("*.json")
     record = records.read_record(path)
-    assert record["status"] == "diverged" and record["diverged"]["train_loss"] > 2 * math.log(10)
+    assert record["status"] == "diverged" and record["diverged"]["train_loss"] == pytest.approx(1.5e12)
+    assert record["history"][0]["start_loss"] == 3.0
     assert record["metrics"]["accuracy"] is not None  # what it did, kept
     loss = record["diverged"]["train_loss"]
     assert records.record_state(record) == ("diverged", f"training loss {loss} in epoch 2")
+
+
+@pytest.mark.parametrize("start, last, status", [
+    (5.0, 6.0, "completed"),  # started above ln(10) (a small network may): judged against where it started
+    (5.0, 10.5, "diverged"),
+    (1.0, 4.0, "completed"),  # started below a uniform guess: twice ln(10), 4.6, is the bound
+    (1.0, 4.7, "diverged"),
+])
+def test_a_run_is_judged_against_the_loss_it_started_from(tmp_path, monkeypatch, start, last, status):
+    losses_from(monkeypatch, start=start, epochs=[last])
+    assert train.run(config(tmp_path, epochs=1))["status"] == status
 
 
 def test_a_run_whose_code_raises_leaves_a_failed_record(tmp_path, monkeypatch):
@@ -121,7 +147,7 @@ def test_a_run_whose_code_raises_leaves_a_failed_record(tmp_path, monkeypatch):
     cfg = config(tmp_path, epochs=2)
     with pytest.raises(RuntimeError, match="a bug"):
         train.run(cfg)
-    record = records.read_record(records.record_path(cfg))
+    record = records.read_record(layout.record_path(cfg))
     assert record["status"] == "failed" and record["error"] == "RuntimeError: a bug in the training step"
 
 
@@ -143,8 +169,9 @@ def test_validation_split_is_evaluated_instead_of_test(tmp_path):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--dataset", "mnist"], "unknown dataset 'mnist'"),
-    (["--pool", "max"], "unknown pool 'max'"),
+    (["--dataset", "mnist"], "argument --dataset: invalid choice: 'mnist' (choose from 'cifar10', "),
+    (["--pool", "max"], "argument --pool: invalid choice: 'max'"),
+    (["--epochs", "1.5"], "argument --epochs: invalid int value: '1.5'"),
     (["--epochs", "0"], "epochs must be positive"),
     (["--batch-size", "-5"], "batch size must be positive"),
     (["--dataset", "cifar10", "--data-root", "/nonexistent"], "no usable data under /nonexistent"),
@@ -158,7 +185,8 @@ def test_cli_bad_input_is_one_clear_line(tmp_path, capsys, argv, message):
 def test_cli_runs_a_table_column(tmp_path, capsys):
     argv = ["--dataset", "synthetic", "--pool", "flex", "--reg", "1e-3", "--dropout", "0.25", "--sac",
             "--sac-weights", "0.01", "0.11", "0.88", "--epochs", "1", "--train-subset", "128",
-            "--test-subset", "64", "--batch-size", "64", "--results-dir", str(tmp_path), "--wandb", "disabled"]
+            "--test-subset", "64", "--batch-size", "64", "--lr", str(TINY_LR), "--results-dir", str(tmp_path),
+            "--wandb", "disabled"]
     assert train.main(argv) == 0
     out = capsys.readouterr().out
     path = out.strip().split("record ")[-1]

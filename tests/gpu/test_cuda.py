@@ -13,7 +13,7 @@ from torch._dynamo.utils import counters
 
 from repro import bench, records, train
 from repro.experiments import RECIPES, cell_config
-from tests.test_compile import fresh, updated
+from tests.helpers import fresh, updated
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
