@@ -136,7 +136,7 @@ def plain_step(config: RunConfig, model: torch.nn.Module, images: torch.Tensor, 
     device, info, pad = images.device, DATASETS[config.dataset], 4
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, nesterov=True,
                                 weight_decay=config.weight_decay)
-    bf16, layout = train.uses_bf16(config, device), train.memory_format(config, device)
+    bf16, memory = train.uses_bf16(config, device), train.memory_format(config, device)
 
     def step(idx, aug, mask, lr):
         x, y = data.normalize(images[idx], info), labels[idx]
@@ -144,7 +144,7 @@ def plain_step(config: RunConfig, model: torch.nn.Module, images: torch.Tensor, 
         x = F.pad(x, (pad,) * 4, mode="reflect")[:, :, i:i + info.size, j:j + info.size]
         x = torch.where(torch.rand(len(x), 1, 1, 1, device=device) < 0.5, x.flip(3), x)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            out = model(x.contiguous(memory_format=layout))
+            out = model(x.contiguous(memory_format=memory))
         loss = F.cross_entropy(out.float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -182,7 +182,7 @@ def make_step(config: RunConfig, model: torch.nn.Module, optimizer: torch.optim.
     augmentation numbers and dropout mask epoch_draws drew for it, at learning rate `lr` (a tensor: no host
     sync)."""
     info, device = DATASETS[config.dataset], images.device
-    bf16, layout = uses_bf16(config, device), memory_format(config, device)
+    bf16, memory = uses_bf16(config, device), memory_format(config, device)
     if device.type == "cuda":  # a seed gives the same run: no convolution backward that adds in varying order
         torch.backends.cudnn.deterministic = True
 
@@ -191,7 +191,7 @@ def make_step(config: RunConfig, model: torch.nn.Module, optimizer: torch.optim.
         if aug is not None:
             x = data.augment(x, aug)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            outputs = model(x.contiguous(memory_format=layout), mask)
+            outputs = model(x.contiguous(memory_format=memory), mask)
             loss = loss_fn(outputs, y, model, config)
         final = outputs[-1] if isinstance(outputs, tuple) else outputs
         return loss, (final.argmax(1) == y).sum()
@@ -236,7 +236,7 @@ def start_loss(config: RunConfig, history: list[dict]) -> float:
     weights sum to 1). A small network at initialisation may start above ln(classes); a run judged against that
     alone would be called diverged for not having learned in a short run."""
     uniform_guess = math.log(DATASETS[config.dataset].num_classes)
-    return max(uniform_guess, history[0].get("start_loss", uniform_guess) if history else uniform_guess)
+    return max(uniform_guess, history[0].get("start_loss", uniform_guess))
 
 
 def train_epoch(config: RunConfig, step, model: torch.nn.Module, lrs: torch.Tensor, epoch: int, n: int):
@@ -261,11 +261,11 @@ def train_epoch(config: RunConfig, step, model: torch.nn.Module, lrs: torch.Tens
 def evaluate(model, images, labels, config: RunConfig) -> list[float]:
     """Accuracy of each head (the last is the model's prediction), in one host sync."""
     device = images.device
-    info, layout = DATASETS[config.dataset], memory_format(config, device)
+    info, memory = DATASETS[config.dataset], memory_format(config, device)
     model.eval()
     correct = 0
     for start in range(0, len(labels), EVAL_BATCH):
-        x = data.normalize(images[start:start + EVAL_BATCH], info).contiguous(memory_format=layout)
+        x = data.normalize(images[start:start + EVAL_BATCH], info).contiguous(memory_format=memory)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(config, device)):
             outputs = model(x)
         heads = outputs if isinstance(outputs, tuple) else (outputs,)
