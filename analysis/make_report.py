@@ -83,11 +83,13 @@ def device_name(device, bf16_units, cpus) -> str:
     return f"{name}, bf16 units {bf16_units}" if isinstance(bf16_units, str) else name
 
 
+def device_names(runs: pd.DataFrame) -> list[str]:
+    return [device_name(*device) for device in zip(runs["device"], runs["cpu_bf16_units"], runs["cpus"])]
+
+
 def compute(runs: pd.DataFrame) -> str:
     """'cuda: 2.5 h of training (NVIDIA H200: 24 runs); cpu: ...': summed training time per device type."""
-    frame = runs.assign(kind=runs["device_type"].fillna("device type not recorded"),
-                        name=[device_name(*device) for device in zip(runs["device"], runs["cpu_bf16_units"],
-                                                                     runs["cpus"])],
+    frame = runs.assign(kind=runs["device_type"].fillna("device type not recorded"), name=device_names(runs),
                         train_s=pd.to_numeric(runs["train_s"]))
     parts = []
     for kind, group in frame.groupby("kind"):
@@ -238,6 +240,18 @@ def ci_text(low: float, high: float) -> str:
     return "n/a" if pd.isna(low) else f"[{low:+.2f}, {high:+.2f}]"
 
 
+def how_trained(sides: dict[str, pd.DataFrame], compared: str) -> str:
+    """Each side's devices and precisions over the runs both sides pair on: bf16 and fp32 differ in the last digits
+    of a result, so where the sides differ the reader must know that part of each Δ may come from it."""
+    paired = dict(zip(sides, stats.on_common_seeds(*sides.values())))
+    text = "; ".join(f"{name}: {counted(pd.Series(device_names(runs), dtype=object))}, precision "
+                     f"{counted(runs['precision'])}" for name, runs in paired.items())
+    precisions = sorted(set().union(*(runs["precision"].dropna() for runs in paired.values())))
+    mixed = (f" The runs compared trained in {' and '.join(precisions)}: part of each Δ may come from the precision, "
+             f"not from the {compared} alone." if len(precisions) > 1 else "")
+    return f"**How each side trained**: {text}.{mixed}"
+
+
 def lengths_reading(compared: pd.DataFrame, short: str, long: str) -> str:
     """One line: how many comparisons changed direction or verdict from the shorter training to the longer."""
     reversed_ = compared["change"].str.contains("direction reversed")
@@ -249,7 +263,8 @@ def lengths_reading(compared: pd.DataFrame, short: str, long: str) -> str:
             f"{epochs(long)}" + (f": {named}." if named else "."))
 
 
-def lengths_section(compared: pd.DataFrame, short: str, long: str, recipe: str, figure: str | None) -> str:
+def lengths_section(compared: pd.DataFrame, short: str, long: str, recipe: str, figure: str | None,
+                    trained: str) -> str:
     intro = (f"Where the {profile_words(short)} and the {profile_words(long)} both have runs of the same cells and "
              f"seeds under the {recipe} recipe: each claim's Δ at both lengths, paired by seed on the seeds both "
              "have (n), as in the claims above. Did the direction or the verdict change with training length?")
@@ -262,11 +277,11 @@ def lengths_section(compared: pd.DataFrame, short: str, long: str, recipe: str, 
              f"{fmt(r.mean_diff_short, sign=True)} {ci_text(r.ci_low_short, r.ci_high_short)}", r.verdict_short,
              f"{fmt(r.mean_diff_long, sign=True)} {ci_text(r.ci_low_long, r.ci_high_long)}", r.verdict_long,
              fmt(r.paper_diff, sign=True), r.change] for r in compared.itertuples()]
-    lines += [lengths_reading(compared, short, long), "", *md_table(header, rows), ""]
+    lines += [lengths_reading(compared, short, long), "", trained, "", *md_table(header, rows), ""]
     return "\n".join(lines + ([f"![{Path(figure).stem}]({figure})", ""] if figure else []))
 
 
-def recipes_section(compared: pd.DataFrame, profile: str) -> str:
+def recipes_section(compared: pd.DataFrame, profile: str, trained: str) -> str:
     first, second = RECIPES
     intro = (f"Where both recipes have runs of the same cells and seeds in the {profile_words(profile)}: per cell "
              f"Δ = {first} − {second} test accuracy (points), paired by seed, with its 95% CI: what the "
@@ -288,7 +303,7 @@ def recipes_section(compared: pd.DataFrame, profile: str) -> str:
     reading = (f"**Reading**: the {first} recipe is ahead in {gains.get('supported', 0)}, behind in "
                f"{gains.get('contradicted', 0)} and indistinguishable in {gains.get('inconclusive', 0)} of "
                f"{plural(len(compared), 'cell')} (95% CI).")
-    return "\n".join([*lines, reading, "", *md_table(header, rows), ""])
+    return "\n".join([*lines, reading, "", trained, "", *md_table(header, rows), ""])
 
 
 def figure_note(kind: str, table: str | None, dataset: str | None) -> str:
@@ -470,10 +485,12 @@ def comparisons(args, loaded: Loaded, everything: pd.DataFrame, out: Path) -> li
         if not compared.empty:
             fig = make_figures.lengths_figure(compared, short, long, args.recipe)
             figure = make_figures.save(fig, out, f"epochs-{short}-{long}", formats=("png",))[0].name
-        sections.append(lengths_section(compared, short, long, args.recipe, figure))
+        trained = how_trained({epochs(p): pair[p] for p in (short, long)}, "training length")
+        sections.append(lengths_section(compared, short, long, args.recipe, figure, trained))
     first, second = (collect.select(everything, args.profile, recipe)[0] for recipe in RECIPES)
     if not (first.empty or second.empty):
-        sections.append(recipes_section(stats.across_recipes(first, second), args.profile))
+        trained = how_trained({f"{recipe} recipe": runs for recipe, runs in zip(RECIPES, (first, second))}, "recipe")
+        sections.append(recipes_section(stats.across_recipes(first, second), args.profile, trained))
     return sections
 
 

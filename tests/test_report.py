@@ -340,6 +340,10 @@ def test_learning_curves_are_the_mean_and_spread_over_seeds_of_each_epoch():
 
 LENGTH_GAINS = {"budget": -1.0, "full": 1.0}  # FlexPool - AvgPool, pp: the sign turns with training length
 RECIPE_LEVELS = {"suite": 90.0, "paper": 91.0}
+RECIPE_ENV = {"suite": {"device": "Xeon", "device_type": "cpu", "cpu_bf16_units": "AMX-BF16", "cpus": 2,
+                        "precision": "bf16"},
+              "paper": {"device": "EPYC", "device_type": "cpu", "cpu_bf16_units": "none", "cpus": 2,
+                        "precision": "fp32"}}
 
 
 @pytest.fixture(scope="module")
@@ -353,7 +357,8 @@ def two_profiles(tmp_path_factory):
         for column, seed in itertools.product(("avgpool", "flexpool"), seeds):
             gain = LENGTH_GAINS[profile] if column == "flexpool" else 0.0
             acc = round(RECIPE_LEVELS[recipe] + gain + 0.01 * seed + (0.02 * seed if column == "flexpool" else 0), 2)
-            write_run(root, "table1", "fashion_mnist", column, seed, acc / 100, profile=profile, recipe=recipe)
+            write_run(root, "table1", "fashion_mnist", column, seed, acc / 100, profile=profile, recipe=recipe,
+                      env={"date": "2026-01-01T00:00:00", "git_commit": "abc", **RECIPE_ENV[recipe]})
             known.append({"profile": profile, "recipe": recipe, "column": column, "seed": seed, "acc": acc})
     pages = {}
     for profile, recipe in (("full", "paper"), ("budget", "paper")):
@@ -378,6 +383,9 @@ def test_each_claim_at_two_lengths_pairs_the_seeds_both_profiles_have(two_profil
         assert "**Reading**: of 1 comparison with seeds at both lengths, 1 changed direction and 1 changed " \
                "verdict from 10 epochs to 100 epochs: Fashion-MNIST (T1: FlexPool vs AvgPool)" in part
         assert "![epochs-budget-full](epochs-budget-full.png)" in part
+        # the two lengths pair on seeds 0 and 1: 2 runs of each column each, both in fp32, so no warning
+        fp32 = "EPYC (2 cores), bf16 units none (4 runs), precision fp32 (4 runs)"
+        assert f"**How each side trained**: 10 epochs: {fp32}; 100 epochs: {fp32}.\n" in part
     assert (root / "report" / "full" / "paper" / "epochs-budget-full.png").is_file()
 
 
@@ -391,6 +399,10 @@ def test_the_two_recipes_are_compared_cell_by_cell_on_common_seeds(two_profiles)
         assert rows[label][3] == "2" and rows[label][6] == f"{np.mean(diff):+.2f}"
         assert rows[label][9].startswith("**contradicted**")  # the suite recipe is 1 point behind on both seeds
     assert "the suite recipe is ahead in 0, behind in 2 and indistinguishable in 0 of 2 cells" in part
+    assert ("**How each side trained**: suite recipe: Xeon (2 cores), bf16 units AMX-BF16 (4 runs), precision bf16 "
+            "(4 runs); paper recipe: EPYC (2 cores), bf16 units none (4 runs), precision fp32 (4 runs). The runs "
+            "compared trained in bf16 and fp32: part of each Δ may come from the precision, not from the recipe "
+            "alone.") in part
     assert "The suite recipe against" not in pages["full"]  # no suite runs at 100 epochs
 
 
