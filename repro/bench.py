@@ -137,9 +137,10 @@ def plain_step(config: RunConfig, model: torch.nn.Module, images: torch.Tensor, 
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, nesterov=True,
                                 weight_decay=config.weight_decay)
     bf16, memory = train.uses_bf16(config, device), train.memory_format(config, device)
+    stats = data.mean_std(info, device)
 
     def step(idx, aug, mask, lr):
-        x, y = data.normalize(images[idx], info), labels[idx]
+        x, y = data.normalize(images[idx], stats), labels[idx]
         i, j = torch.randint(0, 2 * pad + 1, (2,)).tolist()
         x = F.pad(x, (pad,) * 4, mode="reflect")[:, :, i:i + info.size, j:j + info.size]
         x = torch.where(torch.rand(len(x), 1, 1, 1, device=device) < 0.5, x.flip(3), x)

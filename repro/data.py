@@ -208,16 +208,16 @@ def train_val_split(n: int, val_fraction: float) -> tuple[torch.Tensor, torch.Te
     return perm[n_val:].sort().values, perm[:n_val].sort().values
 
 
-@functools.cache
-def _mean_std(info: DatasetInfo, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    # Made once per device: a fresh host-to-device copy every step would stall the training loop.
+def mean_std(info: DatasetInfo, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The data set's per-channel mean and std in uint8 units, on the device. A loop makes them once, before it
+    starts: a host-to-device copy every step would stall it."""
     mean = torch.tensor(info.mean, device=device).view(1, -1, 1, 1) * 255
     return mean, torch.tensor(info.std, device=device).view(1, -1, 1, 1) * 255
 
 
-def normalize(images: torch.Tensor, info: DatasetInfo) -> torch.Tensor:
-    """uint8 -> float, standardised per channel (on whatever device the images are)."""
-    mean, std = _mean_std(info, images.device)
+def normalize(images: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """uint8 -> float, standardised per channel by `stats` = mean_std(...) on the images' device."""
+    mean, std = stats
     return (images.float() - mean) / std
 
 

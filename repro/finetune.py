@@ -29,7 +29,7 @@ EVAL_BATCH = 500
 
 def inputs(images: torch.Tensor) -> torch.Tensor:
     """uint8 N x 1 x 28 x 28 -> normalised float N x 3 x SIZE x SIZE."""
-    x = data.normalize(images, DATASETS["fashion_mnist"])
+    x = data.normalize(images, data.mean_std(DATASETS["fashion_mnist"], images.device))
     return F.interpolate(x, size=SIZE, mode="bilinear", align_corners=False).expand(-1, 3, -1, -1)
 
 

@@ -183,11 +183,12 @@ def make_step(config: RunConfig, model: torch.nn.Module, optimizer: torch.optim.
     sync)."""
     info, device = DATASETS[config.dataset], images.device
     bf16, memory = uses_bf16(config, device), memory_format(config, device)
+    stats = data.mean_std(info, device)
     if device.type == "cuda":  # a seed gives the same run: no convolution backward that adds in varying order
         torch.backends.cudnn.deterministic = True
 
     def forward(idx, aug, mask):
-        x, y = data.normalize(images[idx], info), labels[idx]
+        x, y = data.normalize(images[idx], stats), labels[idx]
         if aug is not None:
             x = data.augment(x, aug)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -261,11 +262,11 @@ def train_epoch(config: RunConfig, step, model: torch.nn.Module, lrs: torch.Tens
 def evaluate(model, images, labels, config: RunConfig) -> list[float]:
     """Accuracy of each head (the last is the model's prediction), in one host sync."""
     device = images.device
-    info, memory = DATASETS[config.dataset], memory_format(config, device)
+    stats, memory = data.mean_std(DATASETS[config.dataset], device), memory_format(config, device)
     model.eval()
     correct = 0
     for start in range(0, len(labels), EVAL_BATCH):
-        x = data.normalize(images[start:start + EVAL_BATCH], info).contiguous(memory_format=memory)
+        x = data.normalize(images[start:start + EVAL_BATCH], stats).contiguous(memory_format=memory)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(config, device)):
             outputs = model(x)
         heads = outputs if isinstance(outputs, tuple) else (outputs,)
