@@ -514,7 +514,7 @@ def settle(args: argparse.Namespace) -> Settings:
     unknown = sorted(set(args.datasets) - set(train_images()))
     check(not unknown, f"unknown data set(s) {', '.join(unknown)}; choose from {', '.join(train_images())}")
     default = RunConfig()
-    own = f"{train.compile_mode(default, device)}/{'bf16' if train.uses_bf16(default, device) else 'fp32'}"
+    own = f"{train.compile_mode(default, device)}/{train.precision(default, device)}"
     settings = Settings(**vars(args) | {
         "device": str(device),
         "steps": pick("steps") if args.steps is None else args.steps,

@@ -106,6 +106,10 @@ def uses_bf16(config: RunConfig, device: torch.device) -> bool:
     return device.type == "cuda" or bool(cpu_bf16_units())
 
 
+def precision(config: RunConfig, device: torch.device) -> str:
+    return "bf16" if uses_bf16(config, device) else "fp32"
+
+
 def memory_format(config: RunConfig, device: torch.device) -> torch.memory_format:
     """channels_last goes with bf16 (NHWC is the layout of the tensor cores' and oneDNN's bf16 convolutions);
     fp32 stays the plain reference layout."""
@@ -337,6 +341,14 @@ def environment(device: torch.device) -> dict:
             "date": datetime.now(UTC).isoformat(timespec="seconds")}
 
 
+def trained_in(config: RunConfig, device: torch.device, history: list) -> str:
+    """The precision of the run's epochs, both in the order they came ('fp32+bf16') where it resumed on a machine
+    that trains in another (auto picks by the hardware); an epoch checkpointed by code that did not record its
+    precision counts as this machine's."""
+    used = dict.fromkeys(h.get("precision", precision(config, device)) for h in history)
+    return "+".join(used) or precision(config, device)
+
+
 def make_record(config: RunConfig, status: str, history: list, started: float, device, model,
                 error=None, diverged=None) -> dict:
     last = history[-1] if history else {}
@@ -352,7 +364,7 @@ def make_record(config: RunConfig, status: str, history: list, started: float, d
         # `started` is moved back by the wall time of the run's earlier attempts (see _run_locked)
         "timing": {"wall_s": time.time() - started, "train_s": train_s,
                    "images_per_s": images / train_s if train_s else None},
-        "env": environment(device) | {"precision": "bf16" if uses_bf16(config, device) else "fp32"},  # as trained
+        "env": environment(device) | {"precision": trained_in(config, device, history)},
         "flexpool": flexpool_summary(model) if model is not None else {},
     }
 
@@ -444,13 +456,13 @@ def _run_locked(config: RunConfig, on_epoch, stop: _StopOnSigterm) -> dict:
             heads = evaluate(model, eval_images, eval_labels, config)
             entry = {"epoch": epoch + 1, "train_loss": loss, "train_accuracy": accuracy, "eval_accuracy": heads[-1],
                      "head_accuracies": heads, "lr": lrs[(epoch + 1) * steps - 1].item(), "images": trained,
-                     "images_per_s": trained / seconds, "seconds": seconds,
+                     "images_per_s": trained / seconds, "seconds": seconds, "precision": precision(config, device),
                      "wall_s": time.time() - started}  # the run's wall time so far, across resumes
             if epoch == 0:
                 entry["start_loss"] = first  # what DIVERGED_LOSS measures against
             history.append(entry)
             with stop.held():  # an epoch's W&B entry and its checkpoint: both or neither
-                logged = tracker.log({k: v for k, v in entry.items() if k != "head_accuracies"}
+                logged = tracker.log({k: v for k, v in entry.items() if k not in ("head_accuracies", "precision")}
                                      | {f"head{i + 1}_accuracy": a for i, a in enumerate(entry["head_accuracies"])}
                                      | flexpool_stats(model), step=entry["epoch"])
                 # SLURM's SIGTERM ends W&B's service too: an epoch it did not write is not checkpointed either,

@@ -56,6 +56,21 @@ def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path):
         assert a["eval_accuracy"] == b["eval_accuracy"]
 
 
+def test_a_run_resumed_in_another_precision_says_it_trained_in_both(tmp_path):
+    """precision auto follows the machine, so a run resumed on another may change it: its record must say so."""
+    def stop_after_first_epoch(entry):
+        if entry["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    fp32 = config(tmp_path, epochs=2, precision="fp32")
+    with pytest.raises(KeyboardInterrupt):
+        train.run(fp32, on_epoch=stop_after_first_epoch)
+    record = train.run(fp32.replace(precision="bf16"))  # the same run: precision is not part of its id
+    assert [h["precision"] for h in record["history"]] == ["fp32", "bf16"]
+    assert record["env"]["precision"] == "fp32+bf16"
+    assert train.run(config(tmp_path / "one", epochs=1, precision="fp32"))["env"]["precision"] == "fp32"
+
+
 def test_corrupt_checkpoint_restarts_from_scratch(tmp_path, capsys):
     cfg = config(tmp_path, epochs=1)
     path = layout.checkpoint_path(cfg)
