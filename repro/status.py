@@ -1,6 +1,7 @@
 """`python -m repro.status TARGET --seeds N`: per table cell, how many runs are done / running / queued /
-failed / unusable / pending (repro.runs says what each means), the failed runs' logs, and other records in
-those cells. Everything comes from disk, so it works from any shell and for any executor. No torch, no submitit.
+failed / unusable / pending (repro.runs says what each means), the training time left, the failed runs' logs,
+where unfinished runs resume from, and other records in those cells. Everything comes from disk, so it works
+from any shell and for any executor. No torch, no submitit.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 from collections import Counter
 
 from repro import layout, records, runs
-from repro.config import Parser, RunConfig
+from repro.config import Parser, RunConfig, plural
 
 
 def cell_table(states: dict[RunConfig, runs.State]) -> str:
@@ -50,6 +51,23 @@ def checkpoint_lines(states: dict[RunConfig, runs.State]) -> list[str]:
     return lines
 
 
+def time_left(states: dict[RunConfig, runs.State]) -> list[str]:
+    """The training time the runs a launch still trains need, at the mean of the done runs' own (their records): a
+    campaign of many 100-epoch runs is planned around it. A running run's epochs so far are not subtracted; failed
+    runs train again only when asked, so they are not counted."""
+    done = []
+    for config in (c for c, state in states.items() if state == "done"):
+        with contextlib.suppress(records.RecordError, KeyError, TypeError):
+            done.append(float(records.read_record(layout.record_path(config))["timing"]["train_s"]))
+    left = sum(state not in ("done", "failed") for state in states.values())
+    if not (done and left):
+        return []
+    mean = sum(done) / len(done)
+    line = (f"training time left: about {left * mean / 3600:.1f} h ({plural(left, 'run')} to train x "
+            f"{mean / 3600:.1f} h, the mean of {plural(len(done), 'done run')}); runs trained side by side share it")
+    return [line]
+
+
 def parser() -> argparse.ArgumentParser:
     p = Parser(prog="python -m repro.status", description=__doc__.split("\n\n")[0])
     runs.add_plan_args(p)
@@ -64,6 +82,8 @@ def show(args: argparse.Namespace) -> int:
     states, note = runs.states(runs.plan_from_args(args))
     print(cell_table(states))
     print(runs.summary(states, note))
+    for line in time_left(states):
+        print(line)
     for line in (runs.failure_lines(states) + checkpoint_lines(states)
                  + other_records(list(states), args.profile, args.recipe)):
         print(line)

@@ -16,7 +16,7 @@ import pytest
 from analysis import make_tables
 from repro import executors, launch, layout, records, runs, status, train
 from repro.experiments import plan
-from tests.helpers import ROOT, configs, fake_squeue, main, selection, smoke, training_starts, wait_for
+from tests.helpers import ROOT, configs, fake_squeue, main, selection, smoke, training_starts, wait_for, write_run
 
 
 @pytest.fixture(autouse=True)
@@ -42,6 +42,22 @@ def test_run_ids_and_paths_are_stable(tmp_path):
     assert {c.run_id for c in three} <= {c.run_id for c in five}
     config = five[0]
     assert layout.record_path(config) == tmp_path / "runs" / config.cell / f"seed0-{config.run_id}.json"
+
+
+def test_status_says_how_much_training_time_is_left_from_the_done_runs(capsys, tmp_path):
+    for column, seed, hours in (("avgpool", 0, 1.0), ("flexpool", 0, 2.0)):
+        write_run(tmp_path, "table1", "fashion_mnist", column, seed, 0.9, profile="budget",
+                  timing={"wall_s": 1.0, "train_s": hours * 3600, "images_per_s": 1.0})
+    write_run(tmp_path, "table1", "fashion_mnist", "avgpool", 1, 0.9, profile="budget", status="failed")
+    argv = ["table1", "--seeds", "2", "--datasets", "fashion_mnist", "--columns", "avgpool", "flexpool",
+            "--profile", "budget", "--results-dir", str(tmp_path)]
+    assert status.main(argv) == 0
+    # 4 planned: 2 done (1 h and 2 h), 1 failed (trains again only when asked), 1 pending
+    out = capsys.readouterr().out
+    assert "training time left: about 1.5 h (1 run to train x 1.5 h, the mean of 2 done runs)" in out
+    write_run(tmp_path, "table1", "fashion_mnist", "flexpool", 1, 0.9, profile="budget")
+    assert status.main(argv) == 0
+    assert "training time left" not in capsys.readouterr().out  # nothing left to train
 
 
 def test_dry_run_submits_nothing(capsys, tmp_path, monkeypatch):
