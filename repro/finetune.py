@@ -27,9 +27,9 @@ LEARNING_RATE = 0.05
 EVAL_BATCH = 500
 
 
-def inputs(images: torch.Tensor) -> torch.Tensor:
-    """uint8 N x 1 x 28 x 28 -> normalised float N x 3 x SIZE x SIZE."""
-    x = data.normalize(images, data.mean_std(DATASETS["fashion_mnist"], images.device))
+def inputs(images: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """uint8 N x 1 x 28 x 28 -> normalised float N x 3 x SIZE x SIZE (`stats`: data.mean_std, made once a loop)."""
+    x = data.normalize(images, stats)
     return F.interpolate(x, size=SIZE, mode="bilinear", align_corners=False).expand(-1, 3, -1, -1)
 
 
@@ -44,10 +44,11 @@ def train(model, images, labels, steps: int, batch_size: int, seed: int) -> None
     optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=0.9, nesterov=True)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, LEARNING_RATE, total_steps=steps)
     generator = torch.Generator().manual_seed(seed)
+    stats = data.mean_std(DATASETS["fashion_mnist"], images.device)
     model.train()
     for _ in range(steps):
         idx = torch.randint(len(labels), (batch_size,), generator=generator)
-        loss = F.cross_entropy(model(inputs(images[idx])), labels[idx])
+        loss = F.cross_entropy(model(inputs(images[idx], stats)), labels[idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -57,7 +58,8 @@ def train(model, images, labels, steps: int, batch_size: int, seed: int) -> None
 @torch.no_grad()
 def accuracy(model, images, labels) -> float:
     model.eval()
-    correct = sum((model(inputs(images[i:i + EVAL_BATCH])).argmax(1) == labels[i:i + EVAL_BATCH]).sum().item()
+    stats = data.mean_std(DATASETS["fashion_mnist"], images.device)
+    correct = sum((model(inputs(images[i:i + EVAL_BATCH], stats)).argmax(1) == labels[i:i + EVAL_BATCH]).sum().item()
                   for i in range(0, len(labels), EVAL_BATCH))
     return correct / len(labels)
 

@@ -345,8 +345,8 @@ def trained_in(config: RunConfig, device: torch.device, history: list) -> str:
     """The precision of the run's epochs, both in the order they came ('fp32+bf16') where it resumed on a machine
     that trains in another (auto picks by the hardware); an epoch checkpointed by code that did not record its
     precision counts as this machine's."""
-    used = dict.fromkeys(h.get("precision", precision(config, device)) for h in history)
-    return "+".join(used) or precision(config, device)
+    current = precision(config, device)
+    return "+".join(dict.fromkeys(h.get("precision", current) for h in history)) or current
 
 
 def make_record(config: RunConfig, status: str, history: list, started: float, device, model,
