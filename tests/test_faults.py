@@ -136,6 +136,9 @@ def test_sigterm_to_a_run_stops_its_task_unfinished_and_a_relaunch_resumes(capsy
     assert "RunPack: runs stopped by SIGTERM" in job.stdout()
     log = layout.log_path(config).read_text()
     assert "stopped: SIGTERM" in log and "run process ended without a record: stopped" in log
+    # status reads the epoch the checkpoint holds from the log, torch-free: the two agree
+    held = len(records.load_checkpoint(layout.checkpoint_path(config))["history"])
+    assert status.epochs_trained(config) == held >= 1
     lines = launch.problems([job], {config: "pending"})
     assert lines[0].startswith("NOT FINISHED table1/fashion_mnist/avgpool seed 0: pending")
     assert lines[1] == f"JOB {job.job_id} ended without a result (log: {job.paths.stderr})"

@@ -55,6 +55,23 @@ def test_status_says_how_much_training_time_is_left_from_the_done_runs(capsys, t
     # 4 planned: 2 done (1 h and 2 h), 1 failed (trains again only when asked), 1 pending
     out = capsys.readouterr().out
     assert "training time left: about 1.5 h (1 run to train x 1.5 h, the mean of 2 done runs)" in out
+    # the pending run was stopped after 4 of its 10 epochs: its checkpoint holds them, its log (as train.py writes
+    # it, over two jobs) says how many
+    pending = plan("table1", 2, ["fashion_mnist"], ["flexpool"], profile="budget", results_dir=str(tmp_path))[1]
+    layout.checkpoint_path(pending).parent.mkdir(parents=True)
+    layout.checkpoint_path(pending).write_bytes(b"weights")
+    layout.log_path(pending).parent.mkdir(parents=True)
+    layout.log_path(pending).write_text(
+        "== table1/fashion_mnist/flexpool seed 1\n[table1/fashion_mnist/flexpool seed 1] epoch 1/10 loss 2.000\n"
+        "== run process ended without a record: stopped\n== table1/fashion_mnist/flexpool seed 1\n"
+        f"resuming run {pending.run_id} after epoch 1 from {layout.checkpoint_path(pending)}\n"
+        + "".join(f"[table1/fashion_mnist/flexpool seed 1] epoch {e}/10 loss 1.000\n" for e in (2, 3, 4)))
+    assert status.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "training time left: about 0.9 h (1 run to train x 1.5 h, the mean of 2 done runs, less the 4 of their " \
+           "10 epochs trained so far)" in out
+    assert f"checkpoint of table1/fashion_mnist/flexpool seed 1 (pending): after epoch 4 of 10, " \
+           f"{layout.checkpoint_path(pending)}" in out
     write_run(tmp_path, "table1", "fashion_mnist", "flexpool", 1, 0.9, profile="budget")
     assert status.main(argv) == 0
     assert "training time left" not in capsys.readouterr().out  # nothing left to train
