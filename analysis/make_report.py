@@ -507,6 +507,9 @@ def main(argv=None) -> None:
     everything = everything[everything["dataset"].isin(args.datasets)]
     text = page(loaded, claims, drawn, args, seeds, comparisons(args, loaded, everything, out))
     atomic_write(out / PAGE, lambda f: f.write(text.encode()))
+    for png in out.glob("*.png"):  # drawn for an earlier page (other data sets, a comparison since gone)
+        if f"]({png.name})" not in text:
+            png.unlink()
     if args.readme:
         write_readme(Path(args.readme), readme_section(loaded, claims, drawn, args, seeds, out / PAGE,
                                                        other_pages(args, everything, out)))

@@ -286,6 +286,18 @@ def test_a_page_of_some_data_sets_counts_only_their_records(tmp_path):
     assert "| Tiny ImageNet | missing (n=0); paper 46.50 |" in page and "status 'failed'" not in page
 
 
+def test_a_page_made_again_keeps_only_the_figures_it_shows(tmp_path):
+    out = tmp_path / "report"
+    out.mkdir()
+    stale = out / "flexpool-table1-tiny_imagenet.png"  # drawn when the page still covered Tiny ImageNet
+    stale.write_bytes(b"\x89PNG")
+    notes = out / "notes.md"  # not a figure of the page's: left alone
+    notes.write_text("mine")
+    page = fashion_mnist_page(tmp_path)
+    assert not stale.exists() and notes.exists()
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(re.findall(r"\]\(([^)]+\.png)\)", page))
+
+
 @pytest.mark.parametrize("option", [["--profile", "any"], ["--recipe", "both"], ["--seeds", "0"]])
 def test_options_a_page_cannot_tell_exit_2_in_one_line(report, option, capsys):
     with pytest.raises(SystemExit) as exit:
