@@ -270,7 +270,9 @@ def lengths_section(compared: pd.DataFrame, short: str, long: str, recipe: str, 
              "have (n), as in the claims above. Did the direction or the verdict change with training length?")
     lines = [f"## {epochs(short)} and {epochs(long)}: the claims at two lengths of training", "", intro, ""]
     if compared.empty:
-        return "\n".join([*lines, "No cell has runs of both profiles on the same seeds yet.", ""])
+        none = ("No comparison yet has both of its cells at both lengths on the same seeds (a claim's Δ needs its "
+                "baseline and its treatment, at each length).")
+        return "\n".join([*lines, none, ""])
     header = ["Claim", "Dataset", "Comparison", "n", f"Δ at {epochs(short)} (95% CI)", "verdict",
               f"Δ at {epochs(long)} (95% CI)", "verdict", "paper Δ", "What changed"]
     rows = [[f"({r.claim})", label(r.dataset), r.comparison, str(min(r.n_short, r.n_long)),

@@ -401,6 +401,18 @@ def test_each_claim_at_two_lengths_pairs_the_seeds_both_profiles_have(two_profil
     assert (root / "report" / "full" / "paper" / "epochs-budget-full.png").is_file()
 
 
+def test_one_cell_at_both_lengths_is_no_comparison_yet(tmp_path):
+    for profile, columns in (("full", ["avgpool", "flexpool"]), ("budget", ["avgpool"])):
+        for column in columns:
+            write_run(tmp_path, "table1", "fashion_mnist", column, 0, 0.9, profile=profile, recipe="paper")
+    out = tmp_path / "report"
+    make_report.main(["--runs", str(tmp_path / "runs"), "--profile", "full", "--recipe", "paper", "--datasets",
+                      "fashion_mnist", "--out", str(out)])
+    page = (out / "README.md").read_text()
+    lengths = section(page, "10 epochs and 100 epochs: the claims at two lengths of training")
+    assert "No comparison yet has both of its cells at both lengths on the same seeds" in lengths
+
+
 def test_the_two_recipes_are_compared_cell_by_cell_on_common_seeds(two_profiles):
     _, pages, acc = two_profiles
     part = section(pages["budget"], "The suite recipe against the paper recipe")
