@@ -301,10 +301,19 @@ def recipes_section(compared: pd.DataFrame, profile: str, trained: str) -> str:
              fmt(r.second), fmt(r.mean_diff, sign=True), ci_text(r.ci_low, r.ci_high),
              "n/a" if pd.isna(r.p) else f"{r.p:.3g}", f"**{r.verdict}** ({r.reason})"]
             for r in compared.itertuples()]
-    gains = compared["verdict"].value_counts()
-    reading = (f"**Reading**: the {first} recipe is ahead in {gains.get('supported', 0)}, behind in "
-               f"{gains.get('contradicted', 0)} and indistinguishable in {gains.get('inconclusive', 0)} of "
-               f"{plural(len(compared), 'cell')} (95% CI).")
+    # a cell with one paired seed has no interval: counting it "indistinguishable" would claim a test not made
+    single = compared[compared["n"] < 2]
+    gains = compared.loc[compared["n"] >= 2, "verdict"].value_counts()
+    parts = []
+    if len(single) < len(compared):
+        parts.append(f"the {first} recipe is ahead in {gains.get('supported', 0)}, behind in "
+                     f"{gains.get('contradicted', 0)} and indistinguishable in {gains.get('inconclusive', 0)} of "
+                     f"{plural(len(compared) - len(single), 'cell')} with 2 or more paired seeds (95% CI).")
+    if len(single):
+        parts.append(f"{plural(len(single), 'cell')} with one paired seed, no interval yet: there the {first} "
+                     f"recipe is ahead in {(single['mean_diff'] > 0).sum()} and behind in "
+                     f"{(single['mean_diff'] < 0).sum()}.")
+    reading = "**Reading**: " + " ".join(parts)
     return "\n".join([*lines, reading, "", trained, "", *md_table(header, rows), ""])
 
 
