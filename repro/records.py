@@ -7,9 +7,11 @@ never leaves half a record. Record fields (SCHEMA = 1):
   eval_split ("test" | "val"), profile and recipe (experiments.PROFILES / RECIPES the config matches, or
   "custom"), metrics {accuracy, head_accuracies, train_loss},
   history [{epoch, train_loss, train_accuracy, eval_accuracy, head_accuracies, lr, images, images_per_s, seconds,
-  precision ("bf16" | "fp32"), wall_s (of the run so far, across resumes); the first also start_loss (its first
-  step's)}], timing {wall_s, train_s, images_per_s}, env {device, device_type, cpu_bf16_units and cpus (a CPU),
-  threads, torch, torchvision, python, git_commit, host, date, precision (its epochs', "fp32+bf16" if mixed)},
+  precision ("bf16" | "fp32"), threads (torch's CPU threads), wall_s (of the run so far, across resumes); the
+  first also start_loss (its first step's)}], timing {wall_s, train_s, images_per_s}, env {device, device_type,
+  cpu_bf16_units and cpus (a CPU), threads (of the job that finished the run; a resumed run's earlier epochs may
+  have had others, see history), torch, torchvision, python, git_commit, host, date, precision (its epochs',
+  "fp32+bf16" if mixed)},
   flexpool {"<module name>": {"shape", "channel_mean" (H x W), "channels" (first few, C' x H x W), "sums"}}.
 Accuracies are fractions in [0, 1]. `record_state` is the one judge of a record: the run's state
 (repro.runs) and the analysis both take it. Input files (--params, studies, cluster profiles) are read here too,

@@ -44,6 +44,8 @@ from repro.tracking import Tracker
 EVAL_BATCH = 2000
 FLEXPOOL_CHANNELS_KEPT = 4  # single channels of each FlexPool kept in the record for the heatmap figures
 FEATURES = STAGE_CHANNELS[-1]  # width of the pooled features that dropout acts on
+# history fields W&B does not chart: a list (the heads get one key each), a string, a constant of the job
+NOT_LOGGED = ("head_accuracies", "precision", "threads")
 # What --compile auto means on a GPU. Unmeasured: eager until `python -m repro.bench --survey` on the GPU that
 # trains the tables names a faster mode (README: Speed).
 CUDA_COMPILE = "off"
@@ -457,12 +459,13 @@ def _run_locked(config: RunConfig, on_epoch, stop: _StopOnSigterm) -> dict:
             entry = {"epoch": epoch + 1, "train_loss": loss, "train_accuracy": accuracy, "eval_accuracy": heads[-1],
                      "head_accuracies": heads, "lr": lrs[(epoch + 1) * steps - 1].item(), "images": trained,
                      "images_per_s": trained / seconds, "seconds": seconds, "precision": precision(config, device),
+                     "threads": torch.get_num_threads(),
                      "wall_s": time.time() - started}  # the run's wall time so far, across resumes
             if epoch == 0:
                 entry["start_loss"] = first  # what DIVERGED_LOSS measures against
             history.append(entry)
             with stop.held():  # an epoch's W&B entry and its checkpoint: both or neither
-                logged = tracker.log({k: v for k, v in entry.items() if k not in ("head_accuracies", "precision")}
+                logged = tracker.log({k: v for k, v in entry.items() if k not in NOT_LOGGED}
                                      | {f"head{i + 1}_accuracy": a for i, a in enumerate(entry["head_accuracies"])}
                                      | flexpool_stats(model), step=entry["epoch"])
                 # SLURM's SIGTERM ends W&B's service too: an epoch it did not write is not checkpointed either,

@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 from repro import layout, records, train
 from repro.config import ConfigError, RunConfig
@@ -37,12 +38,13 @@ def test_completed_run_is_not_trained_again(tmp_path):
     assert train.run(cfg) == json.loads(json.dumps(first))
 
 
+def stop_after_first_epoch(entry):
+    if entry["epoch"] == 1:
+        raise KeyboardInterrupt  # what a preempted job sees
+
+
 def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path):
     whole = train.run(config(tmp_path / "a", epochs=3, pool="flex", dropout=0.25))
-
-    def stop_after_first_epoch(entry):
-        if entry["epoch"] == 1:
-            raise KeyboardInterrupt  # what a preempted job sees
 
     broken = config(tmp_path / "b", epochs=3, pool="flex", dropout=0.25)
     with pytest.raises(KeyboardInterrupt):
@@ -58,10 +60,6 @@ def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path):
 
 def test_a_run_resumed_in_another_precision_says_it_trained_in_both(tmp_path):
     """precision auto follows the machine, so a run resumed on another may change it: its record must say so."""
-    def stop_after_first_epoch(entry):
-        if entry["epoch"] == 1:
-            raise KeyboardInterrupt
-
     fp32 = config(tmp_path, epochs=2, precision="fp32")
     with pytest.raises(KeyboardInterrupt):
         train.run(fp32, on_epoch=stop_after_first_epoch)
@@ -69,6 +67,21 @@ def test_a_run_resumed_in_another_precision_says_it_trained_in_both(tmp_path):
     assert [h["precision"] for h in record["history"]] == ["fp32", "bf16"]
     assert record["env"]["precision"] == "fp32+bf16"
     assert train.run(config(tmp_path / "one", epochs=1, precision="fp32"))["env"]["precision"] == "fp32"
+
+
+def test_a_run_resumed_with_other_threads_keeps_each_epochs_count(tmp_path):
+    """The threads change a CPU run's last digits, and a resumed run may get another share of the cores."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        with pytest.raises(KeyboardInterrupt):
+            train.run(config(tmp_path, epochs=2), on_epoch=stop_after_first_epoch)
+        torch.set_num_threads(2)
+        record = train.run(config(tmp_path, epochs=2))
+    finally:
+        torch.set_num_threads(before)
+    assert [h["threads"] for h in record["history"]] == [1, 2]
+    assert record["env"]["threads"] == 2
 
 
 def test_corrupt_checkpoint_restarts_from_scratch(tmp_path, capsys):
