@@ -8,8 +8,8 @@ Which runs go into a table (`select`):
 - eval_split "test" only (val records come from tuning);
 - one profile (experiments.PROFILES; default "full", the paper's 100 epochs): a record's profile is the one whose
   fields its config matches, so smoke and full runs are never averaged together;
-- one recipe (experiments.RECIPES; default "suite"), or each recipe apart ("both"), derived from the config in the
-  same way: runs of two recipes never share a cell, a mean or a paired comparison;
+- one recipe (experiments.RECIPES; default experiments.DEFAULT_RECIPE), or each recipe apart ("both"), derived
+  from the config in the same way: runs of two recipes never share a cell, a mean or a paired comparison;
 - per cell and recipe one config "variant" (the run id without the seed): if a cell holds runs of two configs
   (e.g. before and after tuned --params), the one with more seeds is kept (newest on a tie), the other reported.
 """
@@ -26,7 +26,17 @@ import pandas as pd
 
 from repro import layout
 from repro.config import RunConfig, field_names
-from repro.experiments import PROFILES, RECIPES, TABLES, parse_cell, profile_of, profiles_help, recipe_of
+from repro.experiments import (
+    DEFAULT_RECIPE,
+    PROFILES,
+    RECIPES,
+    TABLES,
+    parse_cell,
+    profile_of,
+    profiles_help,
+    recipe_of,
+    recipes_help,
+)
 from repro.records import RecordError, command, read_record, record_state
 
 DEFAULT_RUNS = layout.runs_dir(RunConfig.results_dir)
@@ -160,7 +170,7 @@ def load_wandb(path: str) -> tuple[pd.DataFrame, list[dict]]:
     return pd.DataFrame(rows, columns=ROW_COLUMNS), skipped
 
 
-def select(runs: pd.DataFrame, profile: str = "full", recipe: str = "suite") -> tuple[pd.DataFrame, list[str]]:
+def select(runs: pd.DataFrame, profile: str = "full", recipe: str = DEFAULT_RECIPE) -> tuple[pd.DataFrame, list[str]]:
     """Runs that go into Tables 1 and 2 (see module docstring), and notes on what was left out and why."""
     if profile not in PROFILE_CHOICES:
         raise AnalysisError(f"unknown profile {profile!r}; choose from {', '.join(PROFILE_CHOICES)}")
@@ -230,9 +240,8 @@ def add_input_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", default="full", choices=PROFILE_CHOICES,
                         help=f"which runs count: those whose config matches this profile ({profiles_help()}); "
                              "'any' takes every profile but still one config per cell, so no mixing (default: full)")
-    parser.add_argument("--recipe", default="suite", choices=RECIPE_CHOICES,
-                        help="which runs count: suite = SGD + Nesterov, weight decay 5e-4 (default); paper = the "
-                             "paper's literal Adam, no weight decay; both = each recipe apart, side by side")
+    parser.add_argument("--recipe", default=DEFAULT_RECIPE, choices=RECIPE_CHOICES,
+                        help=f"which runs count: {recipes_help()}; both: each recipe apart, side by side")
     parser.add_argument("--paper", default=str(PAPER_DIR), help="folder of the paper's table1.csv/table2.csv")
 
 

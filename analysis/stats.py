@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from repro.experiments import COLUMNS, TABLES
+from repro.experiments import COLUMNS, DEFAULT_RECIPE, TABLES
 
 CONFIDENCE = 0.95
 ALPHA = 1 - CONFIDENCE  # the tests' level: a verdict survives Holm when its adjusted p is below it
@@ -87,7 +87,8 @@ def comparison_text(base: tuple, treat: tuple) -> str:
     return f"{COLUMNS[base[2]].label}: T{treat[0][-1]} vs T{base[0][-1]}"
 
 
-def evaluate_claims(runs: pd.DataFrame, paper: dict[str, pd.Series], datasets, recipes=("suite",)) -> pd.DataFrame:
+def evaluate_claims(runs: pd.DataFrame, paper: dict[str, pd.Series], datasets,
+                    recipes=(DEFAULT_RECIPE,)) -> pd.DataFrame:
     """One row per comparison, per recipe and per dataset that has runs of that recipe, claim by claim. runs:
     recipe, table, dataset, column, seed, accuracy (fraction), profile; paper: percent per table indexed by
     (dataset, column). Differences are in percentage points; two runs of different recipes are never paired."""

@@ -18,7 +18,7 @@ from analysis import collect, stats
 from repro import layout
 from repro.config import Parser, RunConfig, plural
 from repro.datasets import DATASETS, table_datasets
-from repro.experiments import COLUMNS, PROFILES, RECIPES, TABLES, profile_words
+from repro.experiments import COLUMNS, DEFAULT_RECIPE, PROFILES, RECIPES, TABLES, profile_words
 from repro.records import DIVERGED_RULE
 
 TABLE_TITLES = {"table1": "FlexPooling (ResNet20, no SAC)",
@@ -37,7 +37,7 @@ def label(dataset: str) -> str:
 
 
 def summarize(runs: pd.DataFrame, paper: dict[str, pd.Series], skipped: pd.Series | None = None,
-              recipes=("suite",), diverged: pd.Series | None = None) -> pd.DataFrame:
+              recipes=(DEFAULT_RECIPE,), diverged: pd.Series | None = None) -> pd.DataFrame:
     """One row per (recipe, table, dataset, column), every cell of both tables per recipe, in percent: n, mean,
     std, sem, seeds, paper, diff (= mean - paper), skipped (failed or partial records of the cell), diverged (its
     runs that diverged: counted, never averaged), sum_dev (mean |sum - 1| of the final FlexPool, as a fraction).

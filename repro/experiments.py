@@ -85,6 +85,12 @@ RECIPES = {
     # The paper's text taken literally (Sec. 4): Adam (beta1 0.9, beta2 0.999), no weight decay.
     "paper": {"optimizer": "adam", "weight_decay": 0.0},
 }
+RECIPE_NOTES = {"suite": "SGD + Nesterov, weight decay 5e-4", "paper": "the paper's literal Adam, no weight decay"}
+DEFAULT_RECIPE = "suite"
+
+
+def recipes_help() -> str:
+    return "; ".join(f"{name}{' (default)' * (name == DEFAULT_RECIPE)}: {note}" for name, note in RECIPE_NOTES.items())
 
 # A params file tunes the cells of the plan: it may not make them other cells, nor pick their seeds.
 CELL_FIELDS = ("dataset", "pool", "sac", "seed")
@@ -169,7 +175,7 @@ def check_cell(config: RunConfig) -> None:
 
 
 def cell_config(table: str, dataset: str, column: str, profile: str = "full", params: dict | None = None,
-                recipe: str = "suite", **runtime) -> RunConfig:
+                recipe: str = DEFAULT_RECIPE, **runtime) -> RunConfig:
     fields = {"dataset": dataset, **TABLES[table], **COLUMNS[column].fields, **PROFILES[profile], **RECIPES[recipe]}
     for key, value in (params or {}).items():
         used = _ONLY_WHERE_USED.get(key)
@@ -186,7 +192,7 @@ def cell_config(table: str, dataset: str, column: str, profile: str = "full", pa
 
 
 def plan(target: str, seeds: int, datasets=None, columns=None, profile: str = "full", params=None,
-         recipe: str = "suite", **runtime) -> list[RunConfig]:
+         recipe: str = DEFAULT_RECIPE, **runtime) -> list[RunConfig]:
     """All runs of a target, in table, dataset, column, seed order. `runtime` sets non-id fields (paths...)."""
     check(target in TARGETS, f"unknown target {target!r}; choose from {', '.join(TARGETS)}")
     check(seeds >= 1, f"--seeds must be at least 1, got {seeds}")

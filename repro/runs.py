@@ -28,7 +28,17 @@ from typing import Literal, get_args
 from repro import layout, records
 from repro.config import RunConfig, absolute_checkpoint_dir, add_options, default_data_root, flags, plural
 from repro.datasets import table_datasets
-from repro.experiments import COLUMNS, PROFILES, RECIPES, TARGETS, load_params, plan, profiles_help
+from repro.experiments import (
+    COLUMNS,
+    DEFAULT_RECIPE,
+    PROFILES,
+    RECIPES,
+    TARGETS,
+    load_params,
+    plan,
+    profiles_help,
+    recipes_help,
+)
 
 State = Literal["done", "running", "queued", "failed", "unusable", "pending"]
 STATES: tuple[State, ...] = get_args(State)
@@ -173,9 +183,8 @@ def add_plan_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--columns", nargs="+", metavar="C", help=f"only these columns: {', '.join(COLUMNS)}")
     parser.add_argument("--profile", default="full", choices=list(PROFILES),
                         help=f"{profiles_help()} (default: full)")
-    parser.add_argument("--recipe", default="suite", choices=list(RECIPES),
-                        help="suite (default): SGD + Nesterov, weight decay 5e-4; paper: the paper's literal Adam, "
-                             "no weight decay (README: Deviations)")
+    parser.add_argument("--recipe", default=DEFAULT_RECIPE, choices=list(RECIPES),
+                        help=f"{recipes_help()} (README: Deviations)")
     parser.add_argument("--params", metavar="FILE", help="tuned hyper-parameters (YAML/JSON), e.g. from a sweep")
     add_options(parser, ("results_dir", "data_root", "checkpoint_dir"))
 

@@ -561,9 +561,9 @@ def parser() -> argparse.ArgumentParser:
                     "flips and scaling) and write a JSON run record under RESULTS_DIR/runs/. Every column of "
                     "Tables 1 and 2 is reachable: --pool avg|flex, --reg W, --dropout 0.25, --sac. "
                     "Re-running the same command resumes from the last epoch's checkpoint.")
-    p.add_argument("--recipe", choices=list(experiments.RECIPES), default="suite",
-                   help="start from this recipe's optimizer and weight decay (suite: SGD + Nesterov, 5e-4; "
-                        "paper: Adam, 0); flags given explicitly override it (default: suite)")
+    p.add_argument("--recipe", choices=list(experiments.RECIPES), default=experiments.DEFAULT_RECIPE,
+                   help=f"start from this recipe's optimizer and weight decay ({experiments.recipes_help()}); "
+                        "flags given explicitly override it")
     add_options(p)
     return p
 
