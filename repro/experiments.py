@@ -131,13 +131,19 @@ def recipe_of(config: RunConfig) -> str:
     return _named_set(config, RECIPES)
 
 
-def load_params(path: str | Path) -> dict:
+def load_params(path: str | Path, recipe: str | None = None) -> dict:
     """Tuned hyper-parameters (JSON or YAML mapping of RunConfig field -> value), e.g. from `repro.sweep --report`;
-    each value checked against its field here, so a bad one fails in one line before anything is planned."""
+    each value checked against its field here, so a bad one fails in one line before anything is planned. A sweep
+    report names the recipe its trials trained with: values tuned for one optimizer are not applied to the other's
+    runs."""
     path = Path(path)
     check(path.is_file(), f"params file {path} does not exist")
     params = records.load_file(path, "params file")
     if isinstance(params, dict) and "params" in params:  # a sweep report: the values sit under "params"
+        tuned = params.get("recipe", recipe)  # reports written before they named it: not known
+        check(recipe is None or tuned == recipe, f"params file {path} was tuned under recipe {tuned!r}, not "
+                                                 f"{recipe!r}: launch with --recipe {tuned}, or tune the {recipe} "
+                                                 "recipe's runs")
         params = params["params"]
     check(isinstance(params, dict), f"params file {path} must hold a mapping of field -> value")
     unknown = sorted(set(params) - set(field_names()))

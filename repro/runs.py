@@ -191,8 +191,9 @@ def add_plan_args(parser: argparse.ArgumentParser) -> None:
 
 def plan_from_args(args: argparse.Namespace, *fields: str) -> list[RunConfig]:
     """The runs the plan arguments select, with the named RunConfig fields (beside the paths) from `args`."""
-    return plan(args.target, args.seeds, args.datasets, args.columns, args.profile,
-                load_params(args.params) if args.params else None, args.recipe, **field_values(args, fields))
+    params = load_params(args.params, args.recipe) if args.params else None
+    return plan(args.target, args.seeds, args.datasets, args.columns, args.profile, params, args.recipe,
+                **field_values(args, fields))
 
 
 def status_command(args: argparse.Namespace) -> str:

@@ -33,7 +33,7 @@ from optuna.trial import TrialState
 
 from repro import executors, layout, records, runs, wandb_agent
 from repro.config import ConfigError, Parser, RunConfig, add_options, check
-from repro.experiments import RUNTIME_FIELDS
+from repro.experiments import RUNTIME_FIELDS, recipe_of
 from repro.studies import SAMPLERS, Study, load_study, make_pruner, sample, suggest
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -373,7 +373,7 @@ def report(study: Study, optuna_study: optuna.Study, out: Path, top: int) -> dic
     for t in complete[:top]:
         print(f"  trial {t.number:>4}  {t.value:.2%}  {params_text(t.params)}  run {t.user_attrs.get('run_id', '?')}")
     best = complete[0]
-    result = {"study": study.name, "objective": split,
+    result = {"study": study.name, "objective": split, "recipe": recipe_of(base),
               "value": best.value, "trial": best.number, "run_id": best.user_attrs.get("run_id"),
               "finished_trials": sum(t.state in FINISHED for t in optuna_study.get_trials(deepcopy=False)),
               "params": sample(study.space, lambda name, spec: best.params[name])}

@@ -559,6 +559,19 @@ def test_params_file_sets_only_what_tunes_a_cell(capsys, tmp_path, text, message
         one_line_error(err, f"params file {path}: {message}")
 
 
+def test_a_sweep_report_applies_only_to_the_recipe_it_was_tuned_under(capsys, tmp_path):
+    path = write(tmp_path / "best.json", json.dumps({"study": "s", "recipe": "suite", "params": {"lr": 0.05}}))
+    for module in (launch, status):
+        code, out, err = main(capsys, module, "table1", "--params", path, "--results-dir", tmp_path, "--recipe",
+                              "paper", *(["--dry-run"] if module is launch else []))
+        assert code == 2 and out == ""
+        one_line_error(err, f"params file {path} was tuned under recipe 'suite', not 'paper': launch with --recipe "
+                            "suite, or tune the paper recipe's runs")
+    code, _, _ = main(capsys, launch, "table1", "--params", path, "--results-dir", tmp_path, "--recipe", "suite",
+                      "--dry-run")
+    assert code == 0 and experiments.load_params(path, "suite") == {"lr": 0.05}
+
+
 def test_plan_names_a_profile_changed_by_params_as_the_records_do(capsys, tmp_path):
     path = write(tmp_path / "p.yaml", "epochs: 20\nreg: 1e-4\n")
     code, out, _ = main(capsys, launch, "table1", "--params", path, "--results-dir", tmp_path, "--dry-run",

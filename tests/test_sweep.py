@@ -4,6 +4,7 @@ local workers, retries of a dead worker's trial, the best-parameter export, W&B 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -93,6 +94,7 @@ def test_sqlite_two_local_workers_then_top_up_and_report(tmp_path):
     best = max((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
     params = load_params(results / "sweeps" / "tiny.best.json")
     assert params == best.params
+    assert json.loads((results / "sweeps" / "tiny.best.json").read_text())["recipe"] == "suite"  # the study's SGD
     configs = {c.cell: c for c in plan("table1", 1, ["cifar10"], profile="smoke", params=params)}
     assert configs["table1/cifar10/flexpool-reg-dropout"].dropout == params["dropout"]
     assert configs["table1/cifar10/flexpool-reg"].reg == params["reg"]
