@@ -378,7 +378,8 @@ def report(study: Study, optuna_study: optuna.Study, out: Path, top: int) -> dic
               "finished_trials": sum(t.state in FINISHED for t in optuna_study.get_trials(deepcopy=False)),
               "params": sample(study.space, lambda name, spec: best.params[name])}
     records.atomic_write(out, lambda f: f.write((json.dumps(result, indent=1) + "\n").encode()))
-    print(f"best parameters: {out}\nrun the tables with them: python -m repro.launch TARGET --params {out}")
+    print(f"best parameters: {out}\nrun the tables with them: "
+          f"python -m repro.launch TARGET --recipe {result['recipe']} --params {out}")
     return result
 
 

@@ -90,7 +90,7 @@ def test_sqlite_two_local_workers_then_top_up_and_report(tmp_path):
 
     # The best parameters, as the launcher reads them.
     result = run_sweep(study, "--report", "--results-dir", results)
-    assert result.returncode == 0
+    assert result.returncode == 0 and "python -m repro.launch TARGET --recipe suite --params" in result.stdout
     best = max((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
     params = load_params(results / "sweeps" / "tiny.best.json")
     assert params == best.params
