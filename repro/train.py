@@ -572,12 +572,17 @@ def main(argv=None) -> int:
     return records.command(lambda: train_command(argv), bad_input=(data.DataError, TrainingError))
 
 
-def train_command(argv) -> int:
+def parse_config(argv) -> RunConfig:
+    """The run a `python -m repro.train` command line describes: its recipe's values where no flag sets them."""
     options = parser()
     recipe = options.parse_known_args(argv)[0].recipe
     options.set_defaults(**experiments.RECIPES[recipe])
     args = vars(options.parse_args(argv))
-    config = RunConfig(**{name: args[name] for name in field_names()})
+    return RunConfig(**{name: args[name] for name in field_names()})
+
+
+def train_command(argv) -> int:
+    config = parse_config(argv)
     # the record names the data folder used, not '' (the launcher and sweeps resolve it the same way)
     config = config.replace(data_root=str(Path(config.data_root or default_data_root()).resolve()),
                             checkpoint_dir=absolute_checkpoint_dir(config.checkpoint_dir))

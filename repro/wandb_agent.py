@@ -9,6 +9,7 @@ import yaml
 
 from repro import layout
 from repro.config import RunConfig, flag, flags
+from repro.experiments import DEFAULT_RECIPE, RECIPES
 from repro.studies import Study, integer
 
 
@@ -27,6 +28,10 @@ def sweep(study: Study) -> tuple[dict, list[str]]:
     and the fields left out."""
     parameters = {flag(n)[2:]: parameter(n, s) for n, s in study.space.items() if not isinstance(s, list)}
     left_out = [n for n, s in study.space.items() if isinstance(s, list)]
+    # repro.train would take what the study leaves to RunConfig's defaults from its own default recipe: given
+    # here, the agent trains the run an Optuna trial of the study trains
+    trial = RunConfig.from_dict(study.fixed)
+    fixed = {name: getattr(trial, name) for name in RECIPES[DEFAULT_RECIPE]} | study.fixed
     spec = {
         "name": study.name,
         "project": RunConfig.wandb_project,
@@ -35,7 +40,7 @@ def sweep(study: Study) -> tuple[dict, list[str]]:
         "metric": {"name": "eval_accuracy", "goal": "maximize"},  # logged each epoch; the val split here
         "run_cap": study.trials,
         "parameters": parameters,
-        "command": ["${env}", "${interpreter}", "-m", "repro.train", *flags(study.fixed), *flags({
+        "command": ["${env}", "${interpreter}", "-m", "repro.train", *flags(fixed), *flags({
             "wandb": "online", "wandb_group": f"wandb-sweep/{study.name}",
             "results_dir": str(layout.trials_dir(RunConfig.results_dir, f"{study.name}-wandb"))}),
                     "${args_no_boolean_flags}"],

@@ -18,8 +18,8 @@ import yaml
 from optuna.trial import TrialState
 
 from repro import records, studies, sweep, train, wandb_agent
-from repro.config import RunConfig, field_names
-from repro.experiments import load_params, plan
+from repro.config import RunConfig, field_names, flag
+from repro.experiments import RUNTIME_FIELDS, load_params, plan
 from tests.helpers import ROOT, STUDY_FIXED, in_process, inspect, sacct_states, wait_for, write_study
 
 pytestmark = [pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning"),
@@ -95,14 +95,14 @@ def test_sqlite_two_local_workers_then_top_up_and_report(tmp_path):
     params = load_params(results / "sweeps" / "tiny.best.json")
     assert params == best.params
     assert json.loads((results / "sweeps" / "tiny.best.json").read_text())["recipe"] == "suite"  # the study's SGD
-    configs = {c.cell: c for c in plan("table1", 1, ["cifar10"], profile="smoke", params=params)}
+    configs = {c.cell: c for c in plan("table1", 1, ["cifar10"], profile="smoke", params=params, recipe="suite")}
     assert configs["table1/cifar10/flexpool-reg-dropout"].dropout == params["dropout"]
     assert configs["table1/cifar10/flexpool-reg"].reg == params["reg"]
     assert configs["table1/cifar10/avgpool"].reg == 0.0  # tuned values only where the column uses them
     # a tuned lr is one for the paper's batch of 1000: the smoke profile's 128 keeps its lr per image
     assert configs["table1/cifar10/flexpool"].lr == pytest.approx(params["lr"] * 128 / 1000)
-    dry = subprocess.run([sys.executable, "-m", "repro.launch", "table1", "--profile", "smoke", "--datasets",
-                          "cifar10", "--params", results / "sweeps" / "tiny.best.json", "--results-dir",
+    dry = subprocess.run([sys.executable, "-m", "repro.launch", "table1", "--profile", "smoke", "--recipe", "suite",
+                          "--datasets", "cifar10", "--params", results / "sweeps" / "tiny.best.json", "--results-dir",
                           tmp_path / "tables", "--executor", "local", "--dry-run"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert dry.returncode == 0, dry.stderr
@@ -210,7 +210,8 @@ def sample_value(parameter: dict):
 @pytest.mark.parametrize("path", sorted((ROOT / "sweeps" / "wandb-agent").glob("*.yaml")), ids=lambda p: p.stem)
 def test_wandb_sweep_files_match_their_study_and_the_trainer(path):
     """The agent's command gives repro.train the study's fixed values (as its Optuna trials take them) and
-    W&B's picks of the searched ones, through the options every command shares."""
+    W&B's picks of the searched ones, through the options every command shares: the run an agent trains is the
+    Optuna trial's, recipe included, whatever repro.train's default recipe."""
     study = studies.load_study(path.stem)
     assert path.read_text() == wandb_agent.text(study), f"regenerate: python -m repro.sweep {path.stem} --export-wandb"
     spec = yaml.safe_load(path.read_text())
@@ -218,12 +219,12 @@ def test_wandb_sweep_files_match_their_study_and_the_trainer(path):
     assert command[:4] == ["${env}", "${interpreter}", "-m", "repro.train"]
     args = [f"--{name}={sample_value(p)}" for name, p in spec["parameters"].items()]
     argv = [a for c in command[4:] for a in (args if c == "${args_no_boolean_flags}" else [c])]
-    parsed = vars(train.parser().parse_args(argv))
-    config = RunConfig(**{name: parsed[name] for name in field_names()})
+    config = train.parse_config(argv)
     for name, parameter in spec["parameters"].items():
         assert getattr(config, name.replace("-", "_")) == sample_value(parameter)
     fixed = RunConfig.from_dict(study.fixed)
-    assert {name: getattr(config, name) for name in study.fixed} == {name: getattr(fixed, name) for name in study.fixed}
+    same = [n for n in field_names() if n not in RUNTIME_FIELDS and flag(n)[2:] not in spec["parameters"]]
+    assert {n: getattr(config, n) for n in same} == {n: getattr(fixed, n) for n in same}
     assert config.eval_split == "val" and config.wandb == "online"
 
 
