@@ -1,6 +1,6 @@
 """Figures 2 and 4 (the trend across the four columns, ours beside the paper's) and what FlexPool learned.
 
-    python -m analysis.make_figures                      # results/runs -> results/figures/full/suite/
+    python -m analysis.make_figures                      # results/runs -> results/figures/full/paper/
     python -m analysis.make_figures --profile smoke --recipe both
 
 Writes, as PNG and PDF, to results/figures/<profile>/<recipe>/ (or --out); every title names profile and recipe:

@@ -1,6 +1,6 @@
 """One results page per profile and recipe: what was run, what it found, how sure, what would make it surer.
 
-    python -m analysis.make_report                   # results/runs -> results/report/full/suite/README.md
+    python -m analysis.make_report                   # results/runs -> results/report/full/paper/README.md
     python -m analysis.make_report --profile budget --seeds 3
 
 Writes README.md and the PNG figures it shows to results/report/<profile>/<recipe>/ (or --out), from the run

@@ -1,6 +1,6 @@
 """Tables 1 and 2 in the paper's layout, next to the paper's numbers, and a verdict on each of its claims.
 
-    python -m analysis.make_tables                       # results/runs -> terminal + results/tables/full/suite/
+    python -m analysis.make_tables                       # results/runs -> terminal + results/tables/full/paper/
     python -m analysis.make_tables --profile smoke --recipe both --format md
 
 Writes table1.*, table2.* and claims.* (md, tex, csv) to results/tables/<profile>/<recipe>/ (or --out), so runs of

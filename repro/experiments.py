@@ -78,15 +78,16 @@ def profiles_help() -> str:
 
 # How the network is optimised. Both use the paper's one-cycle schedule peaking at lr 0.1, batch 1000, 100 epochs.
 RECIPES = {
-    # The default: SGD with Nesterov momentum 0.9 and weight decay, as the authors' public code
-    # (aliman80/FlexPoolU) and the standard ResNet20 recipe train; Adam at a one-cycle peak of 0.1 is far above
-    # Adam's usual range.
+    # SGD with Nesterov momentum 0.9 and weight decay, as the authors' public code (aliman80/FlexPoolU) and the
+    # standard ResNet20 recipe train; Adam at a one-cycle peak of 0.1 is far above Adam's usual range.
     "suite": {"optimizer": "sgd", "weight_decay": 5e-4},
     # The paper's text taken literally (Sec. 4): Adam (beta1 0.9, beta2 0.999), no weight decay.
     "paper": {"optimizer": "adam", "weight_decay": 0.0},
 }
 RECIPE_NOTES = {"suite": "SGD + Nesterov, weight decay 5e-4", "paper": "the paper's literal Adam, no weight decay"}
-DEFAULT_RECIPE = "suite"
+# A reproduction runs the paper's protocol unless it fails. Paired by seed on Fashion-MNIST's budget runs, it trained
+# cleanly in every cell and was not behind the suite recipe (repro/README.md: Deviations).
+DEFAULT_RECIPE = "paper"
 
 
 def recipes_help() -> str:

@@ -15,7 +15,7 @@ import numpy as np
 import yaml
 
 from repro import layout, records, studies, sweep
-from repro.experiments import cell_config, plan, profile_of, recipe_of
+from repro.experiments import DEFAULT_RECIPE, cell_config, plan, profile_of, recipe_of
 
 if TYPE_CHECKING:
     import torch
@@ -109,7 +109,7 @@ def flexpool_weights(rng, channels=4, size=8) -> dict:
 
 
 def write_run(results: Path, table, dataset, column, seed, accuracy, profile="full", status="completed",
-              params=None, recipe="suite", **extra) -> Path:
+              params=None, recipe=DEFAULT_RECIPE, **extra) -> Path:
     """A realistic record at the path the trainer would use."""
     cfg = cell_config(table, dataset, column, profile, params, recipe).replace(seed=seed, results_dir=str(results))
     rng = np.random.default_rng(seed)

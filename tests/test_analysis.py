@@ -252,7 +252,7 @@ def test_latex_has_one_block_per_dataset_and_says_profile_and_recipe(results, tm
         assert all(line.endswith("\\\\") and line.count(" & ") == 4 for b in blocks for line in b[1:])
         assert "\\begin{tabular}{@{}lcccc@{}}" in tex and "\\pm" in tex and "±" not in tex
         [caption] = re.findall(r"\\caption\{(.*)\}\n", tex)
-        assert caption.startswith("FlexPooling") and "full profile" in caption and "suite recipe" in caption
+        assert caption.startswith("FlexPooling") and "full profile" in caption and "paper recipe" in caption
         assert "``ImageNet''" in caption and '"' not in caption
         signed = re.findall(r" & (\S*?[+-]\d+\.\d\d\S*)", body)
         assert signed and all(re.fullmatch(r"\$[+-]\d+\.\d\d\$", x) for x in signed)  # a real minus: math mode
@@ -295,12 +295,12 @@ def test_latex_compiles_on_a_portrait_page_without_overfull_boxes(results, tmp_p
             write_run(results_dir, table, dataset, column, 0, 0.5)
     if case == "both recipes":
         for column, seed in itertools.product(COLUMNS, range(2)):
-            write_run(results_dir, "table2", "cifar10", column, seed, 0.3 + 0.1 * seed, recipe="paper")
+            write_run(results_dir, "table2", "cifar10", column, seed, 0.3 + 0.1 * seed, recipe="suite")
     if case == "widest numbers":
         worst_case_latex(results_dir, out)
     else:
         run_tables(results_dir / "runs", out, "--format", "latex", "--recipe",
-                   "both" if case == "both recipes" else "suite")
+                   "both" if case == "both recipes" else "paper")
     tables = sorted(p.name for p in out.glob("*.tex"))
     assert tables == ["claims.tex", "table1.tex", "table2.tex"]
     (out / "doc.tex").write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
@@ -333,18 +333,18 @@ def test_outputs_of_each_profile_and_recipe_go_to_their_own_folder(results, monk
     make_figures.main(["--runs", "runs", "--profile", "smoke"])  # the same out_dir(); the smallest set of figures
     tables, figures = results_dir / "results" / "tables", results_dir / "results" / "figures"
     assert {p.relative_to(tables).parent.as_posix() for p in tables.rglob("*.md")} == {
-        "full/suite", "smoke/suite", "full/both"}
-    full, smoke = (tables / "full/suite/table1.md").read_text(), (tables / "smoke/suite/table1.md").read_text()
-    assert "(full profile, suite recipe)" in full and "(smoke profile, suite recipe)" in smoke
-    assert "full profile (100 epochs, the paper's)" in (tables / "full/suite/table1.tex").read_text()
+        "full/paper", "smoke/paper", "full/both"}
+    full, smoke = (tables / "full/paper/table1.md").read_text(), (tables / "smoke/paper/table1.md").read_text()
+    assert "(full profile, paper recipe)" in full and "(smoke profile, paper recipe)" in smoke
+    assert "full profile (100 epochs, the paper's)" in (tables / "full/paper/table1.tex").read_text()
     assert "smoke profile (4 epochs, a subset of the images, not the paper's 100)" in \
-        (tables / "smoke/suite/table1.tex").read_text()
+        (tables / "smoke/paper/table1.tex").read_text()
     assert "Smoke profile (4 epochs, a subset of the images, not the paper's 100)" in \
-        (tables / "smoke/suite/claims.tex").read_text()
+        (tables / "smoke/paper/claims.tex").read_text()
     assert "1 run in 1 of 16 cells" in smoke
     assert {p.relative_to(figures).as_posix() for p in figures.rglob("*.png")} == {
-        "smoke/suite/curves.png", "smoke/suite/figure2.png", "smoke/suite/figure4.png",
-        "smoke/suite/flexpool-table1-cifar10.png"}
+        "smoke/paper/curves.png", "smoke/paper/figure2.png", "smoke/paper/figure4.png",
+        "smoke/paper/flexpool-table1-cifar10.png"}
     capsys.readouterr()
 
 
@@ -363,10 +363,10 @@ def test_trend_figure_layout(results, tmp_path):
     ours spans far more (a short run), and titles say profile, recipe and seeds in words."""
     results_dir, _ = results
     next((results_dir / "runs/table1/cifar10/flexpool-reg").glob("seed2-*.json")).unlink()  # n varies
-    for seed in range(2):  # Fashion-MNIST, paper recipe: gains of 10 points, the paper's span 2.6
+    for seed in range(2):  # Fashion-MNIST, suite recipe: gains of 10 points, the paper's span 2.6
         for i, column in enumerate(COLUMNS):
             write_run(results_dir, "table1", "fashion_mnist", column, seed, 0.5 + 0.05 * i + 0.01 * seed,
-                      recipe="paper")
+                      recipe="suite")
     runs, _ = collect.load_runs(results_dir / "runs")
     runs, _ = collect.select(runs, "full", "both")
     paper = {t: collect.load_paper(t) for t in ("table1", "table2")}
@@ -393,19 +393,19 @@ def test_trend_figure_layout(results, tmp_path):
     heading = fig.get_suptitle()
     assert "full profile (100 epochs, the paper's), suite and paper recipe" in heading and "error bars" in heading
     assert [t.get_text() for t in legend.get_texts()] == [
-        "paper (published values)", "ours, suite recipe (seeds per point at the bottom)",
-        "ours, paper recipe (2 seeds)"]
+        "paper (published values)", "ours, suite recipe (2 seeds)",
+        "ours, paper recipe (seeds per point at the bottom)"]
 
 
 def test_flexpool_figure_names_pools_in_words_with_legible_numbers(results):
     results_dir, _ = results
     write_run(results_dir, "table2", "cifar100", "flexpool", 0, 0.6)  # one seed
     runs, _ = collect.load_runs(results_dir / "runs")
-    fig = make_figures.flexpool_figure(runs, "table2", "cifar100", "full", "suite")
+    fig = make_figures.flexpool_figure(runs, "table2", "cifar100", "full", "paper")
     FigureCanvasAgg(fig).draw()
     texts = [fig.get_suptitle()] + [t.get_text() for ax in fig.axes for t in (ax.title, ax.xaxis.label,
                                                                               ax.yaxis.label)]
-    assert "full profile (100 epochs, the paper's), suite recipe" in texts[0] and "CIFAR100, Table 2" in texts[0]
+    assert "full profile (100 epochs, the paper's), paper recipe" in texts[0] and "CIFAR100, Table 2" in texts[0]
     assert not any("1 seeds" in t or "heads." in t for t in texts)
     assert any(t.startswith("SAC head 1 (stage 1, 32x32)") for t in texts)
     hist = next(ax for ax in fig.axes if "weight sums" in ax.get_title())

@@ -31,7 +31,7 @@ def test_launch_and_status_take_the_budget_profile_and_say_what_it_is(tmp_path, 
     argv = ["all", "--profile", "budget", "--datasets", "fashion_mnist", "--seeds", "2",
             "--results-dir", str(tmp_path)]
     assert launch.main([*argv, "--dry-run"]) == 0
-    assert "(budget profile, suite recipe): 8 cells x 2 seeds = 16 runs" in capsys.readouterr().out
+    assert "(budget profile, paper recipe): 8 cells x 2 seeds = 16 runs" in capsys.readouterr().out
     assert status.main(argv) == 0
     assert "16 pending" in capsys.readouterr().out
     help_text = " ".join(launch.parser().format_help().split())
@@ -69,7 +69,7 @@ def test_every_column_of_both_tables_learns_under_the_smoke_profile(seed, tmp_pa
 
 def test_wandb_tags_name_the_profile_and_recipe():
     config = experiments.cell_config("table2", "fashion_mnist", "flexpool", "budget")
-    assert {"profile=budget", "recipe=suite", "sac"} <= set(tracking.tags(config))
+    assert {"profile=budget", "recipe=paper", "sac"} <= set(tracking.tags(config))
 
 
 def test_budget_tables_and_figures_say_it_is_not_the_papers_experiment(tmp_path):
@@ -90,7 +90,7 @@ def test_budget_tables_and_figures_say_it_is_not_the_papers_experiment(tmp_path)
     loaded = load_summary(make_figures.parse_args(["--runs", str(tmp_path / "runs"), "--profile",
                                                                "budget"]))
     titles = [fig._suptitle.get_text() for *_, fig in make_figures.figures(
-        loaded.runs, loaded.summary, "std", "budget", ["suite"])]
+        loaded.runs, loaded.summary, "std", "budget", ["paper"])]
     assert len(titles) == 4 and all(words in title for title in titles)  # Figures 2 and 4, the weights, curves
 
 

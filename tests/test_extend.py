@@ -44,7 +44,7 @@ def test_a_data_set_and_a_column_added_in_one_place_each_reach_every_output(tmp_
     make_figures.main([*runs, "--out", str(tmp_path / "figures")])
     assert (tmp_path / "figures" / "figure2.png").is_file()
     loaded = load_summary(make_figures.parse_args(runs))
-    trend = make_figures.trend_figure(loaded.runs, loaded.summary, "table1", "std", "smoke", ["suite"])
+    trend = make_figures.trend_figure(loaded.runs, loaded.summary, "table1", "std", "smoke", ["paper"])
     assert "MNIST" in [ax.get_title().split("\n")[0] for ax in trend.axes]
     assert [t.get_text() for t in trend.axes[0].get_xticklabels()][-1] == "softmax"
 

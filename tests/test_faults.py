@@ -578,7 +578,7 @@ def test_plan_names_a_profile_changed_by_params_as_the_records_do(capsys, tmp_pa
                         "--profile", "smoke")
     (config,) = configs(tmp_path, tmp_path, columns=["avgpool"], epochs=20)
     assert experiments.profile_of(config) == "custom"
-    assert code == 0 and "plan: table1 (custom profile: smoke with epochs=20 from --params, suite recipe)" in out
+    assert code == 0 and "plan: table1 (custom profile: smoke with epochs=20 from --params, paper recipe)" in out
 
 
 @pytest.mark.parametrize("space,message", [

@@ -46,7 +46,7 @@ def test_status_names_the_smoke_records_when_asked_for_the_full_profile(tmp_path
     assert status.main(argv) == 0
     out = capsys.readouterr().out
     assert "0 done" in out and "4 pending" in out
-    assert ("also here: 2 record(s) of profile smoke, recipe suite (see them with --profile smoke --recipe suite)"
+    assert ("also here: 2 record(s) of profile smoke, recipe paper (see them with --profile smoke --recipe paper)"
             in out)
     assert status.main([*argv, "--profile", "smoke"]) == 0
     out = capsys.readouterr().out

@@ -132,7 +132,7 @@ def test_page_has_its_six_parts_in_order(report):
     page = report[0]
     headings = re.findall(r"^## (.+)$", page, flags=re.MULTILINE)
     assert headings == SECTIONS
-    assert page.startswith("# FlexPooling reproduction: budget profile, suite recipe\n")
+    assert page.startswith("# FlexPooling reproduction: budget profile, paper recipe\n")
 
 
 def test_tables_equal_an_independent_computation(report):
@@ -222,7 +222,7 @@ def test_what_was_run_names_profile_runs_compute_and_provenance(report):
     page, _, known, failed = report
     part = section(page, "What was run")
     assert "budget profile (10 epochs, not the paper's 100)" in part and "not the paper's 100-epoch" in part
-    assert "**Recipe**: suite recipe (SGD, weight decay 0.0005)." in part
+    assert "**Recipe**: paper recipe (Adam, weight decay 0)." in part
     assert f"**Runs**: {len(known)} completed of 96 planned (32 cells × 3 seeds)." in part
     hours = known.assign(cuda=known["dataset"] == "cifar10").groupby("cuda")["train_s"].sum() / 3600
     assert (f"cpu: {hours[False]:.1f} h of training (Intel Xeon, bf16 units AMX-BF16: 13 runs); "
@@ -253,9 +253,9 @@ def test_reproduce_gives_the_commands_of_this_page(report):
     commands = block.splitlines()
     assert [c.split("  #")[0].strip() for c in commands] == [
         'pip install -r requirements.lock -e ".[dev]"',  # the environment, exactly
-        "python -m repro.launch all --seeds 3 --profile budget --recipe suite --compile auto",
-        "python -m repro.status all --seeds 3 --profile budget --recipe suite",
-        "python -m analysis.make_report --profile budget --recipe suite --seeds 3 --spread std"]
+        "python -m repro.launch all --seeds 3 --profile budget --recipe paper --compile auto",
+        "python -m repro.status all --seeds 3 --profile budget --recipe paper",
+        "python -m analysis.make_report --profile budget --recipe paper --seeds 3 --spread std"]
 
 
 def fashion_mnist_page(root: Path, threads: int = 1) -> str:
@@ -274,7 +274,7 @@ def fashion_mnist_page(root: Path, threads: int = 1) -> str:
 @pytest.mark.parametrize("threads, flags", [(1, " --compile auto --executor local --runs-per-gpu 2"),
                                             (2, " --compile auto")])
 def test_launch_command_trains_cpu_runs_side_by_side_as_the_records_did(tmp_path, threads, flags):
-    launch = ("python -m repro.launch all --seeds 1 --datasets fashion_mnist --profile budget --recipe suite"
+    launch = ("python -m repro.launch all --seeds 1 --datasets fashion_mnist --profile budget --recipe paper"
               f"{flags}   # trains")
     assert launch in fashion_mnist_page(tmp_path, threads)
 
@@ -321,7 +321,7 @@ def test_readme_results_are_the_page_in_brief_between_its_markers(report, tmp_pa
     make_report.main(argv)
     text = readme.read_text()
     assert text.startswith("# Project\n\n## Results\n\n<!-- results: written by python -m analysis.make_report "
-                           "--profile budget --recipe suite --seeds 3 --datasets cifar10 fashion_mnist")
+                           "--profile budget --recipe paper --seeds 3 --datasets cifar10 fashion_mnist")
     assert text.endswith("<!-- end of results -->\n\n## Next\n") and "old numbers" not in text
     assert f"{len(known)} completed of 48 planned (16 cells × 3 seeds)" in text
     page = (tmp_path / "page" / "README.md").read_text()

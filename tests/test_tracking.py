@@ -102,9 +102,10 @@ def test_tracking_failure_never_costs_the_run(tmp_path, monkeypatch):
 
 
 def train_command(config: RunConfig) -> list[str]:
-    return [sys.executable, "-m", "repro.train", "--dataset", "synthetic", "--pool", "flex", "--reg", "1e-3",
-            "--epochs", str(config.epochs), "--batch-size", "64", "--lr", str(config.lr), "--train-subset", "128",
-            "--test-subset", "64", "--cell", config.cell, "--results-dir", config.results_dir]
+    # the recipe of `tiny`'s RunConfig defaults: the command trains the run the test names
+    return [sys.executable, "-m", "repro.train", "--recipe", "suite", "--dataset", "synthetic", "--pool", "flex",
+            "--reg", "1e-3", "--epochs", str(config.epochs), "--batch-size", "64", "--lr", str(config.lr),
+            "--train-subset", "128", "--test-subset", "64", "--cell", config.cell, "--results-dir", config.results_dir]
 
 
 def wait_for_checkpoint(process: subprocess.Popen, config: RunConfig) -> None:
