@@ -29,7 +29,18 @@ from matplotlib.figure import Figure  # the object API needs no pyplot and no di
 from matplotlib.ticker import MaxNLocator
 
 from analysis import collect
-from analysis.summary import SPREADS, cells_of, label, load_summary, out_dir, output_parser, profile_text
+from analysis.summary import (
+    SPREADS,
+    cells_of,
+    commits,
+    counted,
+    date_span,
+    label,
+    load_summary,
+    out_dir,
+    output_parser,
+    profile_text,
+)
 from repro.config import plural
 from repro.datasets import DATASETS, table_datasets
 from repro.experiments import COLUMNS, PROFILES, TABLES
@@ -338,11 +349,9 @@ def parse_args(argv=None):
 def provenance(runs: pd.DataFrame, command: str) -> str:
     """How the figures beside it were made: the command, and the devices, torch versions, commits and dates of
     the records they draw, read from those records."""
-    def values(column: str) -> str:
-        return ", ".join(sorted({str(v) for v in runs[column].dropna()})) or "none recorded" if len(runs) else "none"
     return (f"# How these figures were made\n\nCommand: `{command.strip()}`, from {len(runs)} run record(s) and "
-            f"the paper's numbers (`results/paper/`).\n\n- devices: {values('device')}\n- torch: {values('torch')}"
-            f"\n- commits: {values('git_commit')}\n- dates: {values('date')}\n")
+            f"the paper's numbers (`results/paper/`).\n\n- devices: {counted(runs['device'])}\n- torch: "
+            f"{counted(runs['torch'])}\n- commits: {commits(runs)}\n- dates: {date_span(runs)}\n")
 
 
 def main(argv=None) -> None:

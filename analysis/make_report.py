@@ -25,6 +25,9 @@ from analysis.summary import (
     claim_summary,
     claims_block,
     claims_intro,
+    commits,
+    counted,
+    date_span,
     fmt,
     label,
     load_summary,
@@ -98,22 +101,8 @@ def compute(runs: pd.DataFrame) -> str:
     return "; ".join(parts) or "none"
 
 
-def short_commit(commit: str) -> str:
-    """The first 10 hex digits (still unique in this repository), keeping a '-dirty' mark."""
-    return re.sub(r"^([0-9a-f]{10})[0-9a-f]{30}", r"\1", commit)
-
-
-def counted(values: pd.Series) -> str:
-    """'2.5.1 (24 runs), 2.6.0 (8 runs)': each value the records hold, and how often."""
-    counts = values.fillna("not recorded").value_counts()
-    return ", ".join(f"{value} ({plural(n, 'run')})" for value, n in counts.items()) or "none"
-
-
 def provenance(runs: pd.DataFrame) -> str:
-    dates = pd.to_datetime(runs["date"], utc=True, errors="coerce", format="ISO8601").dropna()
-    span = f"{dates.min():%Y-%m-%d} to {dates.max():%Y-%m-%d}" if len(dates) else "not recorded"
-    commits = counted(runs["git_commit"].map(short_commit, na_action="ignore"))
-    return f"dates {span}; torch {counted(runs['torch'])}; commits {commits}"
+    return f"dates {date_span(runs)}; torch {counted(runs['torch'])}; commits {commits(runs)}"
 
 
 def compile_modes(runs: pd.DataFrame) -> pd.Series:

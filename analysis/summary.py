@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from pathlib import Path
 from typing import NamedTuple
 
@@ -206,6 +207,23 @@ def claims_block(claims: pd.DataFrame, summary: pd.DataFrame, recipe: str, summa
         return lines
     rows = [cells(r) for r in claims.itertuples()]
     return [*lines, *claim_lines(claims, summarize_claim), "", *md_table(header, rows)]
+
+
+def counted(values: pd.Series) -> str:
+    """'2.5.1 (24 runs), 2.6.0 (8 runs)': each value the records hold, and how often."""
+    counts = values.fillna("not recorded").value_counts()
+    return ", ".join(f"{value} ({plural(n, 'run')})" for value, n in counts.items()) or "none"
+
+
+def commits(runs: pd.DataFrame) -> str:
+    """Each commit by its first 10 hex digits (still unique in this repository, a '-dirty' mark kept), counted."""
+    return counted(runs["git_commit"].map(lambda c: re.sub(r"^([0-9a-f]{10})[0-9a-f]{30}", r"\1", c),
+                                          na_action="ignore"))
+
+
+def date_span(runs: pd.DataFrame) -> str:
+    dates = pd.to_datetime(runs["date"], utc=True, errors="coerce", format="ISO8601").dropna()
+    return f"{dates.min():%Y-%m-%d} to {dates.max():%Y-%m-%d}" if len(dates) else "not recorded"
 
 
 def output_parser(prog: str, description: str, output: str) -> argparse.ArgumentParser:

@@ -87,6 +87,7 @@ def test_budget_tables_and_figures_say_it_is_not_the_papers_experiment(tmp_path)
     assert (figures / "figure2.png").stat().st_size > 0
     made = (figures / "README.md").read_text()
     assert "python -m analysis.make_figures --runs" in made and "from 8 run record(s)" in made and "torch:" in made
+    assert "- commits: abc (8 runs)\n- dates: 2026-01-01 to 2026-01-01\n" in made  # not a line per record
     loaded = load_summary(make_figures.parse_args(["--runs", str(tmp_path / "runs"), "--profile",
                                                                "budget"]))
     titles = [fig._suptitle.get_text() for *_, fig in make_figures.figures(
