@@ -276,8 +276,7 @@ def recipes_section(compared: pd.DataFrame, profile: str, trained: str) -> str:
     first, second = RECIPES
     intro = (f"Where both recipes have runs of the same cells and seeds in the {profile_words(profile)}: per cell "
              f"Δ = {first} − {second} test accuracy (points), paired by seed, with its 95% CI: what the "
-             f"{first} recipe ({recipe_text([first])}) gains (or costs) against the {second} recipe "
-             f"({recipe_text([second])}).")
+             f"{recipe_text([first])} gains (or costs) against the {recipe_text([second])}.")
     lines = [f"## The {first} recipe against the {second} recipe", "", intro, ""]
     if compared.empty:
         return "\n".join([*lines, "No cell has runs of both recipes on the same seeds yet.", ""])

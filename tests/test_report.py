@@ -421,6 +421,8 @@ def test_cells_of_one_paired_seed_are_not_counted_indistinguishable(tmp_path):
     make_report.main(["--runs", str(tmp_path / "runs"), "--profile", "budget", "--recipe", "suite", "--datasets",
                       "fashion_mnist", "--out", str(out)])
     part = section((out / "README.md").read_text(), "The suite recipe against the paper recipe")
+    assert ("what the suite recipe (SGD, weight decay 0.0005) gains (or costs) against the paper recipe (Adam, "
+            "weight decay 0).") in part
     assert ("**Reading**: 2 cells with one paired seed, no interval yet: there the suite recipe is ahead in 1 and "
             "behind in 1.\n") in part
 
