@@ -131,11 +131,15 @@ def prepare(config: RunConfig, steps: int, plain: bool = False) -> Prepared:
 
 def plain_step(config: RunConfig, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor):
     """The yardstick: a training step as a plain PyTorch loop writes it (bf16 autocast and channels_last where
-    the suite uses them, torch.optim's SGD at a fixed learning rate, one random crop offset a batch and a flip
-    per image), in repro.train's step signature so that it is timed alike; it ignores the suite's draws."""
+    the suite uses them, the recipe's torch.optim optimizer at a fixed learning rate, one random crop offset a
+    batch and a flip per image), in repro.train's step signature so that it is timed alike; it ignores the
+    suite's draws."""
     device, info, pad = images.device, DATASETS[config.dataset], 4
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, nesterov=True,
-                                weight_decay=config.weight_decay)
+    if config.optimizer == "adam":
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, nesterov=True,
+                                    weight_decay=config.weight_decay)
     bf16, memory = train.uses_bf16(config, device), train.memory_format(config, device)
     stats = data.mean_std(info, device)
 

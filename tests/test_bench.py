@@ -180,3 +180,22 @@ def test_sigterm_stops_the_bench_and_its_workers_in_one_line(tmp_path):
         time.sleep(0.2)
     assert not in_session(bench_process.pid), "no worker outlives the bench"
     assert not list(tmp_path.iterdir()), "a stopped bench writes no result"
+
+
+@pytest.mark.parametrize("recipe", ["paper", "suite"])
+def test_the_plain_loop_trains_with_the_recipes_optimizer(recipe):
+    """The yardstick times the optimizer the suite's column trains with: Adam's first step moves each weight by
+    about lr whatever its gradient's size, SGD's by lr times the gradient."""
+    import torch
+
+    from repro import experiments, train
+    config = experiments.cell_config("table1", "fashion_mnist", "avgpool", "smoke", recipe=recipe).replace(
+        device="cpu", precision="fp32", lr=1e-3, weight_decay=0.0)
+    torch.manual_seed(0)
+    model = train.make_model(config, torch.device("cpu"))
+    images, labels = torch.randint(0, 256, (8, 1, 28, 28), dtype=torch.uint8), torch.randint(0, 10, (8,))
+    weight = model.fc.weight.detach().clone()
+    bench.plain_step(config, model, images, labels)(torch.arange(8), None, None, None)
+    moved = (model.fc.weight.detach() - weight).abs()
+    by_lr = ((moved[moved > 0] / 1e-3 - 1).abs() < 0.05).float().mean().item()  # share moved by lr, +-5 %
+    assert by_lr > 0.9 if recipe == "paper" else by_lr < 0.1
